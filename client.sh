@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs `unreliable client` against IP:PORT; any further arguments go to the client.
+# Finds the binary on PATH, next to this script, or in target/release (building it if needed).
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 IP PORT [client options...]" >&2
+    echo "  e.g. $0 127.0.0.1 8080 --count 1000 --concurrency 8" >&2
+    exit 2
+}
+
+if [[ $# -lt 2 ]]; then
+    usage
+fi
+port=$2
+if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
+    echo "$0: PORT must be an integer from 1 to 65535, not '$port'" >&2
+    usage
+fi
+if [[ -z $1 ]]; then
+    echo "$0: IP must not be empty" >&2
+    usage
+fi
+
+script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+
+if bin=$(command -v unreliable); then
+    :
+elif [[ -x $script_dir/unreliable && ! -d $script_dir/unreliable ]]; then
+    bin=$script_dir/unreliable
+elif [[ -x $script_dir/target/release/unreliable ]]; then
+    bin=$script_dir/target/release/unreliable
+else
+    echo "$0: building unreliable (cargo build --release)..." >&2
+    (cd -- "$script_dir" && cargo build --release >&2)
+    bin=$script_dir/target/release/unreliable
+fi
+
+exec "$bin" client --host "$1" --port "$((10#$port))" "${@:3}"

@@ -1,0 +1,956 @@
+//! The command line: `serve`, `client`, `demo`, `--help`, `--version`, parsed by hand.
+//!
+//! Invariants: `parse` takes an iterator, so tests never touch the real environment; raw
+//! arguments are validated into typed options here and nowhere else; every error is one line
+//! naming the flag and what was wrong (main adds a usage hint and exits with status 2).
+
+use crate::chaos::{Outcome, Weights};
+use crate::log::LogFormat;
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The most worker threads `--threads` and `--concurrency` accept.
+pub const MAX_THREADS: usize = 1024;
+/// The most retries `--retries` accepts: enough for any sane policy, bounded so a run ends.
+pub const MAX_RETRIES: u32 = 100;
+/// The longest duration any flag accepts (a day): larger values are surely typos.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `unreliable serve` options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    pub weights: Weights,
+    pub seed: Option<u64>,
+    pub hang: Duration,
+    /// `None` with `--no-log-file`.
+    pub log_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub log_capacity: usize,
+    pub threads: usize,
+    pub max_connections: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            weights: Weights::owner_default(),
+            seed: None,
+            hang: Duration::from_secs(30),
+            log_file: Some(PathBuf::from("unreliable.log")),
+            log_format: LogFormat::Text,
+            log_capacity: 100_000,
+            threads: default_threads(),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Workers only block on connections that are actively sending, so a modest fixed pool per core
+/// serves many clients; idle and hung connections wait in the poller, not in a worker.
+fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
+    (cores * 32).clamp(16, 256)
+}
+
+/// How many server log entries the client shows after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowLogs {
+    Last(usize),
+    All,
+    None,
+}
+
+/// `unreliable client` options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientOptions {
+    pub host: String,
+    pub port: u16,
+    pub count: u64,
+    pub concurrency: usize,
+    /// Read timeout per attempt.
+    pub timeout: Duration,
+    pub retries: u32,
+    /// Outcomes that are retried (always includes `Timeout` unless the user removed it).
+    pub retry_on: Vec<Outcome>,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub interval: Duration,
+    pub show_logs: ShowLogs,
+    pub json: bool,
+    pub quiet: bool,
+    /// Percentage points; exit 1 when a 95% interval lies outside expected ± this.
+    pub tolerance: Option<f64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            count: 100,
+            concurrency: 1,
+            timeout: Duration::from_secs(3),
+            retries: 3,
+            retry_on: vec![Outcome::Timeout],
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            interval: Duration::ZERO,
+            show_logs: ShowLogs::Last(20),
+            json: false,
+            quiet: false,
+            tolerance: None,
+        }
+    }
+}
+
+/// `unreliable demo` options: a server inside the process and a client aimed at it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoOptions {
+    pub seed: Option<u64>,
+    pub weights: Weights,
+    pub hang: Duration,
+    /// Host and port are filled in once the in-process server is listening.
+    pub client: ClientOptions,
+}
+
+impl Default for DemoOptions {
+    /// Short timeouts so the demo ends in seconds; the hang outlasts the client's timeout, so
+    /// hung requests are seen as timeouts, not as closed connections.
+    fn default() -> DemoOptions {
+        DemoOptions {
+            seed: None,
+            weights: Weights::owner_default(),
+            hang: Duration::from_secs(2),
+            client: ClientOptions {
+                concurrency: 8,
+                timeout: Duration::from_millis(250),
+                backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(100),
+                ..ClientOptions::default()
+            },
+        }
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Serve(ServeOptions),
+    Client(ClientOptions),
+    Demo(DemoOptions),
+    /// Help text to print to stdout (exit 0).
+    Help(String),
+    Version,
+}
+
+/// A usage error: one line, plus the subcommand whose usage to hint at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CliError {
+    pub message: String,
+    pub subcommand: Option<&'static str>,
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl CliError {
+    /// The lines main prints under the message: the usage line and where to find more.
+    pub fn hint(&self) -> String {
+        match self.subcommand {
+            Some(name) => format!(
+                "usage: unreliable {name} [OPTIONS]\nrun 'unreliable {name} --help' for the options"
+            ),
+            None => {
+                "usage: unreliable <serve|client|demo> [OPTIONS]\nrun 'unreliable --help' for more"
+                    .into()
+            }
+        }
+    }
+}
+
+const SUBCOMMANDS: [&str; 3] = ["serve", "client", "demo"];
+
+const SERVE_FLAGS: &[&str] = &[
+    "--host",
+    "--port",
+    "--weights",
+    "--seed",
+    "--hang",
+    "--log-file",
+    "--no-log-file",
+    "--log-format",
+    "--log-capacity",
+    "--threads",
+    "--max-connections",
+    "--help",
+];
+
+const CLIENT_FLAGS: &[&str] = &[
+    "--host",
+    "--port",
+    "--count",
+    "--concurrency",
+    "--timeout",
+    "--retries",
+    "--retry-on",
+    "--backoff",
+    "--max-backoff",
+    "--interval",
+    "--show-logs",
+    "--json",
+    "--quiet",
+    "--tolerance",
+    "--help",
+];
+
+/// Flags without a value.
+const SWITCHES: [&str; 4] = ["--no-log-file", "--json", "--quiet", "--help"];
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliError> {
+    let mut args = args.into_iter();
+    let Some(first) = args.next() else {
+        return Err(CliError {
+            message: "missing subcommand: expected serve, client or demo".into(),
+            subcommand: None,
+        });
+    };
+    let first = utf8(first, None)?;
+    match first.as_str() {
+        "-h" | "--help" => Ok(Command::Help(MAIN_HELP.into())),
+        "help" => match args.next().map(|arg| utf8(arg, None)).transpose()? {
+            None => Ok(Command::Help(MAIN_HELP.into())),
+            Some(topic) => Ok(Command::Help(help_for(&topic)?.into())),
+        },
+        "-V" | "--version" => Ok(Command::Version),
+        "serve" => parse_serve(args),
+        "client" => parse_client(args),
+        "demo" => parse_demo(args),
+        other if other.starts_with('-') => Err(CliError {
+            message: format!("invalid option '{other}' before the subcommand"),
+            subcommand: None,
+        }),
+        other => Err(CliError {
+            message: format!(
+                "unknown subcommand '{other}'{}",
+                suggestion(other, &SUBCOMMANDS)
+            ),
+            subcommand: None,
+        }),
+    }
+}
+
+fn help_for(topic: &str) -> Result<&'static str, CliError> {
+    match topic {
+        "serve" => Ok(SERVE_HELP),
+        "client" => Ok(CLIENT_HELP),
+        "demo" => Ok(DEMO_HELP),
+        other => Err(CliError {
+            message: format!("no help for '{other}'{}", suggestion(other, &SUBCOMMANDS)),
+            subcommand: None,
+        }),
+    }
+}
+
+fn utf8(arg: OsString, subcommand: Option<&'static str>) -> Result<String, CliError> {
+    arg.into_string().map_err(|raw| CliError {
+        message: format!("argument {raw:?} is not valid UTF-8"),
+        subcommand,
+    })
+}
+
+/// One `--flag` with its value, if it takes one (`--flag value` or `--flag=value`).
+struct Flag {
+    name: String,
+    value: Option<String>,
+}
+
+/// Walks the arguments of one subcommand, checking each flag against `known`.
+struct FlagReader<I> {
+    args: I,
+    known: &'static [&'static str],
+    subcommand: &'static str,
+}
+
+impl<I: Iterator<Item = OsString>> FlagReader<I> {
+    fn next_flag(&mut self) -> Result<Option<Flag>, CliError> {
+        let Some(arg) = self.args.next() else {
+            return Ok(None);
+        };
+        let arg = utf8(arg, Some(self.subcommand))?;
+        if arg == "-h" {
+            return Ok(Some(Flag {
+                name: "--help".into(),
+                value: None,
+            }));
+        }
+        if !arg.starts_with("--") {
+            return Err(self.error(format!("unexpected argument '{arg}'")));
+        }
+        let (name, inline_value) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg, None),
+        };
+        if !self.known.contains(&name.as_str()) {
+            return Err(self.error(format!(
+                "invalid option '{name}'{}",
+                suggestion(&name, self.known)
+            )));
+        }
+        if SWITCHES.contains(&name.as_str()) {
+            if inline_value.is_some() {
+                return Err(self.error(format!("option '{name}' takes no value")));
+            }
+            return Ok(Some(Flag { name, value: None }));
+        }
+        let value = match inline_value {
+            Some(value) => value,
+            None => match self.args.next() {
+                Some(value) => utf8(value, Some(self.subcommand))?,
+                None => return Err(self.error(format!("missing value for option '{name}'"))),
+            },
+        };
+        Ok(Some(Flag {
+            name,
+            value: Some(value),
+        }))
+    }
+
+    fn error(&self, message: String) -> CliError {
+        CliError {
+            message,
+            subcommand: Some(self.subcommand),
+        }
+    }
+}
+
+impl Flag {
+    fn value(&self) -> &str {
+        self.value.as_deref().unwrap_or("")
+    }
+
+    fn invalid(&self, subcommand: &'static str, expected: &str) -> CliError {
+        CliError {
+            message: format!(
+                "invalid value '{}' for '{}': {expected}",
+                self.value(),
+                self.name
+            ),
+            subcommand: Some(subcommand),
+        }
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        &self,
+        subcommand: &'static str,
+        low: T,
+        high: T,
+    ) -> Result<T, CliError> {
+        let expected = format!("expected a whole number from {low} to {high}");
+        let value = self.value();
+        if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(self.invalid(subcommand, &expected));
+        }
+        match value.parse::<T>() {
+            Ok(number) if number >= low && number <= high => Ok(number),
+            _ => Err(self.invalid(subcommand, &expected)),
+        }
+    }
+
+    fn duration(&self, subcommand: &'static str, allow_zero: bool) -> Result<Duration, CliError> {
+        let duration =
+            parse_duration(self.value()).map_err(|reason| self.invalid(subcommand, &reason))?;
+        if duration.is_zero() && !allow_zero {
+            return Err(self.invalid(subcommand, "must be longer than zero"));
+        }
+        Ok(duration)
+    }
+}
+
+fn parse_serve(args: impl Iterator<Item = OsString>) -> Result<Command, CliError> {
+    const NAME: &str = "serve";
+    let mut options = ServeOptions::default();
+    let mut reader = FlagReader {
+        args,
+        known: SERVE_FLAGS,
+        subcommand: NAME,
+    };
+    while let Some(flag) = reader.next_flag()? {
+        match flag.name.as_str() {
+            "--help" => return Ok(Command::Help(SERVE_HELP.into())),
+            "--host" => options.host = listen_host(&flag, NAME)?,
+            "--port" => options.port = flag.number(NAME, 0, u16::MAX)?,
+            "--weights" => options.weights = weights(&flag, NAME)?,
+            "--seed" => options.seed = Some(flag.number(NAME, 0, u64::MAX)?),
+            "--hang" => options.hang = flag.duration(NAME, true)?,
+            "--log-file" => {
+                if flag.value().is_empty() {
+                    return Err(flag.invalid(NAME, "expected a file path (or --no-log-file)"));
+                }
+                options.log_file = Some(PathBuf::from(flag.value()));
+            }
+            "--no-log-file" => options.log_file = None,
+            "--log-format" => {
+                options.log_format = match flag.value() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(flag.invalid(NAME, "expected 'text' or 'json'")),
+                }
+            }
+            "--log-capacity" => options.log_capacity = flag.number(NAME, 1, 100_000_000)?,
+            "--threads" => options.threads = flag.number(NAME, 1, MAX_THREADS)?,
+            "--max-connections" => options.max_connections = flag.number(NAME, 1, 1_000_000)?,
+            _ => return Err(reader.error(format!("invalid option '{}'", flag.name))),
+        }
+    }
+    Ok(Command::Serve(options))
+}
+
+/// Accepts an IP address (IPv6 with or without brackets) or `localhost`; a listener binds to an
+/// address, so other hostnames are refused rather than resolved to a surprise.
+fn listen_host(flag: &Flag, subcommand: &'static str) -> Result<String, CliError> {
+    let value = flag.value();
+    if value == "localhost" {
+        return Ok("127.0.0.1".into());
+    }
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(value);
+    match bare.parse::<IpAddr>() {
+        Ok(address) => Ok(address.to_string()),
+        Err(_) => Err(flag.invalid(
+            subcommand,
+            "expected an IP address such as 127.0.0.1, 0.0.0.0, ::1 or ::",
+        )),
+    }
+}
+
+fn weights(flag: &Flag, subcommand: &'static str) -> Result<Weights, CliError> {
+    Weights::parse(flag.value()).map_err(|error| CliError {
+        message: error.to_string(),
+        subcommand: Some(subcommand),
+    })
+}
+
+fn parse_client(args: impl Iterator<Item = OsString>) -> Result<Command, CliError> {
+    let mut options = ClientOptions::default();
+    let mut reader = FlagReader {
+        args,
+        known: CLIENT_FLAGS,
+        subcommand: "client",
+    };
+    while let Some(flag) = reader.next_flag()? {
+        if flag.name == "--help" {
+            return Ok(Command::Help(CLIENT_HELP.into()));
+        }
+        apply_client_flag(&mut options, &flag, "client")?;
+    }
+    check_client(&options, "client")?;
+    Ok(Command::Client(options))
+}
+
+fn apply_client_flag(
+    options: &mut ClientOptions,
+    flag: &Flag,
+    subcommand: &'static str,
+) -> Result<(), CliError> {
+    match flag.name.as_str() {
+        "--host" => {
+            let value = flag.value().trim();
+            let bare = value
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .unwrap_or(value);
+            if bare.is_empty() || bare.contains(char::is_whitespace) || bare.contains('/') {
+                return Err(flag.invalid(subcommand, "expected a hostname or an IP address"));
+            }
+            options.host = bare.to_string();
+        }
+        "--port" => options.port = flag.number(subcommand, 1, u16::MAX)?,
+        "--count" => options.count = flag.number(subcommand, 1, 100_000_000)?,
+        "--concurrency" => options.concurrency = flag.number(subcommand, 1, MAX_THREADS)?,
+        "--timeout" => options.timeout = flag.duration(subcommand, false)?,
+        "--retries" => options.retries = flag.number(subcommand, 0, MAX_RETRIES)?,
+        "--retry-on" => options.retry_on = retry_on(flag, subcommand)?,
+        "--backoff" => options.backoff = flag.duration(subcommand, true)?,
+        "--max-backoff" => options.max_backoff = flag.duration(subcommand, true)?,
+        "--interval" => options.interval = flag.duration(subcommand, true)?,
+        "--show-logs" => {
+            options.show_logs =
+                match flag.value() {
+                    "all" => ShowLogs::All,
+                    "none" => ShowLogs::None,
+                    _ => ShowLogs::Last(flag.number(subcommand, 0, usize::MAX).map_err(|_| {
+                        flag.invalid(subcommand, "expected a number, 'all' or 'none'")
+                    })?),
+                }
+        }
+        "--json" => options.json = true,
+        "--quiet" => options.quiet = true,
+        "--tolerance" => {
+            let value = flag.value();
+            let plain_decimal = !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || byte == b'.')
+                && value.bytes().filter(|&byte| byte == b'.').count() <= 1;
+            match value.parse::<f64>() {
+                Ok(points) if plain_decimal && points > 0.0 && points <= 100.0 => {
+                    options.tolerance = Some(points);
+                }
+                _ => {
+                    return Err(flag.invalid(
+                        subcommand,
+                        "expected percentage points above 0 and at most 100, e.g. 2 or 1.5",
+                    ))
+                }
+            }
+        }
+        other => {
+            return Err(CliError {
+                message: format!("invalid option '{other}'"),
+                subcommand: Some(subcommand),
+            })
+        }
+    }
+    Ok(())
+}
+
+fn retry_on(flag: &Flag, subcommand: &'static str) -> Result<Vec<Outcome>, CliError> {
+    let names: Vec<&str> = Outcome::ALL.iter().map(|outcome| outcome.name()).collect();
+    let expected = format!(
+        "expected a comma-separated list of {} (or 'none')",
+        names.join(", ")
+    );
+    if flag.value() == "none" {
+        return Ok(Vec::new());
+    }
+    let mut outcomes = Vec::new();
+    for name in flag.value().split(',').map(str::trim) {
+        match Outcome::from_name(name) {
+            Some(outcome) if !outcomes.contains(&outcome) => outcomes.push(outcome),
+            Some(_) => return Err(flag.invalid(subcommand, &format!("'{name}' is listed twice"))),
+            None => return Err(flag.invalid(subcommand, &expected)),
+        }
+    }
+    Ok(outcomes)
+}
+
+fn check_client(options: &ClientOptions, subcommand: &'static str) -> Result<(), CliError> {
+    if options.max_backoff < options.backoff {
+        return Err(CliError {
+            message: format!(
+                "--max-backoff ({}) is shorter than --backoff ({}); make it at least as long",
+                show_duration(options.max_backoff),
+                show_duration(options.backoff)
+            ),
+            subcommand: Some(subcommand),
+        });
+    }
+    Ok(())
+}
+
+fn parse_demo(args: impl Iterator<Item = OsString>) -> Result<Command, CliError> {
+    const NAME: &str = "demo";
+    let mut options = DemoOptions::default();
+    let mut reader = FlagReader {
+        args,
+        known: DEMO_FLAGS,
+        subcommand: NAME,
+    };
+    while let Some(flag) = reader.next_flag()? {
+        match flag.name.as_str() {
+            "--help" => return Ok(Command::Help(DEMO_HELP.into())),
+            "--seed" => options.seed = Some(flag.number(NAME, 0, u64::MAX)?),
+            "--weights" => options.weights = weights(&flag, NAME)?,
+            "--hang" => options.hang = flag.duration(NAME, true)?,
+            _ => apply_client_flag(&mut options.client, &flag, NAME)?,
+        }
+    }
+    check_client(&options.client, NAME)?;
+    Ok(Command::Demo(options))
+}
+
+/// The demo takes the client's flags but the address, plus the server's fault plan.
+const DEMO_FLAGS: &[&str] = &[
+    "--seed",
+    "--weights",
+    "--hang",
+    "--count",
+    "--concurrency",
+    "--timeout",
+    "--retries",
+    "--retry-on",
+    "--backoff",
+    "--max-backoff",
+    "--interval",
+    "--show-logs",
+    "--json",
+    "--quiet",
+    "--tolerance",
+    "--help",
+];
+
+/// ` (did you mean 'X'?)` when a known word is within two edits of what was typed.
+fn suggestion(typed: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|candidate| (edit_distance(typed, candidate), candidate))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, candidate)| format!(" (did you mean '{candidate}'?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(left: &str, right: &str) -> usize {
+    let right: Vec<char> = right.chars().collect();
+    let mut previous: Vec<usize> = (0..=right.len()).collect();
+    for (i, left_char) in left.chars().enumerate() {
+        let mut current = vec![i + 1; right.len() + 1];
+        for (j, right_char) in right.iter().enumerate() {
+            let substitution = previous[j] + usize::from(left_char != *right_char);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[right.len()]
+}
+
+/// Parses `250ms`, `3s`, `1.5s`, `2m` (a bare number is refused: the unit is always explicit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit_seconds) = if let Some(number) = text.strip_suffix("ms") {
+        (number, 0.001)
+    } else if let Some(number) = text.strip_suffix('s') {
+        (number, 1.0)
+    } else if let Some(number) = text.strip_suffix('m') {
+        (number, 60.0)
+    } else {
+        return Err("expected a duration with a unit: ms, s or m (e.g. 250ms, 3s, 2m)".into());
+    };
+    let plain_decimal = !number.is_empty()
+        && number
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || byte == b'.')
+        && number.bytes().filter(|&byte| byte == b'.').count() <= 1
+        && number != ".";
+    let value: f64 = match number.parse() {
+        Ok(value) if plain_decimal => value,
+        _ => return Err("expected a duration such as 250ms, 3s, 1.5s or 2m".into()),
+    };
+    let seconds = value * unit_seconds;
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "at most {} seconds is accepted",
+            MAX_DURATION.as_secs()
+        ));
+    }
+    // Round to whole microseconds so `0.1s` is exactly 100ms.
+    Ok(Duration::from_micros((seconds * 1e6).round() as u64))
+}
+
+/// A duration the way a user would type it back: `250ms`, `3s`, `1.5s`.
+pub fn show_duration(duration: Duration) -> String {
+    let millis = duration.as_secs_f64() * 1000.0;
+    if millis < 1000.0 {
+        format!("{}ms", trim_number(millis))
+    } else {
+        format!("{}s", trim_number(millis / 1000.0))
+    }
+}
+
+fn trim_number(value: f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+const MAIN_HELP: &str = "\
+unreliable: an HTTP server that fails on purpose, and the client that proves what it did.
+
+Usage:
+  unreliable serve  [OPTIONS]   run the unreliable server
+  unreliable client [OPTIONS]   exercise a server and judge its outcome mix
+  unreliable demo   [OPTIONS]   a server and a client in one process, for a first look
+  unreliable help <subcommand>  the options of a subcommand
+  unreliable --version
+
+GET /getbalance hangs, answers 403, 500 or 200 (fake account data), one draw per request
+from a weight table (default timeout=20,403=20,500=10,200=50). Every request is logged, to a
+file and in memory; GET /getlogs returns the log as JSON and GET /stats the counts with a
+chi-square test against the weights.
+
+Exit status: 0 fine, 1 the client's verdict or reconciliation failed, 2 usage error,
+3 server unreachable.
+";
+
+const SERVE_HELP: &str = "\
+Run the unreliable HTTP server.
+
+Usage: unreliable serve [OPTIONS]
+
+Prints one line when ready, e.g. 'listening on http://127.0.0.1:8080 seed=1234', and runs
+until SIGINT or SIGTERM, then stops accepting, flushes the log file and exits 0.
+
+Options:
+  --host ADDR             address to listen on [default: 127.0.0.1]; 0.0.0.0 or :: to
+                          serve other machines
+  --port N                port [default: 8080]; 0 picks a free one
+  --weights TABLE         outcome weights (0 to 1000000, up to 6 decimals),
+                          normalised by their sum
+                          [default: timeout=20,403=20,500=10,200=50]
+  --seed N                makes the outcome of the k-th request a pure function of (N, k);
+                          without it a seed is drawn and printed
+  --hang DURATION         longest a hung request is held, e.g. 500ms, 30s, 2m [default: 30s]
+  --log-file PATH         append every entry here [default: unreliable.log]
+  --no-log-file           keep the log in memory only
+  --log-format FORMAT     text (the original style) or json (one object per line)
+                          [default: text]
+  --log-capacity N        entries kept in memory for /getlogs [default: 100000]
+  --threads N             worker threads [default: 32 per core, 16 to 256]
+  --max-connections N     open connections at most; more get 503 [default: 10000]
+  -h, --help              print this help
+
+Endpoints:
+  GET /getbalance         the faults (also HEAD); X-Request-Id is logged
+  GET /getlogs            the log as JSON; since=ID, limit=N, outcome=NAME, client=IP,
+                          request_id_prefix=TEXT
+  GET /stats              counts, weights, seed, chi-square test, uptime
+  GET /health             200 ok
+  GET /                   a short page listing the endpoints
+";
+
+const CLIENT_HELP: &str = "\
+Exercise an unreliable server: send requests to /getbalance, retry timeouts, then fetch this
+run's entries from /getlogs, match every attempt to its entry, and judge the outcome mix.
+
+Usage: unreliable client [OPTIONS]
+
+Options:
+  --host HOST             server hostname or IP address [default: 127.0.0.1]
+  --port N                server port [default: 8080]
+  --count N               logical requests to send [default: 100]
+  --concurrency C         worker threads, each with its own keep-alive connection [default: 1]
+  --timeout DURATION      read timeout per attempt, e.g. 250ms, 3s [default: 3s]
+  --retries R             retries after a retried outcome [default: 3]
+  --retry-on LIST         outcomes that are retried: timeout, 403, 500, 200 or none
+                          [default: timeout]
+  --backoff DURATION      first retry delay; doubles per retry, full jitter [default: 100ms]
+  --max-backoff DURATION  cap on the retry delay [default: 2s]
+  --interval DURATION     pause between a worker's requests [default: 0ms]
+  --show-logs N|all|none  server log entries to show [default: 20]
+  --json                  print one JSON document instead of the report
+  --quiet                 no progress line
+  --tolerance PP          exit 1 when any 95% interval lies outside expected +/- PP points
+  -h, --help              print this help
+
+Exit status: 0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable.
+";
+
+const DEMO_HELP: &str = "\
+Start a server on a free loopback port inside this process, run the client against it,
+print the report and exit: the whole tool in a few seconds.
+
+Usage: unreliable demo [OPTIONS]
+
+Server options:
+  --seed N                fault plan seed [default: drawn and printed]
+  --weights TABLE         [default: timeout=20,403=20,500=10,200=50]
+  --hang DURATION         longest a hung request is held [default: 2s]
+
+Client options (as for 'unreliable client', without --host and --port), with these defaults:
+  --count 100 --concurrency 8 --timeout 250ms --retries 3 --backoff 10ms --max-backoff 100ms
+
+  -h, --help              print this help
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &str) -> Result<Command, CliError> {
+        parse(words.split_whitespace().map(OsString::from))
+    }
+
+    fn error_of(words: &str) -> String {
+        match parse_words(words) {
+            Err(error) => error.message,
+            Ok(command) => panic!("'{words}' parsed as {command:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_defaults_match_the_documentation() {
+        let Ok(Command::Serve(options)) = parse_words("serve") else {
+            panic!("serve did not parse");
+        };
+        assert_eq!(options.host, "127.0.0.1");
+        assert_eq!(options.port, 8080);
+        assert_eq!(options.hang, Duration::from_secs(30));
+        assert_eq!(options.log_file, Some(PathBuf::from("unreliable.log")));
+        assert_eq!(options.log_format, LogFormat::Text);
+        assert_eq!(options.log_capacity, 100_000);
+        assert_eq!(options.max_connections, 10_000);
+        assert_eq!(options.weights, Weights::owner_default());
+        assert!(options.threads >= 16 && options.threads <= 256);
+    }
+
+    #[test]
+    fn serve_flags_take_values_both_ways() {
+        let Ok(Command::Serve(options)) = parse_words(
+            "serve --host :: --port=0 --seed 42 --hang 250ms --no-log-file --log-format json --threads 4",
+        ) else {
+            panic!("did not parse");
+        };
+        assert_eq!(options.host, "::");
+        assert_eq!(options.port, 0);
+        assert_eq!(options.seed, Some(42));
+        assert_eq!(options.hang, Duration::from_millis(250));
+        assert_eq!(options.log_file, None);
+        assert_eq!(options.log_format, LogFormat::Json);
+        assert_eq!(options.threads, 4);
+    }
+
+    #[test]
+    fn client_flags_are_validated() {
+        let Ok(Command::Client(options)) = parse_words(
+            "client --host ::1 --port 9 --count 10 --concurrency 3 --timeout 1.5s --retries 0 \
+             --retry-on timeout,500 --show-logs all --json --tolerance 2.5",
+        ) else {
+            panic!("did not parse");
+        };
+        assert_eq!(options.host, "::1");
+        assert_eq!(options.timeout, Duration::from_millis(1500));
+        assert_eq!(options.retries, 0);
+        assert_eq!(
+            options.retry_on,
+            vec![Outcome::Timeout, Outcome::ServerError]
+        );
+        assert_eq!(options.show_logs, ShowLogs::All);
+        assert!(options.json);
+        assert_eq!(options.tolerance, Some(2.5));
+    }
+
+    #[test]
+    fn bad_input_gets_a_reason_naming_the_flag() {
+        let cases = [
+            ("", "missing subcommand"),
+            ("serv", "unknown subcommand 'serv' (did you mean 'serve'?)"),
+            (
+                "serve --prot 1",
+                "invalid option '--prot' (did you mean '--port'?)",
+            ),
+            ("serve --port", "missing value for option '--port'"),
+            ("serve --port 70000", "invalid value '70000' for '--port'"),
+            ("serve --port -1", "invalid value '-1' for '--port'"),
+            (
+                "serve --hang 3",
+                "invalid value '3' for '--hang': expected a duration with a unit",
+            ),
+            (
+                "serve --host example.com",
+                "invalid value 'example.com' for '--host'",
+            ),
+            ("serve --log-format xml", "expected 'text' or 'json'"),
+            ("serve --threads 0", "invalid value '0' for '--threads'"),
+            (
+                "serve --no-log-file=yes",
+                "option '--no-log-file' takes no value",
+            ),
+            ("serve extra", "unexpected argument 'extra'"),
+            ("client --timeout 0s", "must be longer than zero"),
+            ("client --count 0", "invalid value '0' for '--count'"),
+            (
+                "client --retry-on teapot",
+                "expected a comma-separated list",
+            ),
+            ("client --retry-on 500,500", "'500' is listed twice"),
+            (
+                "client --tolerance -1",
+                "invalid value '-1' for '--tolerance'",
+            ),
+            (
+                "client --tolerance nan",
+                "invalid value 'nan' for '--tolerance'",
+            ),
+            (
+                "client --show-logs some",
+                "expected a number, 'all' or 'none'",
+            ),
+            (
+                "client --backoff 3s --max-backoff 1s",
+                "--max-backoff (1s) is shorter than --backoff (3s)",
+            ),
+            ("demo --host 1.2.3.4", "invalid option '--host'"),
+        ];
+        for (words, expected) in cases {
+            let message = error_of(words);
+            assert!(
+                message.contains(expected),
+                "'{words}' gave '{message}', expected it to contain '{expected}'"
+            );
+        }
+    }
+
+    #[test]
+    fn help_and_version_are_commands() {
+        assert!(matches!(parse_words("--help"), Ok(Command::Help(text)) if text == MAIN_HELP));
+        assert!(
+            matches!(parse_words("serve --help"), Ok(Command::Help(text)) if text == SERVE_HELP)
+        );
+        assert!(
+            matches!(parse_words("help client"), Ok(Command::Help(text)) if text == CLIENT_HELP)
+        );
+        assert!(matches!(parse_words("demo -h"), Ok(Command::Help(text)) if text == DEMO_HELP));
+        assert_eq!(parse_words("--version"), Ok(Command::Version));
+    }
+
+    #[test]
+    fn every_documented_flag_is_accepted() {
+        for (help, flags) in [(SERVE_HELP, SERVE_FLAGS), (CLIENT_HELP, CLIENT_FLAGS)] {
+            for flag in flags {
+                assert!(help.contains(flag), "{flag} is not in its help text");
+            }
+        }
+        for flag in DEMO_FLAGS {
+            assert!(
+                DEMO_HELP.contains(flag) || CLIENT_FLAGS.contains(flag),
+                "{flag} is documented nowhere"
+            );
+            // The demo's server address is chosen inside the process.
+            assert!(!["--host", "--port"].contains(flag));
+        }
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_round_to_microseconds() {
+        let cases = [
+            ("250ms", Some(Duration::from_millis(250))),
+            ("3s", Some(Duration::from_secs(3))),
+            ("0.1s", Some(Duration::from_millis(100))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("0ms", Some(Duration::ZERO)),
+            ("3", None),
+            ("s", None),
+            ("-1s", None),
+            ("1e3s", None),
+            ("1.2.3s", None),
+            ("25h", None),
+            ("2000m", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text).ok(), expected, "{text}");
+        }
+        assert_eq!(show_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1.5s");
+    }
+}

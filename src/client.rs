@@ -1,0 +1,3190 @@
+//! `unreliable client`: sends requests to `/getbalance` over raw TCP with read timeouts and
+//! retries, then fetches this run's server log entries, reconciles every attempt with its entry,
+//! and judges the observed outcome mix against the server's weights.
+//!
+//! Invariants: every attempt is classified exactly once (attempts = sum of outcomes); every
+//! attempt carries `X-Request-Id: <run>-<request>-<attempt>`; nothing is dropped silently.
+//!
+//! Decisions worth knowing:
+//! - An attempt's deadline covers reading the complete response (head and body) and starts once
+//!   the request is written; connecting has its own timeout of the same length.
+//! - Transport errors (refused, reset, closed, malformed, other I/O) are their own categories.
+//!   They are retried like a timeout and use up the same retry budget, but they are not draws
+//!   from the server's weights, so they stay out of the distribution tables and the chi-square.
+//! - An attempt that failed before its request was written ("not sent") has no server entry by
+//!   right. One that failed after (reset, closed) may or may not have one, and either is accepted.
+
+use crate::chaos::{mix64, Outcome, Rng};
+use crate::cli::{ClientOptions, ShowLogs};
+use crate::http::{self, ChunkedDecoder, Parsed, ResponseFraming};
+use crate::json::{self, ArrayWriter, ObjectWriter, Value};
+use crate::stats::{self, GoodnessOfFit};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Largest `/getbalance` response read (head and body); a bigger one counts as malformed.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Largest `/stats` answer or `/getlogs` page read.
+pub const MAX_ADMIN_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// How long `/stats` and each `/getlogs` page may take, connecting included.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Entries asked for per `/getlogs` page.
+pub const LOG_PAGE_LIMIT: u64 = 1000;
+/// Most `/getlogs` pages fetched (ten million entries): a server whose paging never ends must
+/// not keep the client forever.
+pub const MAX_LOG_PAGES: u64 = 10_000;
+/// A keep-alive connection idle longer than this is replaced before the next attempt: the server
+/// closes idle connections after 5 s, and a request written into one it is closing is lost.
+pub const MAX_IDLE_REUSE: Duration = Duration::from_secs(2);
+/// Width in characters of the bars in the distribution tables.
+pub const BAR_WIDTH: usize = 40;
+/// Request ids the text report lists per reconciliation problem (the JSON lists all of them).
+pub const MAX_LISTED_IDS: usize = 10;
+/// How often the progress line is redrawn.
+pub const PROGRESS_PERIOD: Duration = Duration::from_millis(200);
+/// Two-sided confidence of every interval in the report.
+pub const CONFIDENCE: f64 = 0.95;
+/// A p-value below this is reported as unlikely under the configured weights.
+pub const SIGNIFICANCE: f64 = 0.05;
+/// Hex digits in a run id.
+pub const RUN_ID_DIGITS: usize = 8;
+/// Bytes asked for per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+/// The `User-Agent` of every request.
+const USER_AGENT: &str = concat!("unreliable-client/", env!("CARGO_PKG_VERSION"));
+
+/// Why a run could not be judged.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The host name did not resolve to any address.
+    Resolve { host: String, reason: String },
+    /// No address of the server accepted a connection before the run started.
+    Unreachable { address: String, reason: String },
+    /// `/stats` or `/getlogs` failed after the run.
+    Server { request: String, reason: String },
+    /// The report could not be written.
+    Output(io::Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Resolve { host, reason } => {
+                write!(f, "cannot resolve host '{host}': {reason}")
+            }
+            ClientError::Unreachable { address, reason } => {
+                write!(f, "cannot reach {address}: {reason}")
+            }
+            ClientError::Server { request, reason } => write!(f, "{request} failed: {reason}"),
+            ClientError::Output(error) => write!(f, "cannot write the report: {error}"),
+        }
+    }
+}
+
+impl ClientError {
+    /// 3 when the server could not be reached at all, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Resolve { .. } | ClientError::Unreachable { .. } => 3,
+            ClientError::Server { .. } | ClientError::Output(_) => 1,
+        }
+    }
+}
+
+/// How a finished run came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Reconciled and within tolerance: exit 0.
+    Pass,
+    /// A mismatch, or an interval outside the tolerance: exit 1.
+    Fail,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Classification
+
+/// A failure below HTTP: the attempt got no usable response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// Connecting was refused (request not sent).
+    ConnectionRefused,
+    /// Connecting took longer than the attempt timeout (request not sent).
+    ConnectTimeout,
+    /// The peer reset the connection.
+    ConnectionReset,
+    /// The connection closed before any byte of a response.
+    ClosedBeforeResponse,
+    /// The connection closed in the middle of a response.
+    ClosedMidResponse,
+    /// The bytes were not a valid HTTP response; the detail says why.
+    Malformed(String),
+    /// Any other I/O error, described.
+    Io(String),
+}
+
+impl TransportError {
+    /// The category name used in counts, tables and JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransportError::ConnectionRefused => "connection refused",
+            TransportError::ConnectTimeout => "connect timeout",
+            TransportError::ConnectionReset => "connection reset",
+            TransportError::ClosedBeforeResponse => "closed before a response",
+            TransportError::ClosedMidResponse => "closed mid-response",
+            TransportError::Malformed(_) => "malformed response",
+            TransportError::Io(_) => "I/O error",
+        }
+    }
+    /// The variable part, if any (what was malformed, which I/O error).
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            TransportError::Malformed(detail) | TransportError::Io(detail) => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// What one attempt observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// One of the server's outcomes: a 403, 500 or 200 answer, or no answer within the timeout.
+    Server(Outcome),
+    /// A complete response with a status the server is not supposed to send.
+    OtherStatus(u16),
+    Transport(TransportError),
+}
+
+impl AttemptOutcome {
+    /// The category name: `timeout`, `403`, `500`, `200`, `status 404`, `connection refused` …
+    pub fn category(&self) -> String {
+        match self {
+            AttemptOutcome::Server(outcome) => outcome.name().to_string(),
+            AttemptOutcome::OtherStatus(status) => format!("status {status}"),
+            AttemptOutcome::Transport(error) => error.name().to_string(),
+        }
+    }
+}
+
+/// Maps the status of a complete response to an outcome.
+pub fn classify_status(status: u16) -> AttemptOutcome {
+    match Outcome::ALL
+        .iter()
+        .find(|outcome| outcome.status() == Some(status))
+    {
+        Some(outcome) => AttemptOutcome::Server(*outcome),
+        None => AttemptOutcome::OtherStatus(status),
+    }
+}
+
+/// Whether an attempt with this outcome is tried again (budget permitting).
+pub fn is_retried(outcome: &AttemptOutcome, retry_on: &[Outcome]) -> bool {
+    match outcome {
+        AttemptOutcome::Server(outcome) => retry_on.contains(outcome),
+        AttemptOutcome::OtherStatus(_) => false,
+        AttemptOutcome::Transport(_) => true,
+    }
+}
+
+/// The pause before attempt `attempt + 1`: uniform in `[0, min(max_backoff, backoff * 2^(attempt-1))]`
+/// ("full jitter"), where `uniform` is a draw in `[0, 1)`.
+pub fn backoff_delay(
+    attempt: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    uniform: f64,
+) -> Duration {
+    let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+    let ceiling = (backoff.as_secs_f64() * 2f64.powi(exponent)).min(max_backoff.as_secs_f64());
+    let fraction = if uniform.is_finite() {
+        uniform.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let seconds = ceiling * fraction;
+    if seconds.is_finite() && seconds > 0.0 {
+        Duration::from_secs_f64(seconds)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// `<run>-<request>-<attempt>`, the value of `X-Request-Id`.
+pub fn request_id(run_id: &str, request: u64, attempt: u32) -> String {
+    format!("{run_id}-{request}-{attempt}")
+}
+
+/// A fresh run id of [`RUN_ID_DIGITS`] hex digits from the clock and the process id.
+pub fn fresh_run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0);
+    let mixed = mix64(nanos ^ mix64(u64::from(std::process::id())));
+    format_run_id(mixed)
+}
+
+fn format_run_id(mixed: u64) -> String {
+    let digits = format!("{mixed:016x}");
+    digits[..RUN_ID_DIGITS].to_string()
+}
+
+/// The `Host` header value: IPv6 literals in brackets.
+pub fn host_header(host: &str, port: u16) -> String {
+    let bare = strip_brackets(host);
+    if bare.contains(':') {
+        format!("[{bare}]:{port}")
+    } else {
+        format!("{bare}:{port}")
+    }
+}
+
+fn strip_brackets(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// The bytes of one `/getbalance` attempt.
+pub fn getbalance_request(host_header: &str, request_id: &str) -> String {
+    format!(
+        "GET /getbalance HTTP/1.1\r\nHost: {host_header}\r\nX-Request-Id: {request_id}\r\n\
+         Accept: text/html\r\nUser-Agent: {USER_AGENT}\r\n\r\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a response
+
+/// A complete response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembled {
+    pub status: u16,
+    /// The server allows another request on this connection.
+    pub keep_alive: bool,
+    /// The decoded body (empty unless the assembler keeps bodies).
+    pub body: Vec<u8>,
+    /// Bytes arrived after the response: the connection is out of step and must not be reused.
+    pub trailing_bytes: bool,
+    /// The `Server` header names unreliable: reports are only trusted from the real thing.
+    pub from_unreliable: bool,
+}
+
+/// Why bytes did not make a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssemblyError {
+    Malformed(String),
+    TooLarge,
+    ClosedBeforeResponse,
+    ClosedMidResponse,
+}
+
+impl AssemblyError {
+    fn into_transport(self, max_bytes: usize) -> TransportError {
+        match self {
+            AssemblyError::Malformed(detail) => TransportError::Malformed(detail),
+            AssemblyError::TooLarge => {
+                TransportError::Malformed(format!("response larger than {max_bytes} bytes"))
+            }
+            AssemblyError::ClosedBeforeResponse => TransportError::ClosedBeforeResponse,
+            AssemblyError::ClosedMidResponse => TransportError::ClosedMidResponse,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeadSummary {
+    status: u16,
+    keep_alive: bool,
+    framing: ResponseFraming,
+    from_unreliable: bool,
+}
+
+/// Collects the bytes of one response as they arrive; pure, so it is tested without sockets.
+#[derive(Debug)]
+pub struct ResponseAssembler {
+    max_bytes: usize,
+    keep_body: bool,
+    received: usize,
+    /// The head until it parses; afterwards the body bytes not yet consumed.
+    pending: Vec<u8>,
+    head: Option<HeadSummary>,
+    body: Vec<u8>,
+    length_left: u64,
+    decoder: Option<ChunkedDecoder>,
+}
+
+impl ResponseAssembler {
+    /// `max_bytes`: the most bytes (head and body as sent) accepted.
+    pub fn new(max_bytes: usize, keep_body: bool) -> ResponseAssembler {
+        ResponseAssembler {
+            max_bytes,
+            keep_body,
+            received: 0,
+            pending: Vec::new(),
+            head: None,
+            body: Vec::new(),
+            length_left: 0,
+            decoder: None,
+        }
+    }
+
+    /// Feeds newly read bytes; `Ok(Some)` once the response is complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Assembled>, AssemblyError> {
+        self.received = self.received.saturating_add(bytes.len());
+        if self.received > self.max_bytes {
+            return Err(AssemblyError::TooLarge);
+        }
+        self.pending.extend_from_slice(bytes);
+        if self.head.is_none() {
+            let summary = match http::parse_response(&self.pending, false) {
+                Err(error) => return Err(AssemblyError::Malformed(error.to_string())),
+                Ok(Parsed::Partial) => return Ok(None),
+                Ok(Parsed::Complete(head)) => (
+                    HeadSummary {
+                        status: head.status,
+                        keep_alive: head.keep_alive,
+                        framing: head.body,
+                        from_unreliable: head
+                            .header("server")
+                            .is_some_and(|name| name.starts_with(b"unreliable/")),
+                    },
+                    head.head_length,
+                ),
+            };
+            let (head, head_length) = summary;
+            self.pending.drain(..head_length.min(self.pending.len()));
+            match head.framing {
+                ResponseFraming::Length(length) => self.length_left = length,
+                ResponseFraming::Chunked => {
+                    self.decoder = Some(ChunkedDecoder::new(self.max_bytes as u64))
+                }
+                ResponseFraming::None | ResponseFraming::UntilClose => {}
+            }
+            self.head = Some(head);
+        }
+        self.advance_body()
+    }
+
+    /// The peer closed the connection: completes a read-until-close body, fails anything else.
+    pub fn finish_at_close(&mut self) -> Result<Assembled, AssemblyError> {
+        match self.head {
+            None if self.received == 0 => Err(AssemblyError::ClosedBeforeResponse),
+            None => Err(AssemblyError::ClosedMidResponse),
+            Some(head) if head.framing == ResponseFraming::UntilClose => {
+                if self.keep_body {
+                    self.body.append(&mut self.pending);
+                }
+                Ok(self.complete(head, false))
+            }
+            Some(_) => Err(AssemblyError::ClosedMidResponse),
+        }
+    }
+
+    fn advance_body(&mut self) -> Result<Option<Assembled>, AssemblyError> {
+        let Some(head) = self.head else {
+            return Ok(None);
+        };
+        match head.framing {
+            ResponseFraming::None => Ok(Some(self.complete(head, head.keep_alive))),
+            ResponseFraming::Length(_) => {
+                let available = self.pending.len() as u64;
+                let taken = available.min(self.length_left) as usize;
+                if self.keep_body {
+                    self.body.extend_from_slice(&self.pending[..taken]);
+                }
+                self.pending.drain(..taken);
+                self.length_left -= taken as u64;
+                if self.length_left == 0 {
+                    Ok(Some(self.complete(head, head.keep_alive)))
+                } else {
+                    Ok(None)
+                }
+            }
+            ResponseFraming::Chunked => {
+                let Some(decoder) = self.decoder.as_mut() else {
+                    return Err(AssemblyError::Malformed("chunked decoder missing".into()));
+                };
+                let data = if self.keep_body {
+                    Some(&mut self.body)
+                } else {
+                    None
+                };
+                let progress = decoder
+                    .decode(&self.pending, data)
+                    .map_err(|error| AssemblyError::Malformed(format!("chunked body: {error}")))?;
+                self.pending
+                    .drain(..progress.consumed.min(self.pending.len()));
+                if progress.finished {
+                    Ok(Some(self.complete(head, head.keep_alive)))
+                } else {
+                    Ok(None)
+                }
+            }
+            ResponseFraming::UntilClose => {
+                if self.keep_body {
+                    self.body.append(&mut self.pending);
+                } else {
+                    self.pending.clear();
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn complete(&mut self, head: HeadSummary, keep_alive: bool) -> Assembled {
+        Assembled {
+            status: head.status,
+            keep_alive,
+            body: std::mem::take(&mut self.body),
+            trailing_bytes: !self.pending.is_empty(),
+            from_unreliable: head.from_unreliable,
+        }
+    }
+}
+
+/// Why receiving a response failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReceiveFailure {
+    Timeout,
+    Transport(TransportError),
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    // Platforms disagree on which kind an expired socket timeout reports.
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn io_failure(error: &io::Error) -> TransportError {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => TransportError::ConnectionRefused,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => TransportError::ConnectionReset,
+        _ => TransportError::Io(describe_io_error(error)),
+    }
+}
+
+/// A short lowercase description of an I/O error.
+fn describe_io_error(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".into(),
+        io::ErrorKind::HostUnreachable => "no route to host".into(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available".into(),
+        _ => error.to_string(),
+    }
+}
+
+/// Reads until the assembler has a complete response or `deadline` passes.
+fn receive(
+    stream: &mut TcpStream,
+    assembler: &mut ResponseAssembler,
+    deadline: Instant,
+) -> Result<Assembled, ReceiveFailure> {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let limit = assembler.max_bytes;
+    let failure = |error: AssemblyError| ReceiveFailure::Transport(error.into_transport(limit));
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ReceiveFailure::Timeout);
+        }
+        if let Err(error) = stream.set_read_timeout(Some(remaining)) {
+            return Err(ReceiveFailure::Transport(io_failure(&error)));
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return assembler.finish_at_close().map_err(failure),
+            Ok(read) => {
+                let result = assembler.push(&chunk[..read]);
+                match result {
+                    Ok(Some(response)) => return Ok(response),
+                    Ok(None) => {}
+                    Err(error) => return Err(failure(error)),
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if is_timeout(&error) => return Err(ReceiveFailure::Timeout),
+            Err(error) => return Err(ReceiveFailure::Transport(io_failure(&error))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+struct Target {
+    address: SocketAddr,
+    host_header: String,
+}
+
+struct Connection {
+    stream: TcpStream,
+    last_used: Instant,
+}
+
+/// Whether a connection last used at `last_used` may carry another request at `now`.
+fn is_fresh(last_used: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(last_used) <= MAX_IDLE_REUSE
+}
+
+fn connect(address: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&address, timeout.max(Duration::from_millis(1)))?;
+    // Small requests, answered one at a time: Nagle's delay would only add latency.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ClientError> {
+    let bare = strip_brackets(host);
+    let addresses: Vec<SocketAddr> = (bare, port)
+        .to_socket_addrs()
+        .map_err(|error| ClientError::Resolve {
+            host: host.to_string(),
+            reason: error.to_string(),
+        })?
+        .collect();
+    if addresses.is_empty() {
+        return Err(ClientError::Resolve {
+            host: host.to_string(),
+            reason: "no addresses".into(),
+        });
+    }
+    Ok(addresses)
+}
+
+/// Connects to the first address that answers; the connection is kept for the first worker.
+fn reach(host: &str, port: u16, timeout: Duration) -> Result<(Target, TcpStream), ClientError> {
+    let addresses = resolve(host, port)?;
+    let mut last_error = None;
+    for address in &addresses {
+        match connect(*address, timeout) {
+            Ok(stream) => {
+                let target = Target {
+                    address: *address,
+                    host_header: host_header(host, port),
+                };
+                return Ok((target, stream));
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(ClientError::Unreachable {
+        address: addresses[0].to_string(),
+        reason: last_error
+            .map(|error| describe_io_error(&error))
+            .unwrap_or_else(|| "no address answered".into()),
+    })
+}
+
+/// One classified attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    /// The logical request, 1..=count.
+    pub request: u64,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    /// The request was written completely (so the server may have logged it).
+    pub sent: bool,
+    /// From the start of the attempt (connecting included) to its classification.
+    pub latency: Duration,
+}
+
+/// Counters the progress line reads while workers run.
+#[derive(Debug, Default)]
+struct Progress {
+    done: AtomicU64,
+    attempts: AtomicU64,
+    by_outcome: [AtomicU64; Outcome::COUNT],
+    other: AtomicU64,
+    finished: AtomicBool,
+}
+
+impl Progress {
+    fn record(&self, outcome: &AttemptOutcome) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            AttemptOutcome::Server(outcome) => {
+                self.by_outcome[outcome.index()].fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.other.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn line(&self, total: u64, elapsed: Duration) -> String {
+        let done = self.done.load(Ordering::Relaxed);
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let rate = if seconds > 0.0 {
+            attempts as f64 / seconds
+        } else {
+            0.0
+        };
+        let mut line = format!("{done}/{total} requests  {rate:.0} attempts/s ");
+        for outcome in Outcome::ALL {
+            let count = self.by_outcome[outcome.index()].load(Ordering::Relaxed);
+            let _ = write!(line, " {} {count}", outcome.name());
+        }
+        let _ = write!(line, "  other {}", self.other.load(Ordering::Relaxed));
+        if done > 0 && done < total {
+            let left = seconds * (total - done) as f64 / done as f64;
+            let _ = write!(line, "  ETA {left:.0}s");
+        }
+        line
+    }
+}
+
+/// What the workers share.
+struct RunContext<'a> {
+    options: &'a ClientOptions,
+    target: &'a Target,
+    run_id: &'a str,
+    seed: u64,
+    next_request: AtomicU64,
+    progress: Progress,
+    first_connection: Mutex<Option<TcpStream>>,
+}
+
+/// Sends every logical request with its retries; returns the attempts sorted by request id.
+fn send_all(
+    options: &ClientOptions,
+    target: &Target,
+    run_id: &str,
+    first_connection: TcpStream,
+) -> Vec<AttemptRecord> {
+    let context = RunContext {
+        options,
+        target,
+        run_id,
+        seed: mix64(u64::from_str_radix(run_id, 16).unwrap_or(0)),
+        next_request: AtomicU64::new(0),
+        progress: Progress::default(),
+        first_connection: Mutex::new(Some(first_connection)),
+    };
+    let workers = options
+        .concurrency
+        .max(1)
+        .min(usize::try_from(options.count.max(1)).unwrap_or(usize::MAX));
+    let show_progress = !options.quiet && io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut records: Vec<AttemptRecord> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                let context = &context;
+                scope.spawn(move || run_worker(context, worker))
+            })
+            .collect();
+        if show_progress {
+            scope.spawn(|| draw_progress(&context, started));
+        }
+        let mut all = Vec::new();
+        for handle in handles {
+            // A worker never panics on input; should one panic anyway, its attempts are lost
+            // and reconciliation will say so (unknown entries), rather than crashing the run.
+            if let Ok(records) = handle.join() {
+                all.extend(records);
+            }
+        }
+        context.progress.finished.store(true, Ordering::Relaxed);
+        all
+    });
+    if show_progress {
+        let mut stderr = io::stderr();
+        let _ = writeln!(
+            stderr,
+            "\r{}\x1b[K",
+            context.progress.line(options.count, started.elapsed())
+        );
+    }
+    records.sort_by_key(|record| (record.request, record.attempt));
+    records
+}
+
+fn draw_progress(context: &RunContext<'_>, started: Instant) {
+    let mut stderr = io::stderr();
+    while !context.progress.finished.load(Ordering::Relaxed) {
+        let line = context
+            .progress
+            .line(context.options.count, started.elapsed());
+        let _ = write!(stderr, "\r{line}\x1b[K");
+        let _ = stderr.flush();
+        std::thread::sleep(PROGRESS_PERIOD);
+    }
+}
+
+fn run_worker(context: &RunContext<'_>, worker: usize) -> Vec<AttemptRecord> {
+    let options = context.options;
+    let mut rng = Rng::with_seed(mix64(context.seed ^ worker as u64));
+    let mut connection = match context.first_connection.lock() {
+        Ok(mut first) => first.take(),
+        Err(_) => None,
+    }
+    .map(|stream| Connection {
+        stream,
+        last_used: Instant::now(),
+    });
+    let mut records = Vec::new();
+    let mut first_request = true;
+    loop {
+        let request = context.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        if request > options.count {
+            break;
+        }
+        if !first_request && !options.interval.is_zero() {
+            std::thread::sleep(options.interval);
+        }
+        first_request = false;
+        let mut attempt: u32 = 1;
+        loop {
+            let record = perform_attempt(context, &mut connection, request, attempt);
+            context.progress.record(&record.outcome);
+            let again =
+                attempt <= options.retries && is_retried(&record.outcome, &options.retry_on);
+            records.push(record);
+            if !again {
+                break;
+            }
+            std::thread::sleep(backoff_delay(
+                attempt,
+                options.backoff,
+                options.max_backoff,
+                rng.next_f64(),
+            ));
+            attempt = attempt.saturating_add(1);
+        }
+        context.progress.done.fetch_add(1, Ordering::Relaxed);
+    }
+    records
+}
+
+fn perform_attempt(
+    context: &RunContext<'_>,
+    connection: &mut Option<Connection>,
+    request: u64,
+    attempt: u32,
+) -> AttemptRecord {
+    let started = Instant::now();
+    let id = request_id(context.run_id, request, attempt);
+    let (outcome, sent) = exchange(context.target, context.options.timeout, connection, &id);
+    AttemptRecord {
+        request,
+        attempt,
+        outcome,
+        sent,
+        latency: started.elapsed(),
+    }
+}
+
+/// One attempt on the worker's connection (opened when missing or stale); the connection is
+/// kept only after a complete keep-alive response with nothing after it.
+fn exchange(
+    target: &Target,
+    timeout: Duration,
+    connection: &mut Option<Connection>,
+    id: &str,
+) -> (AttemptOutcome, bool) {
+    let reusable = connection
+        .take()
+        .filter(|open| is_fresh(open.last_used, Instant::now()));
+    let mut stream = match reusable {
+        Some(open) => open.stream,
+        None => match connect(target.address, timeout) {
+            Ok(stream) => stream,
+            Err(error) if is_timeout(&error) => {
+                return (
+                    AttemptOutcome::Transport(TransportError::ConnectTimeout),
+                    false,
+                )
+            }
+            Err(error) => return (AttemptOutcome::Transport(io_failure(&error)), false),
+        },
+    };
+    let request = getbalance_request(&target.host_header, id);
+    let written = stream
+        .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
+        .and_then(|()| stream.write_all(request.as_bytes()));
+    if let Err(error) = written {
+        return (AttemptOutcome::Transport(io_failure(&error)), false);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut assembler = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
+    match receive(&mut stream, &mut assembler, deadline) {
+        Ok(response) => {
+            if response.keep_alive && !response.trailing_bytes {
+                *connection = Some(Connection {
+                    stream,
+                    last_used: Instant::now(),
+                });
+            }
+            (classify_status(response.status), true)
+        }
+        // Dropping the stream here closes it, which is how the server learns we gave up.
+        Err(ReceiveFailure::Timeout) => (AttemptOutcome::Server(Outcome::Timeout), true),
+        Err(ReceiveFailure::Transport(error)) => (AttemptOutcome::Transport(error), true),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asking the server
+
+/// `GET path` on a fresh connection; the body of a 200 answer, decoded as JSON.
+fn fetch_json(target: &Target, path: &str, timeout: Duration) -> Result<Value, ClientError> {
+    fetch_json_text(target, path, timeout).map(|(_, value)| value)
+}
+
+/// Like [`fetch_json`], also handing back the text.
+fn fetch_json_text(
+    target: &Target,
+    path: &str,
+    timeout: Duration,
+) -> Result<(String, Value), ClientError> {
+    let fail = |reason: String| ClientError::Server {
+        request: format!("GET {path}"),
+        reason,
+    };
+    let mut stream = connect(target.address, timeout).map_err(|e| fail(describe_io_error(&e)))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n\
+         Connection: close\r\n\r\n",
+        target.host_header
+    );
+    stream
+        .set_write_timeout(Some(timeout))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .map_err(|e| fail(describe_io_error(&e)))?;
+    let mut assembler = ResponseAssembler::new(MAX_ADMIN_RESPONSE_BYTES, true);
+    let response = match receive(&mut stream, &mut assembler, Instant::now() + timeout) {
+        Ok(response) => response,
+        Err(ReceiveFailure::Timeout) => {
+            return Err(fail(format!(
+                "no complete answer within {}",
+                format_duration(timeout)
+            )))
+        }
+        Err(ReceiveFailure::Transport(error)) => {
+            let detail = error.detail().map(|d| format!(": {d}")).unwrap_or_default();
+            return Err(fail(format!("{}{detail}", error.name())));
+        }
+    };
+    if !response.from_unreliable {
+        return Err(fail(
+            "the answer has no 'Server: unreliable/…' header: is this an unreliable server?".into(),
+        ));
+    }
+    if response.status != 200 {
+        return Err(fail(format!("answered status {}", response.status)));
+    }
+    let text = String::from_utf8(response.body).map_err(|_| fail("body is not UTF-8".into()))?;
+    let value = json::decode(&text).map_err(|error| fail(format!("invalid JSON: {error}")))?;
+    Ok((text, value))
+}
+
+/// What `/stats` says about the fault plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerStats {
+    pub seed: Option<u64>,
+    /// Indexed by [`Outcome::index`], summing to 1.
+    pub probabilities: [f64; Outcome::COUNT],
+}
+
+/// Reads the seed and the outcome probabilities (or, failing those, the weights) from `/stats`;
+/// `text` is the document `value` was decoded from.
+pub fn parse_server_stats(text: &str, value: &Value) -> Result<ServerStats, String> {
+    let seed = value.get("seed").and_then(|seed| match seed {
+        Value::Number(number) => seed.as_u64().or_else(|| exact_seed(text, *number)),
+        Value::String(digits) => digits.parse().ok(),
+        _ => None,
+    });
+    let table = value
+        .get("probabilities")
+        .or_else(|| value.get("weights"))
+        .ok_or("no \"probabilities\" or \"weights\" in /stats")?;
+    let mut probabilities = [0.0; Outcome::COUNT];
+    for outcome in Outcome::ALL {
+        let number = table
+            .get(outcome.name())
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("no probability for outcome \"{}\"", outcome.name()))?;
+        if !number.is_finite() || number < 0.0 {
+            return Err(format!(
+                "bad probability {number} for \"{}\"",
+                outcome.name()
+            ));
+        }
+        probabilities[outcome.index()] = number;
+    }
+    let sum: f64 = probabilities.iter().sum();
+    if sum <= 0.0 {
+        return Err("all probabilities are zero".into());
+    }
+    for probability in &mut probabilities {
+        *probability /= sum;
+    }
+    Ok(ServerStats {
+        seed,
+        probabilities,
+    })
+}
+
+/// The seed's digits read from the text: JSON numbers decode to f64, which cannot hold every
+/// 64-bit seed, and a seed is only useful exact. The digits are trusted only when they agree
+/// with the decoded number, so a `"seed"` key elsewhere in the document cannot be mistaken.
+fn exact_seed(text: &str, decoded: f64) -> Option<u64> {
+    const KEY: &str = "\"seed\"";
+    let mut rest = text;
+    while let Some(position) = rest.find(KEY) {
+        rest = &rest[position + KEY.len()..];
+        let Some(number) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let number = number.trim_start();
+        let end = number
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(number.len());
+        if let Ok(seed) = number[..end].parse::<u64>() {
+            if seed as f64 == decoded {
+                return Some(seed);
+            }
+        }
+    }
+    None
+}
+
+/// One `/getlogs` entry, as the client needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub id: u64,
+    /// RFC 3339, as the server sent it.
+    pub time: String,
+    pub client_ip: String,
+    /// `timeout`, `403`, `500` or `200`.
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub request_id: Option<String>,
+    pub duration_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct LogPage {
+    returned: u64,
+    next_since: u64,
+    dropped: u64,
+    entries: Vec<LogEntry>,
+}
+
+fn parse_log_entry(value: &Value) -> Result<LogEntry, String> {
+    let id = value
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or("log entry without an id")?;
+    let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+    let client_ip = text("client_ip")
+        .or_else(|| {
+            text("client").map(|client| match client.rsplit_once(':') {
+                Some((ip, _port)) => strip_brackets(ip).to_string(),
+                None => client,
+            })
+        })
+        .unwrap_or_default();
+    Ok(LogEntry {
+        id,
+        time: text("time").unwrap_or_default(),
+        client_ip,
+        outcome: text("outcome").ok_or_else(|| format!("log entry {id} without an outcome"))?,
+        status: value
+            .get("status")
+            .and_then(Value::as_u64)
+            .and_then(|status| u16::try_from(status).ok()),
+        request_id: text("request_id"),
+        duration_ms: value.get("duration_ms").and_then(Value::as_f64),
+    })
+}
+
+fn parse_log_page(value: &Value) -> Result<LogPage, String> {
+    let entries = value
+        .get("entries")
+        .and_then(Value::as_array)
+        .ok_or("no \"entries\" array in /getlogs")?
+        .iter()
+        .map(parse_log_entry)
+        .collect::<Result<Vec<_>, _>>()?;
+    let number = |key: &str| value.get(key).and_then(Value::as_u64);
+    Ok(LogPage {
+        returned: number("returned").unwrap_or(entries.len() as u64),
+        next_since: number("next_since")
+            .or_else(|| entries.last().map(|entry| entry.id))
+            .unwrap_or(0),
+        dropped: number("dropped").unwrap_or(0),
+        entries,
+    })
+}
+
+/// This run's entries and how many the server's ring dropped.
+#[derive(Debug, Clone, PartialEq)]
+struct LogFetch {
+    entries: Vec<LogEntry>,
+    dropped: u64,
+}
+
+/// Pages through `/getlogs?request_id_prefix=prefix` with `since` while pages come back full.
+fn fetch_run_entries(
+    target: &Target,
+    prefix: &str,
+    page_limit: u64,
+    max_pages: u64,
+    timeout: Duration,
+) -> Result<LogFetch, ClientError> {
+    let mut since = 0;
+    let mut fetched = LogFetch {
+        entries: Vec::new(),
+        dropped: 0,
+    };
+    for _ in 0..max_pages {
+        let path = format!("/getlogs?request_id_prefix={prefix}&since={since}&limit={page_limit}");
+        let value = fetch_json(target, &path, timeout)?;
+        let page = parse_log_page(&value).map_err(|reason| ClientError::Server {
+            request: format!("GET {path}"),
+            reason,
+        })?;
+        fetched.dropped = fetched.dropped.max(page.dropped);
+        fetched.entries.extend(page.entries);
+        if page.returned < page_limit {
+            return Ok(fetched);
+        }
+        if page.next_since <= since {
+            return Err(ClientError::Server {
+                request: format!("GET {path}"),
+                reason: format!("paging does not advance (next_since {})", page.next_since),
+            });
+        }
+        since = page.next_since;
+    }
+    Err(ClientError::Server {
+        request: "GET /getlogs".into(),
+        reason: format!("more than {max_pages} pages of {page_limit} entries"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation
+
+/// A client attempt and its server entry disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub request_id: String,
+    /// What the client saw (`timeout`, `403`, … or `not sent (connection refused)`).
+    pub client: String,
+    /// The entry's outcome.
+    pub server: String,
+}
+
+/// Attempts against entries, by request id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Entries of this run on the server.
+    pub server_entries: u64,
+    /// Attempts whose one entry has the same outcome.
+    pub matched: u64,
+    /// Attempts that failed before the request was written and, rightly, have no entry.
+    pub not_sent: u64,
+    /// Transport failures after sending that the server logged (any outcome is accepted).
+    pub transport_logged: u64,
+    /// The server's outcomes for those, by name: `timeout` here means the server gave up on a
+    /// hung request before the client's timeout (its `--hang` is shorter).
+    pub transport_logged_outcomes: BTreeMap<String, u64>,
+    /// Transport failures after sending that the server did not log (the request may never
+    /// have arrived, e.g. a keep-alive connection the server was closing).
+    pub transport_unlogged: u64,
+    /// Answered or timed-out attempts with no entry.
+    pub missing_on_server: Vec<String>,
+    /// Entries with this run's prefix for requests the client never sent.
+    pub unknown_to_client: Vec<String>,
+    pub mismatches: Vec<Mismatch>,
+    /// Request ids with more than one entry.
+    pub duplicates: Vec<String>,
+}
+
+impl Reconciliation {
+    /// Every attempt and every entry accounted for.
+    pub fn is_clean(&self) -> bool {
+        self.missing_on_server.is_empty()
+            && self.unknown_to_client.is_empty()
+            && self.mismatches.is_empty()
+            && self.duplicates.is_empty()
+    }
+}
+
+/// Matches every attempt with the entries carrying its request id. Entries without this run's
+/// prefix are ignored; a request id the client sent twice cannot occur (ids are unique).
+pub fn reconcile(run_id: &str, attempts: &[AttemptRecord], entries: &[LogEntry]) -> Reconciliation {
+    let prefix = format!("{run_id}-");
+    let mut by_id: HashMap<&str, Vec<&LogEntry>> = HashMap::new();
+    let mut result = Reconciliation::default();
+    for entry in entries {
+        if let Some(id) = entry
+            .request_id
+            .as_deref()
+            .filter(|id| id.starts_with(&prefix))
+        {
+            by_id.entry(id).or_default().push(entry);
+            result.server_entries += 1;
+        }
+    }
+    let mut sent_ids = HashSet::new();
+    for attempt in attempts {
+        let id = request_id(run_id, attempt.request, attempt.attempt);
+        let found = by_id.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        match found {
+            [] if !attempt.sent => result.not_sent += 1,
+            [] if matches!(attempt.outcome, AttemptOutcome::Transport(_)) => {
+                result.transport_unlogged += 1
+            }
+            [] => result.missing_on_server.push(id.clone()),
+            [entry] if !attempt.sent => result.mismatches.push(Mismatch {
+                request_id: id.clone(),
+                client: format!("not sent ({})", attempt.outcome.category()),
+                server: entry.outcome.clone(),
+            }),
+            [entry] if matches!(attempt.outcome, AttemptOutcome::Transport(_)) => {
+                result.transport_logged += 1;
+                *result
+                    .transport_logged_outcomes
+                    .entry(entry.outcome.clone())
+                    .or_insert(0) += 1;
+            }
+            [entry] => {
+                if outcome_matches(&attempt.outcome, entry) {
+                    result.matched += 1;
+                } else {
+                    result.mismatches.push(Mismatch {
+                        request_id: id.clone(),
+                        client: attempt.outcome.category(),
+                        server: entry.outcome.clone(),
+                    });
+                }
+            }
+            _ => result.duplicates.push(id.clone()),
+        }
+        sent_ids.insert(id);
+    }
+    let mut unknown: Vec<&LogEntry> = by_id
+        .iter()
+        .filter(|(id, _)| !sent_ids.contains(**id))
+        .flat_map(|(_, found)| found.iter().copied())
+        .collect();
+    unknown.sort_by_key(|entry| entry.id);
+    result.unknown_to_client = unknown
+        .iter()
+        .filter_map(|entry| entry.request_id.clone())
+        .collect();
+    result
+}
+
+fn outcome_matches(outcome: &AttemptOutcome, entry: &LogEntry) -> bool {
+    match outcome {
+        AttemptOutcome::Server(outcome) => entry.outcome == outcome.name(),
+        AttemptOutcome::OtherStatus(status) => entry.status == Some(*status),
+        AttemptOutcome::Transport(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Theory and tables
+
+/// Final-outcome probabilities per logical request when the outcomes in `retried` are tried
+/// again up to `retries` times. With q the summed probability of `retried`: an outcome outside
+/// it ends a request with `p (1 - q^(R+1)) / (1 - q)`; one inside it is final only on the last
+/// attempt, with `p q^R`.
+pub fn final_outcome_probabilities(
+    probabilities: &[f64; Outcome::COUNT],
+    retried: &[Outcome],
+    retries: u32,
+) -> [f64; Outcome::COUNT] {
+    let q = retried_probability(probabilities, retried);
+    let reach = expected_attempts_per_request(q, retries);
+    let last_round = q.powf(f64::from(retries));
+    let mut finals = [0.0; Outcome::COUNT];
+    for outcome in Outcome::ALL {
+        let p = probabilities[outcome.index()];
+        finals[outcome.index()] = if retried.contains(&outcome) {
+            p * last_round
+        } else {
+            p * reach
+        };
+    }
+    finals
+}
+
+/// The summed probability of the retried outcomes.
+pub fn retried_probability(probabilities: &[f64; Outcome::COUNT], retried: &[Outcome]) -> f64 {
+    Outcome::ALL
+        .iter()
+        .filter(|outcome| retried.contains(outcome))
+        .map(|outcome| probabilities[outcome.index()])
+        .sum()
+}
+
+/// Mean attempts per logical request: `(1 - q^(R+1)) / (1 - q)`, and `R + 1` when `q` is 1.
+pub fn expected_attempts_per_request(q: f64, retries: u32) -> f64 {
+    let rounds = f64::from(retries) + 1.0;
+    if 1.0 - q < 1e-12 {
+        rounds
+    } else {
+        (1.0 - q.powf(rounds)) / (1.0 - q)
+    }
+}
+
+/// One row of a distribution table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistributionRow {
+    pub outcome: Outcome,
+    pub expected_probability: f64,
+    pub expected_count: f64,
+    pub actual_count: u64,
+    pub actual_proportion: f64,
+    /// 95% Wilson interval of the proportion.
+    pub interval: (f64, f64),
+}
+
+/// Observed counts against expected probabilities, one row per outcome.
+pub fn distribution(
+    counts: &[u64; Outcome::COUNT],
+    probabilities: &[f64; Outcome::COUNT],
+) -> Vec<DistributionRow> {
+    let total: u64 = counts.iter().sum();
+    Outcome::ALL
+        .iter()
+        .map(|outcome| {
+            let count = counts[outcome.index()];
+            let expected = probabilities[outcome.index()];
+            DistributionRow {
+                outcome: *outcome,
+                expected_probability: expected,
+                expected_count: expected * total as f64,
+                actual_count: count,
+                actual_proportion: if total > 0 {
+                    count as f64 / total as f64
+                } else {
+                    0.0
+                },
+                interval: stats::wilson_interval(count, total, CONFIDENCE),
+            }
+        })
+        .collect()
+}
+
+/// Whether the row's interval lies entirely outside expected ± `tolerance_points`.
+pub fn is_outside_tolerance(row: &DistributionRow, total: u64, tolerance_points: f64) -> bool {
+    if total == 0 {
+        return false;
+    }
+    let expected = row.expected_probability * 100.0;
+    row.interval.0 * 100.0 > expected + tolerance_points
+        || row.interval.1 * 100.0 < expected - tolerance_points
+}
+
+/// A text bar: `#` for the actual share, `|` where the expected share ends.
+pub fn bar(actual: f64, expected: f64) -> String {
+    let cells = |share: f64| ((share.clamp(0.0, 1.0) * BAR_WIDTH as f64).round()) as usize;
+    let filled = cells(actual);
+    let marker = cells(expected).min(BAR_WIDTH.saturating_sub(1));
+    (0..BAR_WIDTH)
+        .map(|cell| {
+            if cell == marker {
+                '|'
+            } else if cell < filled {
+                '#'
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+}
+
+/// The ± half-width (percentage points) of the interval of the most frequent outcome, and how
+/// many draws would bring it to ±1 point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Precision {
+    pub draws: u64,
+    pub half_width_points: f64,
+    pub draws_for_one_point: u64,
+}
+
+pub fn precision(rows: &[DistributionRow], draws: u64) -> Option<Precision> {
+    let largest = rows.iter().max_by_key(|row| row.actual_count)?;
+    if draws == 0 {
+        return None;
+    }
+    let z = stats::normal_quantile(CONFIDENCE);
+    let p = largest.actual_proportion.clamp(0.0, 1.0);
+    let needed = (z * z * p * (1.0 - p) / 1e-4).ceil();
+    Some(Precision {
+        draws,
+        half_width_points: (largest.interval.1 - largest.interval.0) * 50.0,
+        draws_for_one_point: if needed.is_finite() && needed > 0.0 {
+            round_to_two_digits(needed as u64)
+        } else {
+            0
+        },
+    })
+}
+
+/// 6576 as 6600: the count is an estimate, so more digits would claim too much.
+fn round_to_two_digits(value: u64) -> u64 {
+    let mut scale = 1;
+    while value / scale >= 100 {
+        scale *= 10;
+    }
+    value.saturating_add(scale / 2) / scale * scale
+}
+
+/// Latency quantiles of one category, in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyRow {
+    pub category: String,
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+fn latency_rows(attempts: &[AttemptRecord]) -> Vec<LatencyRow> {
+    let mut by_category: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
+    for attempt in attempts {
+        let order = match &attempt.outcome {
+            AttemptOutcome::Server(outcome) => outcome.index(),
+            _ => Outcome::COUNT,
+        };
+        by_category
+            .entry((order, attempt.outcome.category()))
+            .or_default()
+            .push(attempt.latency.as_secs_f64() * 1000.0);
+    }
+    by_category
+        .into_iter()
+        .map(|((_, category), mut values)| {
+            values.sort_by(f64::total_cmp);
+            let quantile = |q| stats::percentile(&values, q).unwrap_or(0.0);
+            LatencyRow {
+                category,
+                count: values.len() as u64,
+                p50: quantile(0.5),
+                p90: quantile(0.9),
+                p99: quantile(0.99),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+
+/// Everything a report shows, computed once and rendered as text or JSON.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub run_id: String,
+    pub target: String,
+    pub seed: Option<u64>,
+    pub probabilities: [f64; Outcome::COUNT],
+    pub attempts: u64,
+    pub requests: u64,
+    pub attempt_rows: Vec<DistributionRow>,
+    pub attempt_draws: u64,
+    /// Attempts that were not draws (other statuses, transport errors), by category.
+    pub attempt_other: BTreeMap<String, u64>,
+    /// A detail per transport category (the first one seen).
+    pub transport_details: BTreeMap<String, String>,
+    pub fit: GoodnessOfFit,
+    pub precision: Option<Precision>,
+    pub request_rows: Vec<DistributionRow>,
+    pub request_draws: u64,
+    pub request_other: BTreeMap<String, u64>,
+    pub mean_attempts: f64,
+    pub expected_mean_attempts: f64,
+    pub elapsed: Duration,
+    pub latency: Vec<LatencyRow>,
+    pub reconciliation: Reconciliation,
+    pub dropped_by_server: u64,
+    /// The server entries to show (already cut to `show_logs`).
+    pub shown_entries: Vec<LogEntry>,
+    pub tolerance_violations: Vec<Outcome>,
+    pub verdict: Verdict,
+}
+
+/// Builds the report from the attempts, the server's stats and this run's entries.
+fn build_report(
+    options: &ClientOptions,
+    run_id: &str,
+    target: &str,
+    server: &ServerStats,
+    attempts: &[AttemptRecord],
+    fetched: &LogFetch,
+    elapsed: Duration,
+) -> Report {
+    let mut attempt_counts = [0u64; Outcome::COUNT];
+    let mut attempt_other = BTreeMap::new();
+    let mut transport_details = BTreeMap::new();
+    let mut finals: BTreeMap<u64, &AttemptOutcome> = BTreeMap::new();
+    for attempt in attempts {
+        match &attempt.outcome {
+            AttemptOutcome::Server(outcome) => attempt_counts[outcome.index()] += 1,
+            other => *attempt_other.entry(other.category()).or_insert(0) += 1,
+        }
+        if let AttemptOutcome::Transport(error) = &attempt.outcome {
+            if let Some(detail) = error.detail() {
+                transport_details
+                    .entry(error.name().to_string())
+                    .or_insert_with(|| detail.to_string());
+            }
+        }
+        // Attempts are sorted, so the last one seen per request is its final outcome.
+        finals.insert(attempt.request, &attempt.outcome);
+    }
+    let mut request_counts = [0u64; Outcome::COUNT];
+    let mut request_other = BTreeMap::new();
+    for outcome in finals.values() {
+        match outcome {
+            AttemptOutcome::Server(outcome) => request_counts[outcome.index()] += 1,
+            other => *request_other.entry(other.category()).or_insert(0) += 1,
+        }
+    }
+    let attempt_draws: u64 = attempt_counts.iter().sum();
+    let request_draws: u64 = request_counts.iter().sum();
+    let attempt_rows = distribution(&attempt_counts, &server.probabilities);
+    let final_probabilities =
+        final_outcome_probabilities(&server.probabilities, &options.retry_on, options.retries);
+    let request_rows = distribution(&request_counts, &final_probabilities);
+    let fit = stats::goodness_of_fit(&attempt_counts, &server.probabilities);
+    let q = retried_probability(&server.probabilities, &options.retry_on);
+    let reconciliation = reconcile(run_id, attempts, &fetched.entries);
+    let tolerance_violations: Vec<Outcome> = match options.tolerance {
+        Some(tolerance) => attempt_rows
+            .iter()
+            .filter(|row| is_outside_tolerance(row, attempt_draws, tolerance))
+            .map(|row| row.outcome)
+            .collect(),
+        None => Vec::new(),
+    };
+    let shown = match options.show_logs {
+        ShowLogs::All => fetched.entries.len(),
+        ShowLogs::Last(count) => count.min(fetched.entries.len()),
+        ShowLogs::None => 0,
+    };
+    let verdict = if reconciliation.is_clean() && tolerance_violations.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    let requests = finals.len() as u64;
+    Report {
+        run_id: run_id.to_string(),
+        target: target.to_string(),
+        seed: server.seed,
+        probabilities: server.probabilities,
+        attempts: attempts.len() as u64,
+        requests,
+        precision: precision(&attempt_rows, attempt_draws),
+        attempt_rows,
+        attempt_draws,
+        attempt_other,
+        transport_details,
+        fit,
+        request_rows,
+        request_draws,
+        request_other,
+        mean_attempts: if requests > 0 {
+            attempts.len() as f64 / requests as f64
+        } else {
+            0.0
+        },
+        expected_mean_attempts: expected_attempts_per_request(q, options.retries),
+        elapsed,
+        latency: latency_rows(attempts),
+        reconciliation,
+        dropped_by_server: fetched.dropped,
+        shown_entries: fetched.entries[fetched.entries.len() - shown..].to_vec(),
+        tolerance_violations,
+        verdict,
+    }
+}
+
+/// `250ms`, `1.5s`.
+fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_secs_f64() * 1000.0;
+    if millis < 1000.0 {
+        format!("{millis:.0}ms")
+    } else {
+        let seconds = format!("{:.3}", duration.as_secs_f64());
+        let trimmed = seconds.trim_end_matches('0').trim_end_matches('.');
+        format!("{trimmed}s")
+    }
+}
+
+/// `12345` as `12,345`.
+fn group_thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut grouped = String::new();
+    for (position, digit) in digits.chars().enumerate() {
+        if position > 0 && (digits.len() - position).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+/// `2024-10-23T23:55:31.705Z` in the original tool's style `2024-10-23 23:55:31,705`; anything
+/// not shaped like that is shown as sent.
+pub fn log_style_time(rfc3339: &str) -> String {
+    let bytes = rfc3339.as_bytes();
+    if bytes.len() == 24 && bytes[10] == b'T' && bytes[19] == b'.' && bytes[23] == b'Z' {
+        format!(
+            "{} {},{}",
+            &rfc3339[..10],
+            &rfc3339[11..19],
+            &rfc3339[20..23]
+        )
+    } else {
+        rfc3339.to_string()
+    }
+}
+
+/// One server entry in the original style plus its request id:
+/// `2024-10-23 23:55:31,705 - 127.0.0.1 - 200 OK  [abc-1-1]`.
+pub fn format_log_entry(entry: &LogEntry) -> String {
+    let label = Outcome::from_name(&entry.outcome)
+        .map(Outcome::text_label)
+        .unwrap_or(entry.outcome.as_str());
+    format!(
+        "{} - {} - {}  [{}]",
+        log_style_time(&entry.time),
+        entry.client_ip,
+        label,
+        entry.request_id.as_deref().unwrap_or("-")
+    )
+}
+
+/// The sentence judging the chi-square p-value.
+pub fn fit_sentence(fit: &GoodnessOfFit, draws: u64) -> String {
+    if draws == 0 {
+        "no attempts reached an outcome, so there is nothing to judge".into()
+    } else if fit.p_value >= SIGNIFICANCE {
+        format!(
+            "consistent with the configured weights (p = {:.3} >= {SIGNIFICANCE})",
+            fit.p_value
+        )
+    } else {
+        format!(
+            "unlikely under the configured weights (p = {:.3e})",
+            fit.p_value
+        )
+    }
+}
+
+fn write_distribution(
+    text: &mut String,
+    title: &str,
+    rows: &[DistributionRow],
+    other: &BTreeMap<String, u64>,
+) -> std::fmt::Result {
+    writeln!(text, "{title}")?;
+    writeln!(
+        text,
+        "  {:<8} {:>9} {:>10} {:>8} {:>8}  {:<17}  # actual, | expected",
+        "outcome", "expected", "exp.count", "count", "actual", "95% interval"
+    )?;
+    for row in rows {
+        let interval = format!(
+            "[{:.1}%, {:.1}%]",
+            row.interval.0 * 100.0,
+            row.interval.1 * 100.0
+        );
+        writeln!(
+            text,
+            "  {:<8} {:>8.1}% {:>10.1} {:>8} {:>7.1}%  {:<17}  {}",
+            row.outcome.name(),
+            row.expected_probability * 100.0,
+            row.expected_count,
+            row.actual_count,
+            row.actual_proportion * 100.0,
+            interval,
+            bar(row.actual_proportion, row.expected_probability)
+        )?;
+    }
+    for (category, count) in other {
+        writeln!(
+            text,
+            "  {category:<28} {count:>8}  (not a draw from the weights)"
+        )?;
+    }
+    Ok(())
+}
+
+fn write_id_list(text: &mut String, label: &str, ids: &[String]) -> std::fmt::Result {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<&str> = ids
+        .iter()
+        .take(MAX_LISTED_IDS)
+        .map(String::as_str)
+        .collect();
+    let more = ids.len().saturating_sub(MAX_LISTED_IDS);
+    write!(text, "  {label}: {} ({}", ids.len(), listed.join(", "))?;
+    if more > 0 {
+        write!(text, ", … {more} more")?;
+    }
+    writeln!(text, ")")
+}
+
+/// The human report.
+pub fn write_text_report(
+    report: &Report,
+    options: &ClientOptions,
+    text: &mut String,
+) -> std::fmt::Result {
+    writeln!(
+        text,
+        "{USER_AGENT}: run {} against {}",
+        report.run_id, report.target
+    )?;
+    let retry_on: Vec<&str> = options.retry_on.iter().map(|o| o.name()).collect();
+    writeln!(
+        text,
+        "  {} requests, concurrency {}, timeout {}, retries {} on [{}], backoff {} up to {}, interval {}",
+        options.count,
+        options.concurrency,
+        format_duration(options.timeout),
+        options.retries,
+        retry_on.join(", "),
+        format_duration(options.backoff),
+        format_duration(options.max_backoff),
+        format_duration(options.interval)
+    )?;
+    let weights: Vec<String> = Outcome::ALL
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {:.1}%",
+                o.name(),
+                report.probabilities[o.index()] * 100.0
+            )
+        })
+        .collect();
+    let seed = report
+        .seed
+        .map(|seed| seed.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    writeln!(text, "  server seed {seed}, weights {}", weights.join(", "))?;
+
+    if !report.shown_entries.is_empty() {
+        writeln!(text)?;
+        writeln!(
+            text,
+            "Server log (last {} of this run's {} entries)",
+            report.shown_entries.len(),
+            report.reconciliation.server_entries
+        )?;
+        for entry in &report.shown_entries {
+            writeln!(text, "  {}", format_log_entry(entry))?;
+        }
+    }
+
+    writeln!(text)?;
+    write_distribution(
+        text,
+        &format!(
+            "Per attempt (each attempt is one draw): {} attempts, {} draws",
+            report.attempts, report.attempt_draws
+        ),
+        &report.attempt_rows,
+        &report.attempt_other,
+    )?;
+    for (category, detail) in &report.transport_details {
+        writeln!(text, "  first {category}: {detail}")?;
+    }
+    writeln!(
+        text,
+        "  chi-square {:.3}, {} degrees of freedom, p-value {:.4} ({})",
+        report.fit.statistic,
+        report.fit.degrees_of_freedom,
+        report.fit.p_value,
+        report.fit.method.name()
+    )?;
+    writeln!(
+        text,
+        "  the mix is {}",
+        fit_sentence(&report.fit, report.attempt_draws)
+    )?;
+    if let Some(precision) = &report.precision {
+        writeln!(
+            text,
+            "  precision: with {} attempts each percentage is known to about ±{:.1} points; \
+             ~{} attempts give ±1",
+            group_thousands(precision.draws),
+            precision.half_width_points,
+            group_thousands(precision.draws_for_one_point)
+        )?;
+    }
+
+    writeln!(text)?;
+    write_distribution(
+        text,
+        &format!(
+            "Per logical request (final outcome after up to {} retries): {} requests",
+            options.retries, report.requests
+        ),
+        &report.request_rows,
+        &report.request_other,
+    )?;
+    writeln!(
+        text,
+        "  mean attempts per request {:.3} (theory {:.3})",
+        report.mean_attempts, report.expected_mean_attempts
+    )?;
+    let seconds = report.elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        report.attempts as f64 / seconds
+    } else {
+        0.0
+    };
+    writeln!(
+        text,
+        "  total time {}, {rate:.1} attempts/s",
+        format_duration(report.elapsed)
+    )?;
+
+    writeln!(text)?;
+    writeln!(text, "Latency per attempt (ms)")?;
+    writeln!(
+        text,
+        "  {:<24} {:>8} {:>10} {:>10} {:>10}",
+        "outcome", "count", "p50", "p90", "p99"
+    )?;
+    for row in &report.latency {
+        writeln!(
+            text,
+            "  {:<24} {:>8} {:>10.2} {:>10.2} {:>10.2}",
+            row.category, row.count, row.p50, row.p90, row.p99
+        )?;
+    }
+
+    let reconciliation = &report.reconciliation;
+    writeln!(text)?;
+    writeln!(
+        text,
+        "Reconciliation: {} attempts, {} server entries",
+        report.attempts, reconciliation.server_entries
+    )?;
+    writeln!(
+        text,
+        "  matched {}, not sent {}, transport errors logged {} / not logged {}",
+        reconciliation.matched,
+        reconciliation.not_sent,
+        reconciliation.transport_logged,
+        reconciliation.transport_unlogged
+    )?;
+    if !reconciliation.transport_logged_outcomes.is_empty() {
+        let outcomes: Vec<String> = reconciliation
+            .transport_logged_outcomes
+            .iter()
+            .map(|(outcome, count)| format!("{outcome} {count}"))
+            .collect();
+        writeln!(
+            text,
+            "  the server logged those transport errors as: {}",
+            outcomes.join(", ")
+        )?;
+        if reconciliation
+            .transport_logged_outcomes
+            .contains_key("timeout")
+        {
+            writeln!(
+                text,
+                "  hint: the server closed hung requests before the client's timeout; \
+                 give the server a longer --hang than the client's --timeout"
+            )?;
+        }
+    }
+    write_id_list(
+        text,
+        "missing on the server",
+        &reconciliation.missing_on_server,
+    )?;
+    write_id_list(
+        text,
+        "unknown to the client",
+        &reconciliation.unknown_to_client,
+    )?;
+    write_id_list(text, "logged more than once", &reconciliation.duplicates)?;
+    if !reconciliation.mismatches.is_empty() {
+        writeln!(
+            text,
+            "  outcome mismatches: {}",
+            reconciliation.mismatches.len()
+        )?;
+        for mismatch in reconciliation.mismatches.iter().take(MAX_LISTED_IDS) {
+            writeln!(
+                text,
+                "    {}: client {}, server {}",
+                mismatch.request_id, mismatch.client, mismatch.server
+            )?;
+        }
+    }
+    if report.dropped_by_server > 0 {
+        writeln!(
+            text,
+            "  note: the server's log ring dropped {} entries; missing entries may be among them",
+            report.dropped_by_server
+        )?;
+    }
+
+    writeln!(text)?;
+    let mut reasons = Vec::new();
+    if !reconciliation.is_clean() {
+        reasons.push("client and server logs disagree".to_string());
+    }
+    if let Some(tolerance) = options.tolerance {
+        for outcome in &report.tolerance_violations {
+            reasons.push(format!(
+                "{}: 95% interval outside expected ± {tolerance} points",
+                outcome.name()
+            ));
+        }
+    }
+    match report.verdict {
+        Verdict::Pass => writeln!(text, "verdict: PASS"),
+        Verdict::Fail => writeln!(text, "verdict: FAIL ({})", reasons.join("; ")),
+    }
+}
+
+fn write_string_array(out: &mut String, items: &[String]) {
+    let mut array = ArrayWriter::new(out);
+    for item in items {
+        array.string(item);
+    }
+    array.finish();
+}
+
+fn write_count_object(out: &mut String, counts: &BTreeMap<String, u64>) {
+    let mut object = ObjectWriter::new(out);
+    for (category, count) in counts {
+        object.u64(category, *count);
+    }
+    object.finish();
+}
+
+fn write_outcome_counts(out: &mut String, rows: &[DistributionRow]) {
+    let mut object = ObjectWriter::new(out);
+    for row in rows {
+        object.u64(row.outcome.name(), row.actual_count);
+    }
+    object.finish();
+}
+
+fn write_rows(out: &mut String, rows: &[DistributionRow]) {
+    let mut array = ArrayWriter::new(out);
+    for row in rows {
+        let mut object = ObjectWriter::new(array.item());
+        object
+            .string("outcome", row.outcome.name())
+            .f64("expected_probability", row.expected_probability)
+            .f64("expected_count", row.expected_count)
+            .u64("actual_count", row.actual_count)
+            .f64("actual_proportion", row.actual_proportion)
+            .f64("interval_low", row.interval.0)
+            .f64("interval_high", row.interval.1);
+        object.finish();
+    }
+    array.finish();
+}
+
+fn milliseconds(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The `--json` document: one object with these members.
+///
+/// - `version`: the client's version.
+/// - `run_id`: the hex run id; every request id is `<run_id>-<request>-<attempt>`.
+/// - `target`: the address connected to, e.g. `127.0.0.1:8080`.
+/// - `configuration`: `host`, `port`, `count`, `concurrency`, `timeout_ms`, `retries`,
+///   `retry_on` (outcome names), `backoff_ms`, `max_backoff_ms`, `interval_ms`,
+///   `tolerance_points` (number or null).
+/// - `server`: `seed` (number or null) and `probabilities` (outcome name → probability, from
+///   `/stats`).
+/// - `attempts`: `total`, `counts` (outcome name → count), `other` (category → count, for other
+///   statuses like `status 404` and transport errors like `connection refused`), `draws` (the
+///   attempts that are outcomes), `rows` (see below), `chi_square` (`statistic`,
+///   `degrees_of_freedom`, `p_value`, `method`), `consistent` (p-value ≥ 0.05),
+///   `precision_points` (± half-width of the largest outcome's interval, or null).
+/// - `requests`: `total`, `counts`, `other` (final outcomes), `draws`, `rows` (expected from the
+///   retry theory), `mean_attempts`, `expected_mean_attempts`.
+/// - rows are objects: `outcome`, `expected_probability`, `expected_count`, `actual_count`,
+///   `actual_proportion`, `interval_low`, `interval_high` (95% Wilson interval, proportions).
+/// - `latency_ms`: array of `category`, `count`, `p50`, `p90`, `p99`.
+/// - `elapsed_seconds`, `attempts_per_second`.
+/// - `reconciliation`: `server_entries`, `matched`, `not_sent`, `transport_logged`,
+///   `transport_unlogged`, `transport_logged_outcomes` (server outcome → count for the logged
+///   transport errors), `missing_on_server`, `unknown_to_client`, `duplicates` (arrays of
+///   request ids), `mismatches` (array of `request_id`, `client`, `server`), `dropped_by_server`,
+///   `clean` (bool).
+/// - `logs`: the shown server entries: `id`, `time`, `client_ip`, `outcome`, `status` (or null),
+///   `request_id` (or null).
+/// - `tolerance_violations`: outcome names whose interval lies outside expected ± tolerance.
+/// - `verdict`: `pass` or `fail`.
+pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut String) {
+    let mut document = ObjectWriter::new(out);
+    document
+        .string("version", env!("CARGO_PKG_VERSION"))
+        .string("run_id", &report.run_id)
+        .string("target", &report.target);
+    {
+        let mut configuration = ObjectWriter::new(document.key("configuration"));
+        configuration
+            .string("host", &options.host)
+            .u64("port", u64::from(options.port))
+            .u64("count", options.count)
+            .u64("concurrency", options.concurrency as u64)
+            .f64("timeout_ms", milliseconds(options.timeout))
+            .u64("retries", u64::from(options.retries));
+        let names: Vec<String> = options
+            .retry_on
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        write_string_array(configuration.key("retry_on"), &names);
+        configuration
+            .f64("backoff_ms", milliseconds(options.backoff))
+            .f64("max_backoff_ms", milliseconds(options.max_backoff))
+            .f64("interval_ms", milliseconds(options.interval));
+        match options.tolerance {
+            Some(tolerance) => configuration.f64("tolerance_points", tolerance),
+            None => configuration.null("tolerance_points"),
+        };
+        configuration.finish();
+    }
+    {
+        let mut server = ObjectWriter::new(document.key("server"));
+        match report.seed {
+            Some(seed) => server.u64("seed", seed),
+            None => server.null("seed"),
+        };
+        {
+            let mut probabilities = ObjectWriter::new(server.key("probabilities"));
+            for outcome in Outcome::ALL {
+                probabilities.f64(outcome.name(), report.probabilities[outcome.index()]);
+            }
+            probabilities.finish();
+        }
+        server.finish();
+    }
+    {
+        let mut attempts = ObjectWriter::new(document.key("attempts"));
+        attempts.u64("total", report.attempts);
+        write_outcome_counts(attempts.key("counts"), &report.attempt_rows);
+        write_count_object(attempts.key("other"), &report.attempt_other);
+        attempts.u64("draws", report.attempt_draws);
+        write_rows(attempts.key("rows"), &report.attempt_rows);
+        {
+            let mut fit = ObjectWriter::new(attempts.key("chi_square"));
+            fit.f64("statistic", report.fit.statistic)
+                .u64(
+                    "degrees_of_freedom",
+                    u64::from(report.fit.degrees_of_freedom),
+                )
+                .f64("p_value", report.fit.p_value)
+                .string("method", report.fit.method.name());
+            fit.finish();
+        }
+        attempts.bool("consistent", report.fit.p_value >= SIGNIFICANCE);
+        match &report.precision {
+            Some(precision) => attempts.f64("precision_points", precision.half_width_points),
+            None => attempts.null("precision_points"),
+        };
+        attempts.finish();
+    }
+    {
+        let mut requests = ObjectWriter::new(document.key("requests"));
+        requests.u64("total", report.requests);
+        write_outcome_counts(requests.key("counts"), &report.request_rows);
+        write_count_object(requests.key("other"), &report.request_other);
+        requests.u64("draws", report.request_draws);
+        write_rows(requests.key("rows"), &report.request_rows);
+        requests
+            .f64("mean_attempts", report.mean_attempts)
+            .f64("expected_mean_attempts", report.expected_mean_attempts);
+        requests.finish();
+    }
+    {
+        let mut latency = ArrayWriter::new(document.key("latency_ms"));
+        for row in &report.latency {
+            let mut object = ObjectWriter::new(latency.item());
+            object
+                .string("category", &row.category)
+                .u64("count", row.count)
+                .f64("p50", row.p50)
+                .f64("p90", row.p90)
+                .f64("p99", row.p99);
+            object.finish();
+        }
+        latency.finish();
+    }
+    let seconds = report.elapsed.as_secs_f64();
+    document.f64("elapsed_seconds", seconds).f64(
+        "attempts_per_second",
+        if seconds > 0.0 {
+            report.attempts as f64 / seconds
+        } else {
+            0.0
+        },
+    );
+    {
+        let reconciliation = &report.reconciliation;
+        let mut object = ObjectWriter::new(document.key("reconciliation"));
+        object
+            .u64("server_entries", reconciliation.server_entries)
+            .u64("matched", reconciliation.matched)
+            .u64("not_sent", reconciliation.not_sent)
+            .u64("transport_logged", reconciliation.transport_logged)
+            .u64("transport_unlogged", reconciliation.transport_unlogged);
+        write_count_object(
+            object.key("transport_logged_outcomes"),
+            &reconciliation.transport_logged_outcomes,
+        );
+        write_string_array(
+            object.key("missing_on_server"),
+            &reconciliation.missing_on_server,
+        );
+        write_string_array(
+            object.key("unknown_to_client"),
+            &reconciliation.unknown_to_client,
+        );
+        write_string_array(object.key("duplicates"), &reconciliation.duplicates);
+        {
+            let mut mismatches = ArrayWriter::new(object.key("mismatches"));
+            for mismatch in &reconciliation.mismatches {
+                let mut item = ObjectWriter::new(mismatches.item());
+                item.string("request_id", &mismatch.request_id)
+                    .string("client", &mismatch.client)
+                    .string("server", &mismatch.server);
+                item.finish();
+            }
+            mismatches.finish();
+        }
+        object
+            .u64("dropped_by_server", report.dropped_by_server)
+            .bool("clean", reconciliation.is_clean());
+        object.finish();
+    }
+    {
+        let mut logs = ArrayWriter::new(document.key("logs"));
+        for entry in &report.shown_entries {
+            let mut object = ObjectWriter::new(logs.item());
+            object
+                .u64("id", entry.id)
+                .string("time", &entry.time)
+                .string("client_ip", &entry.client_ip)
+                .string("outcome", &entry.outcome);
+            match entry.status {
+                Some(status) => object.u64("status", u64::from(status)),
+                None => object.null("status"),
+            };
+            object.optional_string("request_id", entry.request_id.as_deref());
+            object.finish();
+        }
+        logs.finish();
+    }
+    let violations: Vec<String> = report
+        .tolerance_violations
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    write_string_array(document.key("tolerance_violations"), &violations);
+    document.string(
+        "verdict",
+        match report.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+        },
+    );
+    document.finish();
+    out.push('\n');
+}
+
+/// Runs the client and writes its report to `out`.
+pub fn run(options: &ClientOptions, out: &mut dyn Write) -> Result<Verdict, ClientError> {
+    run_with(options, out, LOG_PAGE_LIMIT)
+}
+
+fn run_with(
+    options: &ClientOptions,
+    out: &mut dyn Write,
+    page_limit: u64,
+) -> Result<Verdict, ClientError> {
+    let (target, first_connection) = reach(&options.host, options.port, options.timeout)?;
+    let run_id = fresh_run_id();
+    let started = Instant::now();
+    let attempts = send_all(options, &target, &run_id, first_connection);
+    let elapsed = started.elapsed();
+    let (stats_text, stats_value) = fetch_json_text(&target, "/stats", ADMIN_TIMEOUT)?;
+    let server =
+        parse_server_stats(&stats_text, &stats_value).map_err(|reason| ClientError::Server {
+            request: "GET /stats".into(),
+            reason,
+        })?;
+    let fetched = fetch_run_entries(
+        &target,
+        &format!("{run_id}-"),
+        page_limit,
+        MAX_LOG_PAGES,
+        ADMIN_TIMEOUT,
+    )?;
+    let report = build_report(
+        options,
+        &run_id,
+        &target.address.to_string(),
+        &server,
+        &attempts,
+        &fetched,
+        elapsed,
+    );
+    let mut text = String::new();
+    if options.json {
+        write_json_report(&report, options, &mut text);
+    } else {
+        // Writing into a String cannot fail.
+        let _ = write_text_report(&report, options, &mut text);
+    }
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(ClientError::Output)?;
+    Ok(report.verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    // ---- classification, retry policy, ids -------------------------------------------------
+
+    #[test]
+    fn statuses_classify_into_outcomes_or_other() {
+        let cases = [
+            (200, AttemptOutcome::Server(Outcome::Balance)),
+            (403, AttemptOutcome::Server(Outcome::Forbidden)),
+            (500, AttemptOutcome::Server(Outcome::ServerError)),
+            (404, AttemptOutcome::OtherStatus(404)),
+            (503, AttemptOutcome::OtherStatus(503)),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(classify_status(status), expected, "status {status}");
+        }
+        assert_eq!(classify_status(404).category(), "status 404");
+        assert_eq!(
+            AttemptOutcome::Server(Outcome::Timeout).category(),
+            "timeout"
+        );
+        assert_eq!(
+            AttemptOutcome::Transport(TransportError::ConnectionRefused).category(),
+            "connection refused"
+        );
+    }
+
+    #[test]
+    fn retry_policy_follows_retry_on_and_always_retries_transport_errors() {
+        let timeout_only = [Outcome::Timeout];
+        let cases = [
+            (AttemptOutcome::Server(Outcome::Timeout), true),
+            (AttemptOutcome::Server(Outcome::ServerError), false),
+            (AttemptOutcome::Server(Outcome::Balance), false),
+            (AttemptOutcome::OtherStatus(404), false),
+            (
+                AttemptOutcome::Transport(TransportError::ConnectionReset),
+                true,
+            ),
+        ];
+        for (outcome, expected) in cases {
+            assert_eq!(is_retried(&outcome, &timeout_only), expected, "{outcome:?}");
+        }
+        let with_500 = [Outcome::Timeout, Outcome::ServerError];
+        assert!(is_retried(
+            &AttemptOutcome::Server(Outcome::ServerError),
+            &with_500
+        ));
+        assert!(!is_retried(&AttemptOutcome::Server(Outcome::Timeout), &[]));
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_capped_exponential() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        let cases = [
+            // (attempt, uniform draw, expected delay in ms)
+            (1, 0.0, 0.0),
+            (1, 0.5, 50.0),
+            (2, 0.5, 100.0),
+            (3, 0.999, 399.6),
+            (5, 1.0, 1600.0),
+            (6, 1.0, 2000.0),
+            (200, 0.5, 1000.0),
+            (u32::MAX, 0.25, 500.0),
+            (1, f64::NAN, 0.0),
+        ];
+        for (attempt, uniform, expected) in cases {
+            let delay = backoff_delay(attempt, base, cap, uniform).as_secs_f64() * 1000.0;
+            assert!(
+                (delay - expected).abs() < 1e-6,
+                "attempt {attempt}: {delay}"
+            );
+        }
+        let mut rng = Rng::with_seed(42);
+        for attempt in 1..=10 {
+            let ceiling = (100.0 * 2f64.powi(attempt as i32 - 1)).min(2000.0);
+            let delay = backoff_delay(attempt, base, cap, rng.next_f64()).as_secs_f64() * 1000.0;
+            assert!(
+                (0.0..=ceiling).contains(&delay),
+                "attempt {attempt}: {delay}"
+            );
+        }
+        assert_eq!(backoff_delay(3, Duration::ZERO, cap, 0.7), Duration::ZERO);
+    }
+
+    #[test]
+    fn request_ids_are_run_request_attempt() {
+        assert_eq!(request_id("0a1b2c3d", 17, 2), "0a1b2c3d-17-2");
+        assert_eq!(format_run_id(0x0123_4567_89ab_cdef), "01234567");
+        let run = fresh_run_id();
+        assert_eq!(run.len(), RUN_ID_DIGITS);
+        assert!(run
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    }
+
+    #[test]
+    fn host_header_brackets_ipv6() {
+        let cases = [
+            ("127.0.0.1", 8080, "127.0.0.1:8080"),
+            ("localhost", 80, "localhost:80"),
+            ("::1", 8080, "[::1]:8080"),
+            ("[::1]", 8080, "[::1]:8080"),
+            ("fe80::1", 1, "[fe80::1]:1"),
+        ];
+        for (host, port, expected) in cases {
+            assert_eq!(host_header(host, port), expected);
+        }
+    }
+
+    #[test]
+    fn getbalance_request_is_exactly_the_documented_bytes() {
+        let expected = format!(
+            "GET /getbalance HTTP/1.1\r\nHost: [::1]:8080\r\nX-Request-Id: ab-1-1\r\n\
+             Accept: text/html\r\nUser-Agent: unreliable-client/{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(getbalance_request("[::1]:8080", "ab-1-1"), expected);
+    }
+
+    #[test]
+    fn idle_connections_past_the_reuse_limit_are_replaced() {
+        let now = Instant::now() + Duration::from_secs(60);
+        assert!(is_fresh(now - MAX_IDLE_REUSE, now));
+        assert!(!is_fresh(
+            now - MAX_IDLE_REUSE - Duration::from_millis(1),
+            now
+        ));
+        assert!(is_fresh(now, now - Duration::from_secs(1)));
+    }
+
+    // ---- assembling responses ---------------------------------------------------------------
+
+    fn assemble(chunks: &[&[u8]], keep_body: bool) -> Result<Option<Assembled>, AssemblyError> {
+        let mut assembler = ResponseAssembler::new(MAX_RESPONSE_BYTES, keep_body);
+        for chunk in chunks {
+            if let Some(done) = assembler.push(chunk)? {
+                return Ok(Some(done));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn content_length_response_completes_only_with_its_whole_body() {
+        let response = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nnope!";
+        for split in 0..response.len() {
+            let result = assemble(&[&response[..split]], true);
+            assert_eq!(result, Ok(None), "prefix of {split} bytes");
+        }
+        let done = assemble(&[&response[..20], &response[20..]], true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.status, 403);
+        assert!(done.keep_alive);
+        assert_eq!(done.body, b"nope!");
+        assert!(!done.trailing_bytes);
+        let dropped = assemble(&[response], false).unwrap().unwrap();
+        assert!(dropped.body.is_empty());
+    }
+
+    #[test]
+    fn chunked_and_close_delimited_bodies_are_decoded() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let done = assemble(&[&chunked[..50], &chunked[50..]], true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (done.status, done.body.as_slice()),
+            (200, &b"hello world"[..])
+        );
+        assert!(!done.trailing_bytes);
+
+        let mut assembler = ResponseAssembler::new(MAX_RESPONSE_BYTES, true);
+        let until_close = b"HTTP/1.0 200 OK\r\n\r\nsome body";
+        assert_eq!(assembler.push(until_close), Ok(None));
+        let done = assembler.finish_at_close().unwrap();
+        assert_eq!(done.body, b"some body");
+        assert!(!done.keep_alive);
+    }
+
+    #[test]
+    fn closes_malformed_bytes_and_extra_bytes_are_named() {
+        let mut empty = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
+        assert_eq!(
+            empty.finish_at_close(),
+            Err(AssemblyError::ClosedBeforeResponse)
+        );
+
+        let mut half = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
+        assert_eq!(half.push(b"HTTP/1.1 200 OK\r\nContent-Le"), Ok(None));
+        assert_eq!(
+            half.finish_at_close(),
+            Err(AssemblyError::ClosedMidResponse)
+        );
+
+        let mut short_body = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
+        assert_eq!(
+            short_body.push(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+            Ok(None)
+        );
+        assert_eq!(
+            short_body.finish_at_close(),
+            Err(AssemblyError::ClosedMidResponse)
+        );
+
+        let garbage = assemble(&[b"SSH-2.0-OpenSSH_9.6\r\n\r\n"], false);
+        assert!(
+            matches!(garbage, Err(AssemblyError::Malformed(_))),
+            "{garbage:?}"
+        );
+
+        let two = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200";
+        let done = assemble(&[two], false).unwrap().unwrap();
+        assert_eq!(done.status, 500);
+        assert!(done.trailing_bytes);
+
+        let closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        assert!(!assemble(&[closing], false).unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn responses_past_the_size_limit_are_refused() {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {MAX_RESPONSE_BYTES}\r\n\r\n");
+        let mut assembler = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
+        assert_eq!(assembler.push(head.as_bytes()), Ok(None));
+        let body = vec![b'x'; MAX_RESPONSE_BYTES - head.len()];
+        assert_eq!(assembler.push(&body), Ok(None));
+        assert_eq!(assembler.push(b"x"), Err(AssemblyError::TooLarge));
+        assert!(matches!(
+            AssemblyError::TooLarge.into_transport(MAX_RESPONSE_BYTES),
+            TransportError::Malformed(detail) if detail.contains("1048576")
+        ));
+    }
+
+    // ---- theory ------------------------------------------------------------------------------
+
+    const OWNER: [f64; Outcome::COUNT] = [0.2, 0.2, 0.1, 0.5];
+
+    fn assert_close(actual: f64, expected: f64, what: &str) {
+        assert!(
+            (actual - expected).abs() < 1e-12,
+            "{what}: {actual} != {expected}"
+        );
+    }
+
+    #[test]
+    fn final_outcomes_with_timeout_retries_follow_the_closed_form() {
+        let finals = final_outcome_probabilities(&OWNER, &[Outcome::Timeout], 3);
+        assert_close(finals[Outcome::Timeout.index()], 0.2f64.powi(4), "timeout");
+        let reach = (1.0 - 0.2f64.powi(4)) / 0.8;
+        assert_close(finals[Outcome::Forbidden.index()], 0.2 * reach, "403");
+        assert_close(finals[Outcome::ServerError.index()], 0.1 * reach, "500");
+        assert_close(finals[Outcome::Balance.index()], 0.5 * reach, "200");
+        assert_close(finals.iter().sum(), 1.0, "sum");
+        assert_close(
+            expected_attempts_per_request(0.2, 3),
+            1.248,
+            "mean attempts",
+        );
+    }
+
+    #[test]
+    fn final_outcomes_generalise_to_any_retried_set() {
+        let retried = [Outcome::Timeout, Outcome::ServerError];
+        let finals = final_outcome_probabilities(&OWNER, &retried, 2);
+        assert_close(retried_probability(&OWNER, &retried), 0.3, "q");
+        assert_close(finals[Outcome::Timeout.index()], 0.2 * 0.09, "timeout");
+        assert_close(finals[Outcome::ServerError.index()], 0.1 * 0.09, "500");
+        assert_close(finals[Outcome::Forbidden.index()], 0.2 * 0.973 / 0.7, "403");
+        assert_close(finals.iter().sum(), 1.0, "sum");
+        // Nothing retried: one attempt, the weights themselves.
+        assert_eq!(final_outcome_probabilities(&OWNER, &[], 5), OWNER);
+        assert_close(expected_attempts_per_request(0.0, 5), 1.0, "q = 0");
+        // Everything retried: every request uses all its attempts.
+        assert_close(expected_attempts_per_request(1.0, 4), 5.0, "q = 1");
+        let all = final_outcome_probabilities(&OWNER, &Outcome::ALL, 4);
+        for outcome in Outcome::ALL {
+            assert_close(all[outcome.index()], OWNER[outcome.index()], outcome.name());
+        }
+    }
+
+    // ---- reconciliation ----------------------------------------------------------------------
+
+    fn attempt(request: u64, attempt: u32, outcome: AttemptOutcome, sent: bool) -> AttemptRecord {
+        AttemptRecord {
+            request,
+            attempt,
+            outcome,
+            sent,
+            latency: Duration::from_millis(u64::from(attempt) * 10 + request),
+        }
+    }
+
+    fn entry(id: u64, request_id: Option<&str>, outcome: &str) -> LogEntry {
+        LogEntry {
+            id,
+            time: "2024-10-23T23:55:31.705Z".into(),
+            client_ip: "127.0.0.1".into(),
+            outcome: outcome.into(),
+            status: outcome.parse().ok(),
+            request_id: request_id.map(str::to_string),
+            duration_ms: Some(0.05),
+        }
+    }
+
+    #[test]
+    fn reconciliation_sorts_every_attempt_and_entry_into_one_bucket() {
+        use AttemptOutcome::{Server, Transport};
+        let attempts = [
+            attempt(1, 1, Server(Outcome::Timeout), true),
+            attempt(1, 2, Server(Outcome::Balance), true),
+            attempt(2, 1, Transport(TransportError::ConnectionRefused), false),
+            attempt(2, 2, Server(Outcome::Forbidden), true),
+            attempt(3, 1, Server(Outcome::ServerError), true),
+            attempt(4, 1, Server(Outcome::Balance), true),
+            attempt(5, 1, Transport(TransportError::ClosedBeforeResponse), true),
+            attempt(5, 2, Transport(TransportError::ConnectionReset), true),
+            attempt(5, 3, Server(Outcome::Balance), true),
+            attempt(6, 1, Server(Outcome::Balance), true),
+            attempt(7, 1, Transport(TransportError::ConnectTimeout), false),
+        ];
+        let entries = [
+            entry(1, Some("r-1-1"), "timeout"),
+            entry(2, Some("r-1-2"), "200"),
+            entry(3, Some("r-2-2"), "403"),
+            entry(4, Some("r-3-1"), "200"),
+            // r-4-1 missing
+            entry(5, Some("r-5-2"), "timeout"),
+            entry(6, Some("r-5-3"), "200"),
+            entry(7, Some("r-6-1"), "200"),
+            entry(8, Some("r-6-1"), "200"),
+            entry(9, Some("r-9-1"), "200"),
+            entry(10, Some("r-7-1"), "403"),
+            entry(11, Some("other-1-1"), "200"),
+            entry(12, None, "200"),
+        ];
+        let result = reconcile("r", &attempts, &entries);
+        assert_eq!(result.server_entries, 10);
+        assert_eq!(result.matched, 4);
+        assert_eq!(result.not_sent, 1);
+        assert_eq!(result.transport_logged, 1);
+        assert_eq!(
+            result.transport_logged_outcomes,
+            BTreeMap::from([("timeout".to_string(), 1)])
+        );
+        assert_eq!(result.transport_unlogged, 1);
+        assert_eq!(result.missing_on_server, ["r-4-1"]);
+        assert_eq!(result.unknown_to_client, ["r-9-1"]);
+        assert_eq!(result.duplicates, ["r-6-1"]);
+        assert_eq!(
+            result.mismatches,
+            [
+                Mismatch {
+                    request_id: "r-3-1".into(),
+                    client: "500".into(),
+                    server: "200".into()
+                },
+                Mismatch {
+                    request_id: "r-7-1".into(),
+                    client: "not sent (connect timeout)".into(),
+                    server: "403".into()
+                },
+            ]
+        );
+        assert!(!result.is_clean());
+        let total = result.matched
+            + result.not_sent
+            + result.transport_logged
+            + result.transport_unlogged
+            + (result.missing_on_server.len() + result.mismatches.len() + result.duplicates.len())
+                as u64;
+        assert_eq!(total, attempts.len() as u64);
+    }
+
+    #[test]
+    fn a_faithful_log_reconciles_clean() {
+        let attempts = [
+            attempt(1, 1, AttemptOutcome::Server(Outcome::Balance), true),
+            attempt(2, 1, AttemptOutcome::OtherStatus(404), true),
+        ];
+        let mut not_found = entry(2, Some("r-2-1"), "200");
+        not_found.status = Some(404);
+        let entries = [entry(1, Some("r-1-1"), "200"), not_found];
+        let result = reconcile("r", &attempts, &entries);
+        assert!(result.is_clean(), "{result:?}");
+        assert_eq!(result.matched, 2);
+        assert!(reconcile("r", &[], &[]).is_clean());
+    }
+
+    // ---- rendering ---------------------------------------------------------------------------
+
+    #[test]
+    fn bars_are_bar_width_and_mark_the_expectation() {
+        let full = bar(1.0, 0.5);
+        assert_eq!(full.chars().count(), BAR_WIDTH);
+        assert_eq!(full.chars().nth(BAR_WIDTH / 2), Some('|'));
+        assert_eq!(bar(0.0, 0.25), format!("{}|", " ".repeat(BAR_WIDTH / 4)));
+        assert_eq!(
+            bar(0.1, 0.0),
+            format!("|{}", "#".repeat(BAR_WIDTH / 10 - 1))
+        );
+        assert_eq!(bar(2.0, 2.0).chars().count(), BAR_WIDTH);
+    }
+
+    #[test]
+    fn small_formatters() {
+        assert_eq!(round_to_two_digits(6576), 6600);
+        assert_eq!(round_to_two_digits(9604), 9600);
+        assert_eq!(round_to_two_digits(97), 97);
+        assert_eq!(round_to_two_digits(u64::MAX / 2), 9_200_000_000_000_000_000);
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(9604), "9,604");
+        assert_eq!(group_thousands(1_234_567), "1,234,567");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(
+            log_style_time("2024-10-23T23:55:31.705Z"),
+            "2024-10-23 23:55:31,705"
+        );
+        assert_eq!(log_style_time("yesterday"), "yesterday");
+        assert_eq!(
+            format_log_entry(&entry(1, Some("ab-1-1"), "200")),
+            "2024-10-23 23:55:31,705 - 127.0.0.1 - 200 OK  [ab-1-1]"
+        );
+        assert_eq!(
+            format_log_entry(&entry(2, None, "timeout")),
+            "2024-10-23 23:55:31,705 - 127.0.0.1 - Timeout occurred  [-]"
+        );
+    }
+
+    #[test]
+    fn id_lists_stop_at_the_listing_limit() {
+        let ids: Vec<String> = (1..=MAX_LISTED_IDS + 3)
+            .map(|n| format!("r-{n}-1"))
+            .collect();
+        let mut text = String::new();
+        write_id_list(&mut text, "missing", &ids).unwrap();
+        assert!(text.contains(&format!("r-{MAX_LISTED_IDS}-1")));
+        assert!(!text.contains(&format!("r-{}-1", MAX_LISTED_IDS + 1)));
+        assert!(text.contains("… 3 more"), "{text}");
+    }
+
+    fn synthetic_report(options: &ClientOptions) -> Report {
+        // 100 requests; request k's first attempt follows a fixed 20/20/10/50 cycle, and
+        // timeouts are retried once into a 200.
+        let mut attempts = Vec::new();
+        let cycle = [
+            Outcome::Timeout,
+            Outcome::Timeout,
+            Outcome::Forbidden,
+            Outcome::Forbidden,
+            Outcome::ServerError,
+            Outcome::Balance,
+            Outcome::Balance,
+            Outcome::Balance,
+            Outcome::Balance,
+            Outcome::Balance,
+        ];
+        for request in 1..=100u64 {
+            let first = cycle[(request % 10) as usize];
+            attempts.push(attempt(request, 1, AttemptOutcome::Server(first), true));
+            if first == Outcome::Timeout {
+                attempts.push(attempt(
+                    request,
+                    2,
+                    AttemptOutcome::Server(Outcome::Balance),
+                    true,
+                ));
+            }
+        }
+        let entries: Vec<LogEntry> = attempts
+            .iter()
+            .enumerate()
+            .map(|(index, a)| {
+                let id = request_id("feed0123", a.request, a.attempt);
+                entry(index as u64 + 1, Some(&id), &a.outcome.category())
+            })
+            .collect();
+        let server = ServerStats {
+            seed: Some(123),
+            probabilities: OWNER,
+        };
+        let fetched = LogFetch {
+            entries,
+            dropped: 0,
+        };
+        build_report(
+            options,
+            "feed0123",
+            "127.0.0.1:8080",
+            &server,
+            &attempts,
+            &fetched,
+            Duration::from_secs(2),
+        )
+    }
+
+    #[test]
+    fn text_report_has_the_expected_rows() {
+        let options = ClientOptions {
+            show_logs: ShowLogs::Last(2),
+            ..ClientOptions::default()
+        };
+        let report = synthetic_report(&options);
+        assert_eq!(report.verdict, Verdict::Pass);
+        assert_eq!(report.attempts, 120);
+        assert_eq!(report.attempt_draws, 120);
+        assert_eq!(report.reconciliation.matched, 120);
+        assert_eq!(report.shown_entries.len(), 2);
+        let mut text = String::new();
+        write_text_report(&report, &options, &mut text).unwrap();
+        for expected in [
+            "run feed0123 against 127.0.0.1:8080",
+            "server seed 123",
+            "Per attempt (each attempt is one draw): 120 attempts, 120 draws",
+            "Per logical request",
+            "mean attempts per request 1.200 (theory 1.248)",
+            "matched 120, not sent 0",
+            "- 127.0.0.1 - Timeout occurred  [feed0123-100-1]",
+            "- 127.0.0.1 - 200 OK  [feed0123-100-2]",
+            "the mix is consistent with the configured weights",
+            "precision: with 120 attempts each percentage is known to about ±",
+            "verdict: PASS",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        // Per attempt: 20 timeouts of 120 draws against an expected 24.
+        let row = text
+            .lines()
+            .find(|line| line.trim_start().starts_with("timeout "))
+            .unwrap();
+        assert!(
+            row.contains("20.0%") && row.contains("24.0") && row.contains("16.7%"),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn tolerance_and_mismatches_fail_the_verdict() {
+        let strict = ClientOptions {
+            tolerance: Some(0.5),
+            ..ClientOptions::default()
+        };
+        // 60 of 120 draws are 200 (50%); the 403 share is 16.7% against 20%.
+        let report = synthetic_report(&strict);
+        assert_eq!(report.tolerance_violations, Vec::<Outcome>::new());
+        let row = DistributionRow {
+            outcome: Outcome::Balance,
+            expected_probability: 0.5,
+            expected_count: 500.0,
+            actual_count: 700,
+            actual_proportion: 0.7,
+            interval: stats::wilson_interval(700, 1000, CONFIDENCE),
+        };
+        assert!(is_outside_tolerance(&row, 1000, 5.0));
+        assert!(!is_outside_tolerance(&row, 1000, 25.0));
+        assert!(!is_outside_tolerance(&row, 0, 0.0));
+
+        let mut report = synthetic_report(&ClientOptions::default());
+        report
+            .reconciliation
+            .missing_on_server
+            .push("feed0123-1-1".into());
+        report.verdict = Verdict::Fail;
+        let mut text = String::new();
+        write_text_report(&report, &ClientOptions::default(), &mut text).unwrap();
+        assert!(
+            text.contains("missing on the server: 1 (feed0123-1-1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("verdict: FAIL (client and server logs disagree)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_report_is_valid_json_with_the_documented_fields() {
+        let options = ClientOptions::default();
+        let report = synthetic_report(&options);
+        let mut text = String::new();
+        write_json_report(&report, &options, &mut text);
+        let value = json::decode(&text).unwrap();
+        for key in [
+            "version",
+            "run_id",
+            "target",
+            "configuration",
+            "server",
+            "attempts",
+            "requests",
+            "latency_ms",
+            "elapsed_seconds",
+            "attempts_per_second",
+            "reconciliation",
+            "logs",
+            "tolerance_violations",
+            "verdict",
+        ] {
+            assert!(value.get(key).is_some(), "no {key} in {text}");
+        }
+        assert_eq!(value.get("verdict").and_then(Value::as_str), Some("pass"));
+        let attempts = value.get("attempts").unwrap();
+        assert_eq!(attempts.get("total").and_then(Value::as_u64), Some(120));
+        let counts = attempts.get("counts").unwrap();
+        assert_eq!(counts.get("timeout").and_then(Value::as_u64), Some(20));
+        assert_eq!(counts.get("200").and_then(Value::as_u64), Some(70));
+        let rows = attempts.get("rows").and_then(Value::as_array).unwrap();
+        assert_eq!(rows.len(), Outcome::COUNT);
+        assert_eq!(
+            attempts
+                .get("chi_square")
+                .and_then(|c| c.get("degrees_of_freedom"))
+                .and_then(Value::as_u64),
+            Some(3)
+        );
+        let configuration = value.get("configuration").unwrap();
+        assert!(configuration.get("tolerance_points") == Some(&Value::Null));
+        assert_eq!(
+            value
+                .get("reconciliation")
+                .and_then(|r| r.get("matched"))
+                .and_then(Value::as_u64),
+            Some(120)
+        );
+    }
+
+    #[test]
+    fn server_answers_parse_into_stats_and_log_pages() {
+        let stats = json::decode(
+            r#"{"seed":123,"weights":{"timeout":20,"403":20,"500":10,"200":50},
+                "probabilities":{"timeout":0.2,"403":0.2,"500":0.1,"200":0.5},"total":0}"#,
+        )
+        .unwrap();
+        let parsed = parse_server_stats("", &stats).unwrap();
+        assert_eq!(parsed.seed, Some(123));
+        assert_eq!(parsed.probabilities, OWNER);
+        let big = r#"{"nested":{"seed":5},"seed" : 8824335353481052954,
+            "probabilities":{"timeout":0.2,"403":0.2,"500":0.1,"200":0.5}}"#;
+        let parsed = parse_server_stats(big, &json::decode(big).unwrap()).unwrap();
+        assert_eq!(parsed.seed, Some(8_824_335_353_481_052_954));
+        let quoted =
+            r#"{"seed":"18446744073709551615","weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        let parsed = parse_server_stats(quoted, &json::decode(quoted).unwrap()).unwrap();
+        assert_eq!(parsed.seed, Some(u64::MAX));
+        assert_eq!(parsed.probabilities, [0.25; Outcome::COUNT]);
+        let weights_only =
+            json::decode(r#"{"weights":{"timeout":1,"403":1,"500":0,"200":2}}"#).unwrap();
+        assert_eq!(
+            parse_server_stats("", &weights_only).unwrap().probabilities,
+            [0.25, 0.25, 0.0, 0.5]
+        );
+        assert!(parse_server_stats("", &json::decode(r#"{"seed":1}"#).unwrap()).is_err());
+
+        let page = json::decode(
+            r#"{"total":9,"dropped":2,"returned":2,"next_since":7,"entries":[
+              {"id":6,"time":"2024-10-23T23:55:31.705Z","client":"[::1]:5555","method":"GET",
+               "path":"/getbalance","outcome":"timeout","status":null,"request_id":"ab-1-1",
+               "duration_ms":null},
+              {"id":7,"time":"2024-10-23T23:55:31.706Z","client":"127.0.0.1:5555",
+               "client_ip":"127.0.0.1","outcome":"200","status":200,"request_id":null,
+               "duration_ms":0.05}]}"#,
+        )
+        .unwrap();
+        let parsed = parse_log_page(&page).unwrap();
+        assert_eq!(
+            (parsed.returned, parsed.next_since, parsed.dropped),
+            (2, 7, 2)
+        );
+        assert_eq!(parsed.entries[0].client_ip, "::1");
+        assert_eq!(parsed.entries[0].status, None);
+        assert_eq!(parsed.entries[0].request_id.as_deref(), Some("ab-1-1"));
+        assert_eq!(parsed.entries[1].status, Some(200));
+        assert_eq!(parsed.entries[1].request_id, None);
+        assert!(
+            parse_log_page(&json::decode(r#"{"entries":[{"outcome":"200"}]}"#).unwrap()).is_err()
+        );
+    }
+
+    // ---- against a fake server on loopback ---------------------------------------------------
+
+    /// A tiny server that answers `/getbalance` from a script of outcomes (cycled), hangs on
+    /// `timeout`, logs like the real one (except ids listed in `unlogged`), and serves
+    /// `/stats` and chunked `/getlogs`.
+    struct FakeServer {
+        port: u16,
+    }
+
+    #[derive(Clone)]
+    struct FakeEntry {
+        id: u64,
+        outcome: &'static str,
+        request_id: Option<String>,
+    }
+
+    struct FakeState {
+        script: Vec<&'static str>,
+        unlogged: Vec<u64>,
+        next_id: Mutex<u64>,
+        entries: Mutex<Vec<FakeEntry>>,
+    }
+
+    fn start_fake(script: Vec<&'static str>, unlogged: Vec<u64>) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(FakeState {
+            script,
+            unlogged,
+            next_id: Mutex::new(0),
+            entries: Mutex::new(Vec::new()),
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let state = Arc::clone(&state);
+                std::thread::spawn(move || serve_fake(stream, &state));
+            }
+        });
+        FakeServer { port }
+    }
+
+    fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<String> {
+        loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                buffer.drain(..end + 4);
+                return Some(head);
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        }
+    }
+
+    fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn serve_fake(mut stream: TcpStream, state: &FakeState) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buffer = Vec::new();
+        while let Some(head) = read_head(&mut stream, &mut buffer) {
+            let target = head.split(' ').nth(1).unwrap_or("/").to_string();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let request_id = head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("x-request-id")
+                    .then(|| value.trim().to_string())
+            });
+            let reply = match path {
+                "/getbalance" => {
+                    let id = {
+                        let mut next = state.next_id.lock().unwrap();
+                        *next += 1;
+                        *next
+                    };
+                    let outcome = state.script[(id as usize - 1) % state.script.len()];
+                    if !state.unlogged.contains(&id) {
+                        state.entries.lock().unwrap().push(FakeEntry {
+                            id,
+                            outcome,
+                            request_id,
+                        });
+                    }
+                    if outcome == "timeout" {
+                        // Hang: read until the client gives up and closes.
+                        let mut sink = [0u8; 256];
+                        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                        return;
+                    }
+                    format!("HTTP/1.1 {outcome} Fake\r\nContent-Length: 5\r\n\r\nhello")
+                }
+                "/stats" => {
+                    let body = r#"{"seed":99,"weights":{"timeout":1,"403":1,"500":1,"200":1},"probabilities":{"timeout":0.25,"403":0.25,"500":0.25,"200":0.25}}"#;
+                    format!(
+                        "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                "/getlogs" => fake_logs(state, query),
+                _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
+            };
+            if stream.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn fake_logs(state: &FakeState, query: &str) -> String {
+        let prefix = query_value(query, "request_id_prefix").unwrap_or("");
+        let since: u64 = query_value(query, "since")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let limit: usize = query_value(query, "limit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let all = state.entries.lock().unwrap().clone();
+        let mut selected: Vec<FakeEntry> = all
+            .into_iter()
+            .filter(|e| e.id > since)
+            .filter(|e| {
+                e.request_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with(prefix))
+            })
+            .collect();
+        selected.sort_by_key(|e| e.id);
+        selected.truncate(limit);
+        let items: Vec<String> = selected
+            .iter()
+            .map(|e| {
+                let status = if e.outcome == "timeout" { "null" } else { e.outcome };
+                let request_id = e
+                    .request_id
+                    .as_ref()
+                    .map_or("null".to_string(), |id| format!("\"{id}\""));
+                format!(
+                    r#"{{"id":{},"time":"2024-10-23T23:55:31.705Z","client":"127.0.0.1:5555","client_ip":"127.0.0.1","method":"GET","path":"/getbalance","outcome":"{}","status":{status},"request_id":{request_id},"duration_ms":0.05}}"#,
+                    e.id, e.outcome
+                )
+            })
+            .collect();
+        let next = selected.last().map_or(since, |e| e.id);
+        let body = format!(
+            r#"{{"total":{},"dropped":0,"returned":{},"next_since":{next},"entries":[{}]}}"#,
+            items.len(),
+            items.len(),
+            items.join(",")
+        );
+        let (first, second) = body.split_at(body.len() / 2);
+        format!(
+            "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+            first.len(),
+            second.len()
+        )
+    }
+
+    fn fake_options(port: u16, count: u64) -> ClientOptions {
+        ClientOptions {
+            host: "127.0.0.1".into(),
+            port,
+            count,
+            concurrency: 2,
+            timeout: Duration::from_millis(200),
+            retries: 2,
+            retry_on: vec![Outcome::Timeout],
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            interval: Duration::ZERO,
+            show_logs: ShowLogs::Last(3),
+            json: false,
+            quiet: true,
+            tolerance: None,
+        }
+    }
+
+    #[test]
+    fn a_run_against_the_fake_server_reconciles_and_passes() {
+        let fake = start_fake(vec!["200", "403", "timeout", "500"], vec![]);
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let verdict = run(&fake_options(fake.port, 8), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(verdict, Verdict::Pass, "{text}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(text.contains("server seed 99"), "{text}");
+        assert!(
+            text.contains("Timeout occurred") || text.contains(" - 200 OK"),
+            "{text}"
+        );
+        assert!(!text.contains("missing on the server"), "{text}");
+        assert!(text.contains("verdict: PASS"), "{text}");
+    }
+
+    #[test]
+    fn json_run_counts_timeouts_and_retries_them_to_the_limit() {
+        let fake = start_fake(vec!["timeout"], vec![]);
+        let options = ClientOptions {
+            json: true,
+            count: 2,
+            ..fake_options(fake.port, 2)
+        };
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let verdict = run(&options, &mut out).unwrap();
+        // 2 requests x 3 attempts of 200 ms on 2 workers: well under two seconds.
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let text = String::from_utf8(out).unwrap();
+        let value = json::decode(&text).unwrap();
+        assert_eq!(verdict, Verdict::Pass, "{text}");
+        let attempts = value.get("attempts").unwrap();
+        assert_eq!(attempts.get("total").and_then(Value::as_u64), Some(6));
+        let timeouts = attempts.get("counts").and_then(|c| c.get("timeout"));
+        assert_eq!(timeouts.and_then(Value::as_u64), Some(6));
+        let final_timeouts = value
+            .get("requests")
+            .and_then(|r| r.get("counts"))
+            .and_then(|c| c.get("timeout"))
+            .and_then(Value::as_u64);
+        assert_eq!(final_timeouts, Some(2));
+        let matched = value.get("reconciliation").and_then(|r| r.get("matched"));
+        assert_eq!(matched.and_then(Value::as_u64), Some(6));
+    }
+
+    #[test]
+    fn an_entry_the_server_lost_fails_the_run() {
+        let fake = start_fake(vec!["200"], vec![2]);
+        let options = ClientOptions {
+            concurrency: 1,
+            ..fake_options(fake.port, 3)
+        };
+        let mut out = Vec::new();
+        let verdict = run(&options, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        assert!(text.contains("missing on the server: 1 ("), "{text}");
+    }
+
+    #[test]
+    fn log_paging_follows_next_since_and_stops_at_the_page_limit() {
+        let fake = start_fake(vec!["200", "403"], vec![]);
+        let options = ClientOptions {
+            concurrency: 1,
+            json: true,
+            ..fake_options(fake.port, 5)
+        };
+        let mut out = Vec::new();
+        // Pages of 2 entries: 2 + 2 + 1.
+        assert_eq!(run_with(&options, &mut out, 2).unwrap(), Verdict::Pass);
+        let value = json::decode(&String::from_utf8(out).unwrap()).unwrap();
+        let run_id = value
+            .get("run_id")
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string();
+        let server_entries = value
+            .get("reconciliation")
+            .and_then(|r| r.get("server_entries"));
+        assert_eq!(server_entries.and_then(Value::as_u64), Some(5));
+
+        let target = Target {
+            address: SocketAddr::from(([127, 0, 0, 1], fake.port)),
+            host_header: host_header("127.0.0.1", fake.port),
+        };
+        let prefix = format!("{run_id}-");
+        let timeout = Duration::from_secs(2);
+        let error = fetch_run_entries(&target, &prefix, 2, 2, timeout).unwrap_err();
+        assert!(error.to_string().contains("more than 2 pages"), "{error}");
+        assert_eq!(error.exit_code(), 1);
+        let fetched = fetch_run_entries(&target, &prefix, 2, 3, timeout).unwrap();
+        assert_eq!(fetched.entries.len(), 5);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_exit_status_3() {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut out = Vec::new();
+        let error = run(&fake_options(port, 1), &mut out).unwrap_err();
+        assert_eq!(error.exit_code(), 3);
+        assert_eq!(
+            error.to_string(),
+            format!("cannot reach 127.0.0.1:{port}: connection refused")
+        );
+        assert!(out.is_empty());
+        let unresolvable = ClientOptions {
+            host: "no-such-host.invalid".into(),
+            ..fake_options(port, 1)
+        };
+        let error = run(&unresolvable, &mut out).unwrap_err();
+        assert_eq!(error.exit_code(), 3);
+        assert!(error
+            .to_string()
+            .starts_with("cannot resolve host 'no-such-host.invalid'"));
+    }
+
+    #[test]
+    fn a_server_that_never_answers_admin_requests_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target {
+            address: listener.local_addr().unwrap(),
+            host_header: "127.0.0.1".into(),
+        };
+        let started = Instant::now();
+        let error = fetch_json(&target, "/stats", Duration::from_millis(100)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            error.to_string(),
+            "GET /stats failed: no complete answer within 100ms"
+        );
+        drop(listener);
+    }
+}

@@ -1,0 +1,210 @@
+//! `unreliable`: an HTTP server that fails on purpose, and the client that proves what it did.
+//!
+//! `main` only dispatches: parse the command line, run the subcommand, turn its result into an
+//! exit status (0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable).
+#![deny(unsafe_code)]
+
+mod chaos;
+mod cli;
+mod client;
+mod clock;
+mod http;
+mod json;
+mod log;
+mod routes;
+mod server;
+mod stats;
+mod sys;
+
+use chaos::Chaos;
+use cli::{Command, DemoOptions, ServeOptions};
+use log::RequestLog;
+use routes::App;
+use server::{RunningServer, ServerConfig};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Exit status for a failure that is neither a usage error nor an unreachable server.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("unreliable: error: {error}\n{}", error.hint());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match command {
+        Command::Help(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("unreliable {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Serve(options) => serve(&options),
+        Command::Client(options) => {
+            let mut stdout = std::io::stdout().lock();
+            finish_client(client::run(&options, &mut stdout))
+        }
+        Command::Demo(options) => demo(options),
+    }
+}
+
+fn finish_client(result: Result<client::Verdict, client::ClientError>) -> ExitCode {
+    match result {
+        Ok(client::Verdict::Pass) => ExitCode::SUCCESS,
+        Ok(client::Verdict::Fail) => ExitCode::from(EXIT_FAILURE),
+        Err(error) => {
+            eprintln!("unreliable: error: {error}");
+            ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_FAILURE))
+        }
+    }
+}
+
+/// Builds the shared state and starts the server threads.
+fn start_server(
+    listen: SocketAddr,
+    chaos: Chaos,
+    log: &Arc<RequestLog>,
+    hang: Duration,
+    threads: usize,
+    max_connections: usize,
+) -> Result<RunningServer, String> {
+    let app = Arc::new(App {
+        chaos,
+        log: Arc::clone(log),
+        started: Instant::now(),
+        hang,
+    });
+    let config = ServerConfig {
+        listen,
+        threads,
+        max_connections,
+    };
+    server::start(&config, app).map_err(|error| error.to_string())
+}
+
+fn serve(options: &ServeOptions) -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask and the signal waits for sigwait.
+    if let Err(error) = sys::block_termination_signals() {
+        eprintln!("unreliable: error: cannot set up signal handling: {error}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let Ok(host) = options.host.parse::<IpAddr>() else {
+        eprintln!("unreliable: error: '{}' is not an IP address", options.host);
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let seed = options.seed.unwrap_or_else(chaos::fresh_seed);
+    let log = Arc::new(RequestLog::new(
+        options.log_capacity,
+        options.log_file.is_some(),
+    ));
+    let writer = match &options.log_file {
+        Some(path) => match log::start_writer(Arc::clone(&log), path, options.log_format) {
+            Ok(writer) => Some(writer),
+            Err(error) => {
+                eprintln!("unreliable: error: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        None => None,
+    };
+    let server = match start_server(
+        SocketAddr::new(host, options.port),
+        Chaos::new(seed, options.weights.clone()),
+        &log,
+        options.hang,
+        options.threads,
+        options.max_connections,
+    ) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("unreliable: error: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let address = server.local_addr();
+    println!("listening on http://{address} seed={seed}");
+    // The line above is the contract with scripts that wait for it: make sure it left.
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "unreliable: weights {} hang {} log {}",
+        options.weights,
+        cli::show_duration(options.hang),
+        match &options.log_file {
+            Some(path) => format!("{} ({})", path.display(), options.log_format.name()),
+            None => "in memory only".into(),
+        }
+    );
+    let signal = sys::wait_for_termination_signal();
+    server.shutdown();
+    let mut status = ExitCode::SUCCESS;
+    if let Some(writer) = writer {
+        if let Err(error) = writer.finish() {
+            eprintln!("unreliable: error: {error}");
+            status = ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    let counts = log.counts();
+    match signal {
+        Ok(number) => eprintln!(
+            "unreliable: stopped by signal {number} after {} logged requests",
+            counts.total
+        ),
+        Err(error) => eprintln!(
+            "unreliable: stopped ({error}) after {} logged requests",
+            counts.total
+        ),
+    }
+    status
+}
+
+fn demo(mut options: DemoOptions) -> ExitCode {
+    let seed = options.seed.unwrap_or_else(chaos::fresh_seed);
+    let log = Arc::new(RequestLog::new(1_000_000, false));
+    let server = match start_server(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        Chaos::new(seed, options.weights.clone()),
+        &log,
+        options.hang,
+        options.client.concurrency.clamp(4, cli::MAX_THREADS),
+        10_000,
+    ) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("unreliable: error: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let address = server.local_addr();
+    options.client.host = address.ip().to_string();
+    options.client.port = address.port();
+    if !options.client.json {
+        println!(
+            "demo: server listening on http://{address} seed={seed} weights={} hang={}",
+            options.weights,
+            cli::show_duration(options.hang)
+        );
+        println!(
+            "demo: unreliable client --host {} --port {} --count {} --concurrency {} --timeout {}\n",
+            options.client.host,
+            options.client.port,
+            options.client.count,
+            options.client.concurrency,
+            cli::show_duration(options.client.timeout)
+        );
+    }
+    let result = {
+        let mut stdout = std::io::stdout().lock();
+        client::run(&options.client, &mut stdout)
+    };
+    server.shutdown();
+    finish_client(result)
+}

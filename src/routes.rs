@@ -1,0 +1,562 @@
+//! What each endpoint answers: `/getbalance` (the faults), `/getlogs`, `/stats`, `/health`, `/`.
+//!
+//! Invariants: every `/getbalance` request that reaches its draw is logged exactly once, before
+//! its answer is written; a handler either appends a complete response to the caller's buffer or
+//! asks for a hang; bad query values get a 400 naming the parameter.
+
+use crate::chaos::{Chaos, Outcome};
+use crate::clock;
+use crate::http::{self, Method, RequestHead, Response};
+use crate::json::ObjectWriter;
+use crate::log::{self, Filter, NewEntry, RequestLog};
+use crate::stats;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest `X-Request-Id` logged; longer ones get 400, so the log never truncates an id.
+pub const MAX_REQUEST_ID: usize = 200;
+/// `/getlogs` output is sent in chunks of about this many bytes, so a large log streams instead of
+/// being built as one string.
+pub const STREAM_CHUNK: usize = 32 * 1024;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
+const ALLOW: (&str, &str) = ("Allow", "GET, HEAD, OPTIONS");
+/// A fault answer cached by a proxy would stop being a fault.
+const NO_STORE: (&str, &str) = ("Cache-Control", "no-store");
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct App {
+    pub chaos: Chaos,
+    pub log: Arc<RequestLog>,
+    pub started: Instant,
+    /// The longest a hung request is held.
+    pub hang: Duration,
+}
+
+/// What the connection does after the handler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Send what was written and read the next request.
+    KeepOpen,
+    /// Send what was written and close.
+    Close,
+    /// Send nothing more; hold the connection until the client leaves or `App::hang` passes.
+    Hang,
+}
+
+/// One request, as the server hands it over.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'r, 'b> {
+    pub request: &'r RequestHead<'b>,
+    pub peer: SocketAddr,
+    /// When the request's first byte arrived.
+    pub started: Instant,
+    /// The `Date` value for this second.
+    pub date: &'r [u8; 29],
+}
+
+impl Exchange<'_, '_> {
+    fn disposition(&self) -> Disposition {
+        if self.request.keep_alive {
+            Disposition::KeepOpen
+        } else {
+            Disposition::Close
+        }
+    }
+
+    /// Appends a complete response and says what the connection does next.
+    fn reply(
+        &self,
+        out: &mut Vec<u8>,
+        status: u16,
+        content_type: &str,
+        extra_headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Disposition {
+        let response = Response {
+            status,
+            content_type,
+            extra_headers,
+            body,
+            keep_alive: self.request.keep_alive,
+            head_only: self.request.method == Method::Head,
+        };
+        http::write_response(out, &response, self.date);
+        self.disposition()
+    }
+}
+
+/// Handles one request: appends the response to `out`. A long answer (`/getlogs`) may write part
+/// of it to `stream` directly, leaving the rest in `out`.
+pub fn respond(
+    app: &App,
+    exchange: &Exchange<'_, '_>,
+    out: &mut Vec<u8>,
+    stream: &mut dyn Write,
+) -> io::Result<Disposition> {
+    let request = exchange.request;
+    let known = matches!(
+        request.path,
+        "/" | "/getbalance" | "/getlogs" | "/stats" | "/health"
+    );
+    match request.method {
+        Method::Get | Method::Head => {}
+        Method::Options if known || request.path == "*" => {
+            return Ok(exchange.reply(out, 204, TEXT, &[ALLOW], b""));
+        }
+        Method::Other => {
+            let body = format!("method '{}' is not implemented\n", request.method_text);
+            return Ok(exchange.reply(out, 501, TEXT, &[], body.as_bytes()));
+        }
+        _ if known => {
+            let body = format!(
+                "method '{}' is not allowed on {}; use GET or HEAD\n",
+                request.method_text, request.path
+            );
+            return Ok(exchange.reply(out, 405, TEXT, &[ALLOW], body.as_bytes()));
+        }
+        _ => {}
+    }
+    match request.path {
+        "/getbalance" => Ok(get_balance(app, exchange, out)),
+        "/getlogs" => get_logs(app, exchange, out, stream),
+        "/stats" => Ok(get_stats(app, exchange, out)),
+        "/health" => Ok(exchange.reply(out, 200, TEXT, &[], b"ok\n")),
+        "/" => Ok(exchange.reply(out, 200, HTML, &[], INDEX_PAGE.as_bytes())),
+        path => {
+            let mut body = String::from("not found: ");
+            body.push_str(path);
+            body.push_str("\nendpoints: /getbalance /getlogs /stats /health /\n");
+            Ok(exchange.reply(out, 404, TEXT, &[], body.as_bytes()))
+        }
+    }
+}
+
+fn bad_request(exchange: &Exchange<'_, '_>, out: &mut Vec<u8>, reason: &str) -> Disposition {
+    let mut body = String::with_capacity(reason.len() + 1);
+    body.push_str(reason);
+    body.push('\n');
+    exchange.reply(out, 400, TEXT, &[], body.as_bytes())
+}
+
+fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Disposition {
+    let request = exchange.request;
+    let request_id = request.header("x-request-id");
+    if request_id.is_some_and(|id| id.len() > MAX_REQUEST_ID) {
+        let reason = format!("x-request-id is longer than {MAX_REQUEST_ID} bytes");
+        return bad_request(exchange, out, &reason);
+    }
+    let unix_millis = clock::now_unix_millis();
+    let new_entry = NewEntry {
+        unix_millis,
+        client: exchange.peer,
+        method: request.method_text,
+        target: request.target,
+        request_id,
+        duration_micros: u64::try_from(exchange.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    };
+    let entry = app.log.record(&new_entry, |k| app.chaos.outcome(k));
+    let wants_json = prefers_json(request.header("accept"));
+    let mut entry_id_text = [0u8; 20];
+    let entry_id = decimal(entry.id, &mut entry_id_text);
+    let headers = [NO_STORE, ("X-Unreliable-Entry", entry_id)];
+    let mut body = Vec::with_capacity(1024);
+    let content_type = match entry.outcome {
+        Outcome::Timeout => return Disposition::Hang,
+        Outcome::Balance => {
+            let balance = app.chaos.balance(entry.id, unix_millis);
+            if wants_json {
+                balance.write_json(&mut body);
+                JSON
+            } else {
+                balance.write_html(&mut body);
+                HTML
+            }
+        }
+        Outcome::Forbidden | Outcome::ServerError => {
+            let status = entry.outcome.status().unwrap_or(500);
+            let reason = http::reason_phrase(status);
+            if wants_json {
+                let mut text = String::new();
+                let mut object = ObjectWriter::new(&mut text);
+                object.u64("status", u64::from(status));
+                object.string("error", reason);
+                object.u64("entry", entry.id);
+                object.finish();
+                body.extend_from_slice(text.as_bytes());
+                JSON
+            } else {
+                body.extend_from_slice(reason.as_bytes());
+                body.push(b'\n');
+                TEXT
+            }
+        }
+    };
+    let status = entry.outcome.status().unwrap_or(500);
+    exchange.reply(out, status, content_type, &headers, &body)
+}
+
+/// Writes `value` in decimal into `buffer` and returns the digits.
+fn decimal(mut value: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[start..]).unwrap_or("0")
+}
+
+/// Whether `Accept` ranks `application/json` above `text/html` (RFC 9110 §12.5.1: the most
+/// specific matching range gives a type its weight). Ties and no header mean HTML.
+fn prefers_json(accept: Option<&[u8]>) -> bool {
+    let Some(accept) = accept.and_then(|value| std::str::from_utf8(value).ok()) else {
+        return false;
+    };
+    let json = quality_of(accept, "application", "json");
+    let html = quality_of(accept, "text", "html");
+    json > html
+}
+
+/// The weight `accept` gives `kind/subtype`: 0 when no range matches.
+fn quality_of(accept: &str, kind: &str, subtype: &str) -> f64 {
+    let mut best: Option<(u8, f64)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        let Some((range_kind, range_subtype)) = media.split_once('/') else {
+            continue;
+        };
+        let specificity = if range_kind.eq_ignore_ascii_case(kind)
+            && range_subtype.eq_ignore_ascii_case(subtype)
+        {
+            2
+        } else if range_kind.eq_ignore_ascii_case(kind) && range_subtype == "*" {
+            1
+        } else if range_kind == "*" && range_subtype == "*" {
+            0
+        } else {
+            continue;
+        };
+        let mut quality = 1.0;
+        for parameter in parts {
+            if let Some((name, value)) = parameter.split_once('=') {
+                if name.trim().eq_ignore_ascii_case("q") {
+                    quality = value.trim().parse::<f64>().unwrap_or(0.0).clamp(0.0, 1.0);
+                }
+            }
+        }
+        if best.is_none_or(|(seen, _)| specificity > seen) {
+            best = Some((specificity, quality));
+        }
+    }
+    best.map_or(0.0, |(_, quality)| quality)
+}
+
+/// The parameters of `/getlogs`.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LogQuery {
+    filter: Filter,
+    limit: Option<u64>,
+}
+
+fn parse_log_query(query: Option<&str>) -> Result<LogQuery, String> {
+    let mut parsed = LogQuery::default();
+    let mut seen: Vec<String> = Vec::new();
+    for pair in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(raw_name)?;
+        let value = percent_decode(raw_value)?;
+        if seen.contains(&name) {
+            return Err(format!("query parameter '{name}' is given twice"));
+        }
+        let number = |value: &str| -> Result<u64, String> {
+            if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(format!("{name}={value}: expected a whole number"));
+            }
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{name}={value}: the number is too large"))
+        };
+        match name.as_str() {
+            "since" => parsed.filter.since = number(&value)?,
+            "limit" => parsed.limit = Some(number(&value)?),
+            "outcome" => {
+                parsed.filter.outcome = Some(Outcome::from_name(&value).ok_or_else(|| {
+                    format!("outcome={value}: expected one of timeout, 403, 500, 200")
+                })?)
+            }
+            "client" => {
+                parsed.filter.client = Some(value.parse::<IpAddr>().map_err(|_| {
+                    format!("client={value}: expected an IP address such as 127.0.0.1 or ::1")
+                })?)
+            }
+            "request_id_prefix" => parsed.filter.request_id_prefix = Some(value),
+            _ => {
+                return Err(format!(
+                    "unknown query parameter '{name}' (expected since, limit, outcome, client, request_id_prefix)"
+                ))
+            }
+        }
+        seen.push(name);
+    }
+    Ok(parsed)
+}
+
+/// Decodes `%XX` escapes (RFC 3986); `+` stays a plus sign.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let digits = bytes
+                .get(index + 1..index + 3)
+                .and_then(|pair| std::str::from_utf8(pair).ok())
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+            match digits {
+                Some(byte) => decoded.push(byte),
+                None => return Err(format!("bad percent-escape in '{text}'")),
+            }
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| format!("'{text}' does not decode to UTF-8"))
+}
+
+fn get_logs(
+    app: &App,
+    exchange: &Exchange<'_, '_>,
+    out: &mut Vec<u8>,
+    stream: &mut dyn Write,
+) -> io::Result<Disposition> {
+    let query = match parse_log_query(exchange.request.query) {
+        Ok(query) => query,
+        Err(reason) => return Ok(bad_request(exchange, out, &reason)),
+    };
+    let request = exchange.request;
+    // HTTP/1.0 has no chunked coding: the body then ends when the connection closes.
+    let chunked = request.minor_version >= 1;
+    let keep_alive = chunked && request.keep_alive;
+    http::write_streaming_head(out, 200, JSON, chunked, keep_alive, exchange.date);
+    let disposition = if keep_alive {
+        Disposition::KeepOpen
+    } else {
+        Disposition::Close
+    };
+    if request.method == Method::Head {
+        return Ok(disposition);
+    }
+
+    let counts = app.log.counts();
+    let up_to = counts.total;
+    let mut text = String::with_capacity(STREAM_CHUNK + 1024);
+    {
+        let mut object = ObjectWriter::new(&mut text);
+        object.u64("total", counts.total);
+        object.u64("dropped", counts.dropped);
+        object.u64("oldest_id", counts.dropped + 1);
+        // The object stays open: the entries stream after it and the tail closes it by hand.
+        object.key("entries").push('[');
+    }
+    let mut filter = query.filter.clone();
+    let mut remaining = query.limit.unwrap_or(u64::MAX);
+    let mut returned: u64 = 0;
+    let mut last_returned_id = None;
+    while remaining > 0 && filter.since < up_to {
+        let max = usize::try_from(remaining.min(1024)).unwrap_or(1024);
+        let page = app.log.page(&filter, up_to, max);
+        if page.entries.is_empty() && page.scanned_through <= filter.since {
+            break;
+        }
+        for entry in &page.entries {
+            if returned > 0 {
+                text.push(',');
+            }
+            log::write_entry_json(&mut text, entry);
+            last_returned_id = Some(entry.id);
+            returned += 1;
+            remaining -= 1;
+            if text.len() >= STREAM_CHUNK {
+                emit(out, stream, &mut text, chunked)?;
+            }
+        }
+        filter.since = page.scanned_through;
+    }
+    // A full page resumes after its last entry; otherwise everything up to the snapshot was seen.
+    let next_since = match (last_returned_id, remaining == 0) {
+        (Some(id), true) => id,
+        (None, true) => query.filter.since,
+        (_, false) => up_to.max(query.filter.since),
+    };
+    text.push_str("],\"returned\":");
+    text.push_str(&returned.to_string());
+    text.push_str(",\"next_since\":");
+    text.push_str(&next_since.to_string());
+    text.push_str("}\n");
+    emit(out, stream, &mut text, chunked)?;
+    if chunked {
+        http::write_last_chunk(out);
+    }
+    Ok(disposition)
+}
+
+/// Moves `text` into `out` (as a chunk when chunked) and sends `out` once it is large.
+fn emit(
+    out: &mut Vec<u8>,
+    stream: &mut dyn Write,
+    text: &mut String,
+    chunked: bool,
+) -> io::Result<()> {
+    if chunked {
+        http::write_chunk(out, text.as_bytes());
+    } else {
+        out.extend_from_slice(text.as_bytes());
+    }
+    text.clear();
+    if out.len() >= STREAM_CHUNK {
+        stream.write_all(out)?;
+        out.clear();
+    }
+    Ok(())
+}
+
+fn get_stats(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Disposition {
+    let counts = app.log.counts();
+    let weights = app.chaos.weights();
+    let probabilities = weights.probabilities();
+    let fit = stats::goodness_of_fit(&counts.by_outcome, &probabilities);
+    let mut text = String::with_capacity(1024);
+    let mut object = ObjectWriter::new(&mut text);
+    object.string("version", env!("CARGO_PKG_VERSION"));
+    object.u64("seed", app.chaos.seed());
+    object.string("weights_spec", &weights.to_string());
+    write_per_outcome(object.key("weights"), |outcome| weights.weight(outcome));
+    write_per_outcome(object.key("probabilities"), |outcome| {
+        probabilities[outcome.index()]
+    });
+    object.u64("total", counts.total);
+    write_per_outcome(object.key("counts"), |outcome| {
+        counts.by_outcome[outcome.index()] as f64
+    });
+    write_per_outcome(object.key("expected_counts"), |outcome| {
+        counts.total as f64 * probabilities[outcome.index()]
+    });
+    {
+        let mut test = ObjectWriter::new(object.key("chi_square"));
+        test.f64("statistic", fit.statistic);
+        test.u64("degrees_of_freedom", u64::from(fit.degrees_of_freedom));
+        test.f64("p_value", fit.p_value);
+        test.string("method", fit.method.name());
+        test.finish();
+    }
+    object.u64("dropped_from_memory", counts.dropped);
+    object.f64("hang_seconds", app.hang.as_secs_f64());
+    object.f64("uptime_seconds", app.started.elapsed().as_secs_f64());
+    object.finish();
+    text.push('\n');
+    exchange.reply(out, 200, JSON, &[], text.as_bytes())
+}
+
+fn write_per_outcome(out: &mut String, value_of: impl Fn(Outcome) -> f64) {
+    let mut object = ObjectWriter::new(out);
+    for outcome in Outcome::ALL {
+        object.f64(outcome.name(), value_of(outcome));
+    }
+    object.finish();
+}
+
+const INDEX_PAGE: &str = "<!doctype html>
+<html lang=\"en\"><head><meta charset=\"utf-8\"><title>unreliable</title></head>
+<body>
+<h1>unreliable</h1>
+<p>An HTTP server that fails on purpose.</p>
+<ul>
+<li><a href=\"/getbalance\">/getbalance</a>: hangs, 403, 500 or 200 with a fake balance, one draw per request</li>
+<li><a href=\"/getlogs\">/getlogs</a>: the request log as JSON (since, limit, outcome, client, request_id_prefix)</li>
+<li><a href=\"/stats\">/stats</a>: counts per outcome, weights, seed, chi-square test</li>
+<li><a href=\"/health\">/health</a>: 200 ok</li>
+</ul>
+</body></html>
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header_picks_json_only_when_ranked_higher() {
+        let cases = [
+            (None, false),
+            (Some("application/json"), true),
+            (Some("text/html"), false),
+            (Some("*/*"), false),
+            (Some("application/json, text/html"), false),
+            (Some("application/json, text/html;q=0.9"), true),
+            (Some("text/html;q=0.1, application/*"), true),
+            (Some("application/json;q=0, */*"), false),
+            (Some("APPLICATION/JSON"), true),
+            (Some("application/json;q=abc"), false),
+        ];
+        for (accept, expected) in cases {
+            assert_eq!(
+                prefers_json(accept.map(str::as_bytes)),
+                expected,
+                "{accept:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_query_parameters_are_checked() {
+        let parsed = parse_log_query(Some(
+            "since=5&limit=10&outcome=403&client=::1&request_id_prefix=run%2D1",
+        ))
+        .unwrap();
+        assert_eq!(parsed.filter.since, 5);
+        assert_eq!(parsed.limit, Some(10));
+        assert_eq!(parsed.filter.outcome, Some(Outcome::Forbidden));
+        assert_eq!(parsed.filter.client, Some("::1".parse().unwrap()));
+        assert_eq!(parsed.filter.request_id_prefix.as_deref(), Some("run-1"));
+        assert_eq!(parse_log_query(None).unwrap(), LogQuery::default());
+
+        let bad = [
+            ("since=-1", "since=-1: expected a whole number"),
+            ("limit=", "limit=: expected a whole number"),
+            ("since=99999999999999999999", "too large"),
+            ("outcome=teapot", "expected one of timeout, 403, 500, 200"),
+            ("client=nowhere", "expected an IP address"),
+            ("colour=red", "unknown query parameter 'colour'"),
+            ("since=1&since=2", "given twice"),
+            ("request_id_prefix=%zz", "bad percent-escape"),
+            ("request_id_prefix=%ff", "does not decode to UTF-8"),
+        ];
+        for (query, expected) in bad {
+            let error = parse_log_query(Some(query)).unwrap_err();
+            assert!(error.contains(expected), "{query}: {error}");
+        }
+    }
+
+    #[test]
+    fn decimal_writes_every_digit() {
+        let mut buffer = [0u8; 20];
+        assert_eq!(decimal(0, &mut buffer), "0");
+        assert_eq!(decimal(1234567, &mut buffer), "1234567");
+        assert_eq!(decimal(u64::MAX, &mut buffer), "18446744073709551615");
+    }
+}

@@ -1,0 +1,1843 @@
+//! Connections: the accept loop, a fixed pool of worker threads, and one poller thread that parks
+//! idle keep-alive connections and hung requests so they cost a socket and not a thread.
+//!
+//! Invariants: a fixed number of threads whatever the load; every socket has a deadline; accept
+//! errors are survived; past `max_connections` a new connection gets 503 and is closed; the count
+//! of open connections is kept by a drop guard, so it cannot drift.
+//!
+//! Every open connection is in exactly one place at a time: the worker queue, a worker's hands,
+//! or the poller (or the poller's incoming list). Workers never wait for a slow client longer than
+//! [`KEEP_ALIVE_LINGER`] between requests: a connection that goes quiet is handed to the poller,
+//! which returns it to the queue when it becomes readable again. No lock is held across I/O.
+
+use crate::clock::{self, UtcTime};
+use crate::http::{
+    self, BodyFraming, ChunkedDecoder, Parsed, RequestHead, Response, MAX_BODY, MAX_HEADER_SECTION,
+    MAX_REQUEST_LINE,
+};
+use crate::routes::{self, App, Disposition, Exchange};
+use crate::sys::{self, Epoll, Event, MAX_EVENTS_PER_WAIT};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{self, PipeReader, PipeWriter, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Stack of every server thread: handlers keep their data on the heap, and a small fixed stack
+/// keeps thousands of configured workers cheap.
+pub const THREAD_STACK_SIZE: usize = 256 * 1024;
+/// Read buffer given to a new connection; enough for any ordinary request head.
+pub const READ_BUFFER_INITIAL: usize = 4 * 1024;
+/// Room past the parser's own limits (empty lines before the request line, line ends), so the
+/// parser, not the buffer, decides between 414 and 431.
+pub const HEAD_SLACK: usize = 1024;
+/// Largest read buffer: a request head that does not fit is refused with 431.
+pub const HEAD_LIMIT: usize = MAX_REQUEST_LINE + MAX_HEADER_SECTION + HEAD_SLACK;
+/// Longest a single write to a client may block; a stalled reader loses its connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest from a request's first byte to the end of its head; then 408 and close.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a request body may take to arrive once its head is complete; then close.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a keep-alive connection may sit without starting a request; then close.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a worker waits for the next request on its connection before parking it: long
+/// enough for a client's back-to-back requests, short enough that a worker (and shutdown) is
+/// never held up.
+pub const KEEP_ALIVE_LINGER: Duration = Duration::from_millis(20);
+/// Pause after an accept error that signals exhausted resources (files, buffers, memory), so the
+/// acceptor does not spin while they are scarce.
+pub const ACCEPT_RESOURCE_BACKOFF: Duration = Duration::from_millis(20);
+/// At most one accept or poller error line per this interval on stderr.
+pub const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest single epoll wait: the poller rechecks its state at least this often.
+pub const POLL_WAIT_CAP: Duration = Duration::from_secs(1);
+/// File descriptors kept aside from connections: listener, epoll, wake pipe, log file, stdio.
+pub const FILE_DESCRIPTOR_RESERVE: u64 = 64;
+/// Reads of up to [`READ_BUFFER_INITIAL`] bytes a hung connection gets per readiness report, so
+/// one flooding client cannot monopolise the poller (level-triggered epoll reports it again).
+pub const HUNG_READS_PER_EVENT: usize = 16;
+/// A worker's response buffer above this capacity is given back after the response.
+pub const OUT_BUFFER_RETAINED: usize = 256 * 1024;
+/// How long shutdown waits for the acceptor after waking it; past that it is left behind.
+pub const ACCEPTOR_JOIN_GRACE: Duration = Duration::from_secs(2);
+/// The body of the 503 sent past `max_connections`.
+pub const BUSY_BODY: &[u8] = b"server busy: too many connections\n";
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// The epoll token of the wake pipe; slab tokens never reach it (index below 2^32 - 1).
+const WAKE_TOKEN: u64 = u64::MAX;
+
+// Linux errno values for accept failures that mean "out of resources, try again later".
+const ENOMEM: i32 = 12;
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
+const ENOBUFS: i32 = 105;
+
+/// How the server listens and how many resources it may use.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub max_connections: usize,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// Zero threads or zero connections were asked for.
+    InvalidConfig(&'static str),
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    /// The epoll instance or its wake pipe could not be created.
+    Poller(io::Error),
+    /// A thread could not be started.
+    Spawn(io::Error),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::InvalidConfig(what) => write!(f, "invalid server configuration: {what}"),
+            ServerError::Bind { address, source } => {
+                write!(f, "cannot listen on {address}: {source}")
+            }
+            ServerError::Poller(source) => write!(f, "cannot create the poller: {source}"),
+            ServerError::Spawn(source) => write!(f, "cannot start a server thread: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::InvalidConfig(_) => None,
+            ServerError::Bind { source, .. }
+            | ServerError::Poller(source)
+            | ServerError::Spawn(source) => Some(source),
+        }
+    }
+}
+
+/// The deadlines the server applies; tests shorten them, the binary uses [`Timeouts::STANDARD`].
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    linger: Duration,
+    idle: Duration,
+    header: Duration,
+    body: Duration,
+    write: Duration,
+}
+
+impl Timeouts {
+    const STANDARD: Timeouts = Timeouts {
+        linger: KEEP_ALIVE_LINGER,
+        idle: IDLE_TIMEOUT,
+        header: HEADER_TIMEOUT,
+        body: BODY_TIMEOUT,
+        write: WRITE_TIMEOUT,
+    };
+}
+
+/// A server whose threads are running.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    poller: Option<JoinHandle<()>>,
+    /// `shutdown` ran; the drop that follows has nothing left to do.
+    stopped: bool,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("local_addr", &self.local_addr)
+            .field("workers", &self.workers.len())
+            .field("max_connections", &self.shared.max_connections)
+            .finish()
+    }
+}
+
+/// Binds, spawns the threads and returns at once.
+pub fn start(config: &ServerConfig, app: Arc<App>) -> Result<RunningServer, ServerError> {
+    start_with_timeouts(config, app, Timeouts::STANDARD)
+}
+
+fn start_with_timeouts(
+    config: &ServerConfig,
+    app: Arc<App>,
+    timeouts: Timeouts,
+) -> Result<RunningServer, ServerError> {
+    if config.threads == 0 {
+        return Err(ServerError::InvalidConfig("at least one thread is needed"));
+    }
+    if config.max_connections == 0 {
+        return Err(ServerError::InvalidConfig(
+            "at least one connection must be allowed",
+        ));
+    }
+    let bind_error = |source| ServerError::Bind {
+        address: config.listen,
+        source,
+    };
+    let listener = TcpListener::bind(config.listen).map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let max_connections = match sys::raise_open_file_limit() {
+        Ok(limit) => {
+            let allowed =
+                connections_within_file_limit(config.max_connections, config.threads, limit);
+            if allowed < config.max_connections {
+                eprintln!(
+                    "unreliable: warning: the open-file limit ({limit}) allows only {allowed} \
+                     connections, not {}",
+                    config.max_connections
+                );
+            }
+            allowed
+        }
+        Err(error) => {
+            eprintln!("unreliable: warning: cannot read the open-file limit: {error}");
+            config.max_connections
+        }
+    };
+    let epoll = Epoll::new().map_err(ServerError::Poller)?;
+    let (wake_reader, wake_writer) = io::pipe().map_err(ServerError::Poller)?;
+    epoll
+        .add(wake_reader.as_raw_fd(), WAKE_TOKEN, false)
+        .map_err(ServerError::Poller)?;
+
+    let shared = Arc::new(Shared {
+        app,
+        timeouts,
+        max_connections,
+        shutting_down: AtomicBool::new(false),
+        open_connections: Arc::new(AtomicUsize::new(0)),
+        queue: Mutex::new(VecDeque::new()),
+        queue_ready: Condvar::new(),
+        queue_length: AtomicUsize::new(0),
+        parking: Mutex::new(Vec::new()),
+        wake_pending: AtomicBool::new(false),
+        wake_writer,
+    });
+    let mut server = RunningServer {
+        local_addr,
+        shared: Arc::clone(&shared),
+        acceptor: None,
+        workers: Vec::with_capacity(config.threads),
+        poller: None,
+        stopped: false,
+    };
+    // The acceptor starts last, so no connection arrives before someone can serve it.
+    let spawned = (|| {
+        let poller_shared = Arc::clone(&shared);
+        server.poller = Some(spawn_named("unreliable-poller".to_string(), move || {
+            run_poller(&poller_shared, &epoll, wake_reader)
+        })?);
+        for index in 0..config.threads {
+            let worker_shared = Arc::clone(&shared);
+            server.workers.push(spawn_named(
+                format!("unreliable-worker-{index}"),
+                move || run_worker(&worker_shared),
+            )?);
+        }
+        let acceptor_shared = Arc::clone(&shared);
+        server.acceptor = Some(spawn_named("unreliable-acceptor".to_string(), move || {
+            run_acceptor(&acceptor_shared, &listener)
+        })?);
+        Ok(())
+    })();
+    match spawned {
+        Ok(()) => Ok(server),
+        Err(error) => {
+            server.stop();
+            Err(ServerError::Spawn(error))
+        }
+    }
+}
+
+fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name(name)
+        .stack_size(THREAD_STACK_SIZE)
+        .spawn(body)
+}
+
+/// How many connections fit under the open-file limit `limit`, given what the threads and the
+/// process itself need; never more than asked for, never zero.
+fn connections_within_file_limit(requested: usize, threads: usize, limit: u64) -> usize {
+    let reserve = (threads as u64).saturating_add(FILE_DESCRIPTOR_RESERVE);
+    let available = limit.saturating_sub(reserve).max(1);
+    usize::try_from(available).map_or(requested, |available| requested.min(available))
+}
+
+impl RunningServer {
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections open right now (queued, being served or parked).
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting, lets each worker finish the request in hand, closes parked connections,
+    /// and joins every thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.shared.shutting_down.store(true, Ordering::Release);
+        if let Some(acceptor) = self.acceptor.take() {
+            // accept() has no timeout: a connection of our own is what wakes it.
+            let _ =
+                TcpStream::connect_timeout(&wake_address(self.local_addr), Duration::from_secs(1));
+            let deadline = Instant::now() + ACCEPTOR_JOIN_GRACE;
+            while !acceptor.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(2));
+            }
+            if acceptor.is_finished() {
+                let _ = acceptor.join();
+            } else {
+                eprintln!("unreliable: warning: the accept loop did not stop; leaving it behind");
+            }
+        }
+        {
+            // Taking the lock orders the flag before any worker's next wait.
+            let _queue = lock(&self.shared.queue);
+            self.shared.queue_ready.notify_all();
+        }
+        self.shared.wake_poller();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+        lock(&self.shared.queue).clear();
+        lock(&self.shared.parking).clear();
+        self.shared.queue_length.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where to connect to reach our own listener: the wildcard addresses are not connectable.
+fn wake_address(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}
+
+/// What all threads share.
+struct Shared {
+    app: Arc<App>,
+    timeouts: Timeouts,
+    max_connections: usize,
+    shutting_down: AtomicBool,
+    open_connections: Arc<AtomicUsize>,
+    queue: Mutex<VecDeque<Connection>>,
+    queue_ready: Condvar,
+    /// The queue's length, readable without the lock: "is anybody else waiting?".
+    queue_length: AtomicUsize,
+    /// Connections handed to the poller and not yet registered by it.
+    parking: Mutex<Vec<Parked>>,
+    /// A wake byte is in the pipe or about to be: further wakes can skip the write, which also
+    /// keeps the (blocking) pipe from ever filling. Set only by the parker that then writes the
+    /// byte; cleared only by the poller, after it drained the pipe.
+    wake_pending: AtomicBool,
+    wake_writer: PipeWriter,
+}
+
+/// A lock that survives a panic elsewhere: the data under these locks is always consistent
+/// (plain pushes and pops), so a poisoned lock is safe to use.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn others_waiting(&self) -> bool {
+        self.queue_length.load(Ordering::Relaxed) > 0
+    }
+
+    fn enqueue(&self, connection: Connection) {
+        let mut queue = lock(&self.queue);
+        queue.push_back(connection);
+        self.queue_length.store(queue.len(), Ordering::Relaxed);
+        drop(queue);
+        self.queue_ready.notify_one();
+    }
+
+    /// The next connection to serve; `None` once the server is shutting down.
+    fn next_connection(&self) -> Option<Connection> {
+        let mut queue = lock(&self.queue);
+        loop {
+            if self.is_shutting_down() {
+                return None;
+            }
+            if let Some(connection) = queue.pop_front() {
+                self.queue_length.store(queue.len(), Ordering::Relaxed);
+                return Some(connection);
+            }
+            queue = self
+                .queue_ready
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn park(&self, connection: Connection, kind: ParkKind, deadline: Instant) {
+        if self.is_shutting_down() {
+            return;
+        }
+        lock(&self.parking).push(Parked {
+            connection,
+            kind,
+            deadline,
+        });
+        self.wake_poller();
+    }
+
+    fn wake_poller(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            // A failed write can only mean the poller is gone, which is shutdown.
+            let _ = (&self.wake_writer).write(&[1]);
+        }
+    }
+}
+
+/// Decrements the open-connection count when the connection is dropped, on whatever path.
+struct ConnectionSlot {
+    open_connections: Arc<AtomicUsize>,
+}
+
+impl ConnectionSlot {
+    fn take(open_connections: &Arc<AtomicUsize>) -> ConnectionSlot {
+        open_connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionSlot {
+            open_connections: Arc::clone(open_connections),
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One client connection and what has been read from it but not yet answered.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// `buffer[..filled]` is unanswered input; the rest is room for the next read.
+    buffer: Vec<u8>,
+    filled: usize,
+    /// When the first byte of the request being read arrived.
+    request_started: Option<Instant>,
+    /// The read timeout last set on the socket, so it is only changed when it must be.
+    read_timeout: Option<Duration>,
+    _slot: ConnectionSlot,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) -> Connection {
+        Connection {
+            stream,
+            peer,
+            buffer: vec![0; READ_BUFFER_INITIAL],
+            filled: 0,
+            request_started: None,
+            read_timeout: None,
+            _slot: slot,
+        }
+    }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.read_timeout != Some(timeout) {
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.read_timeout = Some(timeout);
+        }
+        Ok(())
+    }
+
+    /// Makes sure there is room after `filled`, growing the buffer up to [`HEAD_LIMIT`].
+    fn make_room(&mut self) -> bool {
+        if self.filled < self.buffer.len() {
+            return true;
+        }
+        if self.buffer.len() >= HEAD_LIMIT {
+            return false;
+        }
+        let grown = (self.buffer.len() * 2).clamp(READ_BUFFER_INITIAL, HEAD_LIMIT);
+        self.buffer.resize(grown, 0);
+        true
+    }
+
+    /// Reads once into the free part of the buffer (which must have room).
+    fn read_some(&mut self) -> io::Result<usize> {
+        let read = self.stream.read(&mut self.buffer[self.filled..])?;
+        if read > 0 && self.filled == 0 {
+            self.request_started = Some(Instant::now());
+        }
+        self.filled += read;
+        Ok(read)
+    }
+
+    /// Drops `count` bytes after the first `keep` (the answered part, or a discarded body).
+    fn remove_after(&mut self, keep: usize, count: usize) {
+        self.buffer.copy_within(keep + count..self.filled, keep);
+        self.filled -= count;
+    }
+
+    fn header_deadline(&self, header_timeout: Duration) -> Instant {
+        self.request_started.unwrap_or_else(Instant::now) + header_timeout
+    }
+
+    /// Gives back memory a parked connection does not need.
+    fn shrink_for_parking(&mut self, kind: ParkKind) {
+        if kind == ParkKind::Hung {
+            self.buffer = Vec::new();
+            self.filled = 0;
+        } else if self.filled <= READ_BUFFER_INITIAL && self.buffer.len() > READ_BUFFER_INITIAL {
+            self.buffer.truncate(READ_BUFFER_INITIAL);
+            self.buffer.shrink_to_fit();
+        }
+    }
+}
+
+/// `WouldBlock` and `TimedOut` both mean "the read timeout passed": platforms disagree on which.
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The `Date` header value, formatted at most once per second.
+struct DateCache {
+    second: u64,
+    value: [u8; 29],
+}
+
+impl DateCache {
+    fn new() -> DateCache {
+        DateCache {
+            second: u64::MAX,
+            value: [b' '; 29],
+        }
+    }
+
+    fn current(&mut self) -> &[u8; 29] {
+        let now = clock::now_unix_millis();
+        if now / 1000 != self.second {
+            self.value = UtcTime::from_unix_millis(now).http_date();
+            self.second = now / 1000;
+        }
+        &self.value
+    }
+}
+
+/// Prints at most one line per [`ERROR_REPORT_INTERVAL`]; counts what it held back.
+struct ErrorReporter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorReporter {
+    fn new() -> ErrorReporter {
+        ErrorReporter {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn report(&mut self, what: &str, error: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < ERROR_REPORT_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            eprintln!(
+                "unreliable: {what}: {error} (continuing; {} more since the last report)",
+                self.suppressed
+            );
+        } else {
+            eprintln!("unreliable: {what}: {error} (continuing)");
+        }
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Writes a complete short response (error or busy) and half-closes. Best effort: the client
+/// may already be gone.
+fn write_short_response(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    date: &[u8; 29],
+    status: u16,
+    body: &[u8],
+) {
+    out.clear();
+    http::write_response(
+        out,
+        &Response {
+            status,
+            content_type: TEXT_PLAIN,
+            extra_headers: &[],
+            body,
+            keep_alive: false,
+            head_only: false,
+        },
+        date,
+    );
+    let _ = stream.write_all(out);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acceptor
+
+fn run_acceptor(shared: &Shared, listener: &TcpListener) {
+    let mut reporter = ErrorReporter::new();
+    let mut date = DateCache::new();
+    let mut scratch = vec![0u8; READ_BUFFER_INITIAL];
+    let mut out = Vec::with_capacity(256);
+    let mut failed_last_time = false;
+    loop {
+        let accepted = listener.accept();
+        if shared.is_shutting_down() {
+            return;
+        }
+        match accepted {
+            Ok((stream, peer)) => {
+                failed_last_time = false;
+                admit(shared, stream, peer, &mut scratch, &mut out, &mut date);
+            }
+            Err(error) => {
+                reporter.report("accept failed", &error);
+                let exhausted = matches!(
+                    error.raw_os_error(),
+                    Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)
+                );
+                // A transient error (a client that gave up) is retried at once; a repeated one
+                // gets the pause too, so no error can make the loop spin.
+                if exhausted || failed_last_time {
+                    thread::sleep(ACCEPT_RESOURCE_BACKOFF);
+                }
+                failed_last_time = true;
+            }
+        }
+    }
+}
+
+fn admit(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    scratch: &mut [u8],
+    out: &mut Vec<u8>,
+    date: &mut DateCache,
+) {
+    // Latency matters more than packet count for small responses.
+    let _ = stream.set_nodelay(true);
+    if stream
+        .set_write_timeout(Some(shared.timeouts.write))
+        .is_err()
+    {
+        return;
+    }
+    if shared.open_connections.load(Ordering::Acquire) >= shared.max_connections {
+        turn_away(&mut stream, scratch, out, date);
+        return;
+    }
+    let slot = ConnectionSlot::take(&shared.open_connections);
+    shared.enqueue(Connection::new(stream, peer, slot));
+}
+
+/// Answers 503 without blocking the acceptor: whatever the client already sent is read first,
+/// so closing does not turn into a reset that could swallow the answer.
+fn turn_away(stream: &mut TcpStream, scratch: &mut [u8], out: &mut Vec<u8>, date: &mut DateCache) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    for _ in 0..HUNG_READS_PER_EVENT {
+        match stream.read(scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    write_short_response(stream, out, date.current(), 503, BUSY_BODY);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers
+
+/// What a worker keeps between connections: reused buffers and the date.
+struct WorkerState {
+    out: Vec<u8>,
+    date: DateCache,
+}
+
+/// Where a connection goes when a worker lets go of it.
+enum Next {
+    Close,
+    Park(ParkKind, Instant),
+}
+
+fn run_worker(shared: &Shared) {
+    let mut worker = WorkerState {
+        out: Vec::with_capacity(READ_BUFFER_INITIAL * 4),
+        date: DateCache::new(),
+    };
+    while let Some(mut connection) = shared.next_connection() {
+        // A bug in a handler costs its connection, not the worker.
+        let next = panic::catch_unwind(AssertUnwindSafe(|| {
+            serve(shared, &mut worker, &mut connection)
+        }));
+        match next {
+            Ok(Next::Park(kind, deadline)) => {
+                connection.shrink_for_parking(kind);
+                shared.park(connection, kind, deadline);
+            }
+            Ok(Next::Close) | Err(_) => drop(connection),
+        }
+        if worker.out.capacity() > OUT_BUFFER_RETAINED {
+            worker.out = Vec::with_capacity(READ_BUFFER_INITIAL * 4);
+        }
+    }
+}
+
+/// Reads and answers requests on `connection` until it must close or wait elsewhere.
+fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection) -> Next {
+    let timeouts = shared.timeouts;
+    loop {
+        if shared.is_shutting_down() {
+            return Next::Close;
+        }
+        let parsed = if connection.filled == 0 {
+            Ok(Parsed::Partial)
+        } else {
+            http::parse_request(&connection.buffer[..connection.filled])
+        };
+        match parsed {
+            Err(error) => {
+                refuse(worker, connection, error.status(), error.reason());
+                return Next::Close;
+            }
+            Ok(Parsed::Complete(head)) => {
+                let head_length = head.head_length;
+                let keep_alive = head.keep_alive;
+                let started = connection.request_started.unwrap_or_else(Instant::now);
+                let disposition = if matches!(head.body, BodyFraming::None | BodyFraming::Length(0))
+                {
+                    answer(
+                        shared,
+                        worker,
+                        &head,
+                        connection.peer,
+                        started,
+                        &mut connection.stream,
+                    )
+                } else {
+                    let framing = head.body;
+                    let expect_continue = head.expect_continue;
+                    if let Err(failure) =
+                        discard_body(connection, head_length, framing, expect_continue, timeouts)
+                    {
+                        if let BodyFailure::Refused(status, reason) = failure {
+                            refuse(worker, connection, status, reason);
+                        }
+                        return Next::Close;
+                    }
+                    // The body is gone and the head is untouched at the front of the buffer.
+                    match http::parse_request(&connection.buffer[..head_length]) {
+                        Ok(Parsed::Complete(head)) => answer(
+                            shared,
+                            worker,
+                            &head,
+                            connection.peer,
+                            started,
+                            &mut connection.stream,
+                        ),
+                        _ => None,
+                    }
+                };
+                match disposition {
+                    None => return Next::Close,
+                    Some(Disposition::KeepOpen) if keep_alive => {
+                        connection.remove_after(0, head_length);
+                        if connection.filled == 0 {
+                            connection.request_started = None;
+                            if shared.others_waiting() {
+                                return Next::Park(ParkKind::Idle, Instant::now() + timeouts.idle);
+                            }
+                        } else {
+                            connection.request_started = Some(Instant::now());
+                        }
+                    }
+                    Some(Disposition::KeepOpen | Disposition::Close) => {
+                        let _ = connection.stream.shutdown(Shutdown::Write);
+                        return Next::Close;
+                    }
+                    // A hang ends the pipeline: anything after this request is never answered.
+                    Some(Disposition::Hang) => {
+                        return Next::Park(ParkKind::Hung, Instant::now() + shared.app.hang);
+                    }
+                }
+            }
+            Ok(Parsed::Partial) => {
+                if connection.filled > 0 {
+                    let deadline = connection.header_deadline(timeouts.header);
+                    if Instant::now() >= deadline {
+                        refuse(worker, connection, 408, "request timeout");
+                        return Next::Close;
+                    }
+                    if shared.others_waiting() {
+                        return Next::Park(ParkKind::PartialRequest, deadline);
+                    }
+                }
+                if !connection.make_room() {
+                    refuse(worker, connection, 431, "request header section too large");
+                    return Next::Close;
+                }
+                if connection.set_read_timeout(timeouts.linger).is_err() {
+                    return Next::Close;
+                }
+                match connection.read_some() {
+                    // EOF: between requests it is a normal goodbye; mid-request nobody is left
+                    // to read a 400.
+                    Ok(0) => return Next::Close,
+                    Ok(_) => {}
+                    Err(error) if is_timeout(&error) => {
+                        return if connection.filled == 0 {
+                            Next::Park(ParkKind::Idle, Instant::now() + timeouts.idle)
+                        } else {
+                            Next::Park(
+                                ParkKind::PartialRequest,
+                                connection.header_deadline(timeouts.header),
+                            )
+                        };
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Next::Close,
+                }
+            }
+        }
+    }
+}
+
+/// Runs the handler and sends its response; `None` when the connection failed.
+fn answer(
+    shared: &Shared,
+    worker: &mut WorkerState,
+    head: &RequestHead<'_>,
+    peer: SocketAddr,
+    started: Instant,
+    stream: &mut TcpStream,
+) -> Option<Disposition> {
+    worker.out.clear();
+    let exchange = Exchange {
+        request: head,
+        peer,
+        started,
+        date: worker.date.current(),
+    };
+    let disposition = routes::respond(&shared.app, &exchange, &mut worker.out, stream).ok()?;
+    if !worker.out.is_empty() {
+        stream.write_all(&worker.out).ok()?;
+    }
+    Some(disposition)
+}
+
+/// Answers `status` with `reason` as a plain-text body, then half-closes.
+fn refuse(worker: &mut WorkerState, connection: &mut Connection, status: u16, reason: &str) {
+    let mut body = Vec::with_capacity(reason.len() + 1);
+    body.extend_from_slice(reason.as_bytes());
+    body.push(b'\n');
+    write_short_response(
+        &mut connection.stream,
+        &mut worker.out,
+        worker.date.current(),
+        status,
+        &body,
+    );
+}
+
+/// Why a request body could not be read to its end.
+enum BodyFailure {
+    /// The body breaks a rule: answer this status and reason, then close.
+    Refused(u16, &'static str),
+    /// The client stopped sending, went away, or the deadline passed: just close.
+    Lost,
+}
+
+/// Reads the body that follows the head at `buffer[..head_length]` and throws it away, leaving
+/// the head in place and any pipelined bytes right after it.
+fn discard_body(
+    connection: &mut Connection,
+    head_length: usize,
+    framing: BodyFraming,
+    expect_continue: bool,
+    timeouts: Timeouts,
+) -> Result<(), BodyFailure> {
+    if let BodyFraming::Length(length) = framing {
+        if length > MAX_BODY {
+            return Err(BodyFailure::Refused(413, "request body too large"));
+        }
+    }
+    if expect_continue {
+        connection
+            .stream
+            .write_all(CONTINUE)
+            .map_err(|_| BodyFailure::Lost)?;
+    }
+    let deadline = Instant::now() + timeouts.body;
+    match framing {
+        BodyFraming::None => Ok(()),
+        BodyFraming::Length(length) => {
+            let mut remaining = length;
+            loop {
+                let available = connection.filled - head_length;
+                let taken = usize::try_from(remaining).map_or(available, |r| r.min(available));
+                connection.remove_after(head_length, taken);
+                remaining -= taken as u64;
+                if remaining == 0 {
+                    return Ok(());
+                }
+                read_body_bytes(connection, deadline)?;
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new(MAX_BODY);
+            loop {
+                let progress = decoder
+                    .decode(&connection.buffer[head_length..connection.filled], None)
+                    .map_err(|error| BodyFailure::Refused(error.status(), error.reason()))?;
+                connection.remove_after(head_length, progress.consumed);
+                if progress.finished {
+                    return Ok(());
+                }
+                read_body_bytes(connection, deadline)?;
+            }
+        }
+    }
+}
+
+fn read_body_bytes(connection: &mut Connection, deadline: Instant) -> Result<(), BodyFailure> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !connection.make_room() {
+            return Err(BodyFailure::Lost);
+        }
+        connection
+            .set_read_timeout(left)
+            .map_err(|_| BodyFailure::Lost)?;
+        match connection.read_some() {
+            Ok(0) => return Err(BodyFailure::Lost),
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(BodyFailure::Lost),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poller
+
+/// Why a connection is parked, which decides what readiness and the deadline mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParkKind {
+    /// Between requests: readable means a new request; the deadline closes it quietly.
+    Idle,
+    /// Part of a head has arrived: readable means more of it; the deadline answers 408.
+    PartialRequest,
+    /// A request that gets no answer: input is read and dropped until the client leaves or the
+    /// deadline closes it.
+    Hung,
+}
+
+struct Parked {
+    connection: Connection,
+    kind: ParkKind,
+    deadline: Instant,
+}
+
+/// The parked connections, addressed by token: slot index in the low 32 bits, the slot's
+/// generation in the high 32, so an event or deadline for a connection that already left is
+/// recognised and ignored.
+struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    occupied: usize,
+}
+
+struct Slot {
+    generation: u32,
+    parked: Option<Parked>,
+}
+
+impl Slab {
+    fn new() -> Slab {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            occupied: 0,
+        }
+    }
+
+    fn token(index: u32, generation: u32) -> u64 {
+        (u64::from(generation) << 32) | u64::from(index)
+    }
+
+    fn split(token: u64) -> (usize, u32) {
+        ((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32)
+    }
+
+    fn insert(&mut self, parked: Parked) -> u64 {
+        self.occupied += 1;
+        if let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index as usize];
+            slot.parked = Some(parked);
+            return Slab::token(index, slot.generation);
+        }
+        // More than 2^32 - 1 parked connections cannot exist (each is a file descriptor).
+        let index = u32::try_from(self.slots.len()).unwrap_or(u32::MAX - 1);
+        self.slots.push(Slot {
+            generation: 0,
+            parked: Some(parked),
+        });
+        Slab::token(index, 0)
+    }
+
+    fn get(&self, token: u64) -> Option<&Parked> {
+        let (index, generation) = Slab::split(token);
+        let slot = self.slots.get(index)?;
+        if slot.generation != generation {
+            return None;
+        }
+        slot.parked.as_ref()
+    }
+
+    fn get_mut(&mut self, token: u64) -> Option<&mut Parked> {
+        let (index, generation) = Slab::split(token);
+        let slot = self.slots.get_mut(index)?;
+        if slot.generation != generation {
+            return None;
+        }
+        slot.parked.as_mut()
+    }
+
+    fn remove(&mut self, token: u64) -> Option<Parked> {
+        let (index, generation) = Slab::split(token);
+        let slot = self.slots.get_mut(index)?;
+        if slot.generation != generation {
+            return None;
+        }
+        let parked = slot.parked.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index as u32);
+        self.occupied -= 1;
+        Some(parked)
+    }
+
+    fn len(&self) -> usize {
+        self.occupied
+    }
+}
+
+/// The poller's own state.
+struct Poller<'a> {
+    shared: &'a Shared,
+    epoll: &'a Epoll,
+    parked: Slab,
+    /// Earliest deadline first; entries of connections that already left stay until they
+    /// surface (or a compaction) and are skipped then.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    scratch: Vec<u8>,
+    out: Vec<u8>,
+    date: DateCache,
+}
+
+fn run_poller(shared: &Shared, epoll: &Epoll, wake_reader: PipeReader) {
+    let mut poller = Poller {
+        shared,
+        epoll,
+        parked: Slab::new(),
+        deadlines: BinaryHeap::new(),
+        scratch: vec![0u8; READ_BUFFER_INITIAL],
+        out: Vec::with_capacity(256),
+        date: DateCache::new(),
+    };
+    let mut arrivals = Vec::new();
+    let mut events = Vec::with_capacity(MAX_EVENTS_PER_WAIT);
+    let mut reporter = ErrorReporter::new();
+    while !shared.is_shutting_down() {
+        std::mem::swap(&mut arrivals, &mut *lock(&shared.parking));
+        for parked in arrivals.drain(..) {
+            poller.register(parked);
+        }
+        let now = Instant::now();
+        poller.expire(now);
+        let timeout = poller
+            .deadlines
+            .peek()
+            .map_or(POLL_WAIT_CAP, |Reverse((deadline, _))| {
+                deadline.saturating_duration_since(now)
+            })
+            .min(POLL_WAIT_CAP);
+        if let Err(error) = epoll.wait(&mut events, Some(timeout)) {
+            reporter.report("epoll wait failed", &error);
+            thread::sleep(ACCEPT_RESOURCE_BACKOFF);
+            continue;
+        }
+        for event in &events {
+            if event.token == WAKE_TOKEN {
+                // Drained first, cleared second, the list taken last: a parker that still saw
+                // the flag set has already pushed its connection, and the flag is never left
+                // set with an empty pipe (which would silence every later wake).
+                let _ = (&wake_reader).read(&mut poller.scratch);
+                shared.wake_pending.swap(false, Ordering::AcqRel);
+            } else {
+                poller.handle(*event);
+            }
+        }
+    }
+    // Dropping the poller closes every parked connection.
+}
+
+impl Poller<'_> {
+    fn register(&mut self, parked: Parked) {
+        let kind = parked.kind;
+        let fd = parked.connection.stream.as_raw_fd();
+        // A hung connection is drained by the poller itself, which must never block on it.
+        if kind == ParkKind::Hung && parked.connection.stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let deadline = parked.deadline;
+        let token = self.parked.insert(parked);
+        // Idle and partial connections leave after one report; hung ones are watched until done.
+        if self.epoll.add(fd, token, kind != ParkKind::Hung).is_err() {
+            self.parked.remove(token);
+            return;
+        }
+        self.deadlines.push(Reverse((deadline, token)));
+        if self.deadlines.len() > 2 * self.parked.len() + 1024 {
+            let parked = &self.parked;
+            self.deadlines
+                .retain(|Reverse((_, token))| parked.get(*token).is_some());
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let Some(parked) = self.parked.get_mut(event.token) else {
+            return;
+        };
+        match parked.kind {
+            ParkKind::Idle | ParkKind::PartialRequest => {
+                let Some(parked) = self.parked.remove(event.token) else {
+                    return;
+                };
+                let _ = self.epoll.delete(parked.connection.stream.as_raw_fd());
+                // A peek cannot block here: the socket reported data, EOF or an error.
+                if parked.kind == ParkKind::Idle
+                    && event.closed
+                    && !matches!(parked.connection.stream.peek(&mut [0u8; 1]), Ok(1..))
+                {
+                    return;
+                }
+                self.shared.enqueue(parked.connection);
+            }
+            ParkKind::Hung => {
+                let finished =
+                    event.closed || drain(&mut parked.connection.stream, &mut self.scratch);
+                if finished {
+                    self.parked.remove(event.token);
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&Reverse((deadline, token))) = self.deadlines.peek() {
+            if deadline > now {
+                return;
+            }
+            self.deadlines.pop();
+            let Some(mut parked) = self.parked.remove(token) else {
+                continue;
+            };
+            if parked.kind == ParkKind::PartialRequest {
+                // Nonblocking: a client that stopped reading must not stall the poller.
+                if parked.connection.stream.set_nonblocking(true).is_ok() {
+                    write_short_response(
+                        &mut parked.connection.stream,
+                        &mut self.out,
+                        self.date.current(),
+                        408,
+                        b"request timeout\n",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Reads and drops what a hung connection sent; `true` when it is finished (EOF or error).
+fn drain(stream: &mut TcpStream, scratch: &mut [u8]) -> bool {
+    for _ in 0..HUNG_READS_PER_EVENT {
+        match stream.read(scratch) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::{Chaos, Weights};
+    use crate::log::RequestLog;
+
+    const HANG: Duration = Duration::from_millis(300);
+    const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn app(weights: Weights) -> Arc<App> {
+        Arc::new(App {
+            chaos: Chaos::new(1, weights),
+            log: Arc::new(RequestLog::new(1000, false)),
+            started: Instant::now(),
+            hang: HANG,
+        })
+    }
+
+    fn config(threads: usize, max_connections: usize) -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            threads,
+            max_connections,
+        }
+    }
+
+    fn start_test_server(
+        threads: usize,
+        max_connections: usize,
+        timeouts: Timeouts,
+    ) -> RunningServer {
+        start_with_timeouts(
+            &config(threads, max_connections),
+            app(Weights::owner_default()),
+            timeouts,
+        )
+        .unwrap()
+    }
+
+    fn short_timeouts() -> Timeouts {
+        Timeouts {
+            linger: KEEP_ALIVE_LINGER,
+            idle: Duration::from_millis(300),
+            header: Duration::from_millis(300),
+            body: Duration::from_millis(300),
+            write: WRITE_TIMEOUT,
+        }
+    }
+
+    fn connect(server: &RunningServer) -> TcpStream {
+        let stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// Reads one response (head plus `Content-Length` body); returns its status and body.
+    /// Bytes past it stay in `pending`.
+    fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(u16, Vec<u8>)> {
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let total = end + 4 + length;
+                while pending.len() < total {
+                    let mut chunk = [0u8; 4096];
+                    let read = stream.read(&mut chunk).ok()?;
+                    if read == 0 {
+                        return None;
+                    }
+                    pending.extend_from_slice(&chunk[..read]);
+                }
+                let body = pending[end + 4..total].to_vec();
+                pending.drain(..total);
+                return Some((status, body));
+            }
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).ok()?;
+            if read == 0 {
+                return None;
+            }
+            pending.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn exchange(stream: &mut TcpStream, request: &[u8]) -> Option<(u16, Vec<u8>)> {
+        stream.write_all(request).unwrap();
+        read_response(stream, &mut Vec::new())
+    }
+
+    /// True when the server closed the connection without sending anything more.
+    fn closed_silently(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(stream.read(&mut byte), Ok(0))
+            || matches!(stream.read(&mut byte), Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
+    }
+
+    #[test]
+    fn answers_health_unknown_paths_and_malformed_requests() {
+        let server = start_test_server(2, 64, Timeouts::STANDARD);
+        let cases: [(&[u8], u16); 4] = [
+            (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            (b"GET /no-such-path HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+        ];
+        for (request, status) in cases {
+            let mut stream = connect(&server);
+            let (got, _) = exchange(&mut stream, request).unwrap();
+            assert_eq!(got, status, "{}", String::from_utf8_lossy(request));
+        }
+        server.shutdown();
+    }
+
+    #[test]
+    fn malformed_request_gets_a_plain_reason_and_close() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut stream = connect(&server);
+        stream.write_all(b"GARBAGE\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).unwrap();
+        let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 400"), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+        assert!(text.ends_with('\n'), "{text}");
+        server.shutdown();
+    }
+
+    #[test]
+    fn keep_alive_and_pipelined_requests_are_answered_in_order() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut stream = connect(&server);
+        for _ in 0..3 {
+            let (status, _) =
+                exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert_eq!(status, 200);
+        }
+        stream
+            .write_all(
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n\
+                  GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            )
+            .unwrap();
+        let mut pending = Vec::new();
+        let statuses: Vec<u16> = (0..3)
+            .map(|_| read_response(&mut stream, &mut pending).unwrap().0)
+            .collect();
+        assert_eq!(statuses, [200, 404, 200]);
+        server.shutdown();
+    }
+
+    #[test]
+    fn request_split_across_packets_is_assembled() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut stream = connect(&server);
+        stream.write_all(b"GET /hea").unwrap();
+        // Longer than the linger: the partial request is parked and comes back.
+        thread::sleep(KEEP_ALIVE_LINGER * 3);
+        stream.write_all(b"lth HTTP/1.1\r\nHo").unwrap();
+        thread::sleep(KEEP_ALIVE_LINGER * 3);
+        let (status, _) = exchange(&mut stream, b"st: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        server.shutdown();
+    }
+
+    #[test]
+    fn request_bodies_are_discarded_and_the_pipeline_continues() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let requests: [&[u8]; 2] = [
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\n\r\n",
+        ];
+        for request in requests {
+            let mut stream = connect(&server);
+            stream.write_all(request).unwrap();
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut pending = Vec::new();
+            assert!(read_response(&mut stream, &mut pending).is_some());
+            let (status, _) = read_response(&mut stream, &mut pending).unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(request));
+        }
+        server.shutdown();
+    }
+
+    #[test]
+    fn expect_continue_gets_100_before_the_body_is_sent() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut stream = connect(&server);
+        stream
+            .write_all(
+                b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
+                  Expect: 100-continue\r\n\r\n",
+            )
+            .unwrap();
+        let mut pending = Vec::new();
+        let (status, _) = read_response(&mut stream, &mut pending).unwrap();
+        assert_eq!(status, 100);
+        stream.write_all(b"body").unwrap();
+        assert!(read_response(&mut stream, &mut pending).is_some());
+        server.shutdown();
+    }
+
+    #[test]
+    fn body_above_the_limit_gets_413() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut stream = connect(&server);
+        let request = format!(
+            "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        let (status, _) = exchange(&mut stream, request.as_bytes()).unwrap();
+        assert_eq!(status, 413);
+        server.shutdown();
+    }
+
+    #[test]
+    fn body_that_stops_arriving_closes_the_connection() {
+        let server = start_test_server(1, 64, short_timeouts());
+        let mut stream = connect(&server);
+        stream
+            .write_all(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .unwrap();
+        let started = Instant::now();
+        assert!(closed_silently(&mut stream));
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        server.shutdown();
+    }
+
+    #[test]
+    fn head_beyond_the_limits_is_refused() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let long_line = format!(
+            "GET /{} HTTP/1.1\r\n\r\n",
+            "a".repeat(MAX_REQUEST_LINE + 10)
+        );
+        let long_headers = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(HEAD_LIMIT)
+        );
+        for (request, status) in [(long_line, 414), (long_headers, 431)] {
+            let mut stream = connect(&server);
+            // The server may close before taking all of it; the answer is what matters.
+            let _ = stream.write_all(request.as_bytes());
+            let (got, _) = read_response(&mut stream, &mut Vec::new()).unwrap();
+            assert_eq!(got, status);
+        }
+        server.shutdown();
+    }
+
+    #[test]
+    fn hung_request_does_not_block_other_clients() {
+        let server = start_with_timeouts(
+            &config(1, 64),
+            app(Weights::parse("timeout=1").unwrap()),
+            Timeouts::STANDARD,
+        )
+        .unwrap();
+        let mut hung = connect(&server);
+        hung.write_all(b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let started = Instant::now();
+        thread::sleep(Duration::from_millis(30));
+        // One worker only: this answer proves the hung request is not holding it.
+        let mut other = connect(&server);
+        let (status, _) = exchange(&mut other, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        assert!(started.elapsed() < HANG, "answered while the other hangs");
+        // Input sent to a hung request is swallowed, and it ends closed without an answer.
+        hung.write_all(b"more bytes").unwrap();
+        assert!(closed_silently(&mut hung));
+        assert!(started.elapsed() >= HANG - Duration::from_millis(20));
+        server.shutdown();
+    }
+
+    #[test]
+    fn idle_connections_are_parked_and_come_back() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut first = connect(&server);
+        let mut second = connect(&server);
+        for _ in 0..3 {
+            for stream in [&mut first, &mut second] {
+                let (status, _) =
+                    exchange(stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                assert_eq!(status, 200);
+            }
+            thread::sleep(KEEP_ALIVE_LINGER * 2);
+        }
+        server.shutdown();
+    }
+
+    #[test]
+    fn idle_connection_is_closed_after_the_idle_timeout() {
+        let server = start_test_server(1, 64, short_timeouts());
+        let mut stream = connect(&server);
+        let started = Instant::now();
+        assert!(closed_silently(&mut stream));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        server.shutdown();
+    }
+
+    #[test]
+    fn partial_head_gets_408_at_the_header_deadline() {
+        let server = start_test_server(1, 64, short_timeouts());
+        let mut stream = connect(&server);
+        stream.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+        let started = Instant::now();
+        let (status, _) = read_response(&mut stream, &mut Vec::new()).unwrap();
+        assert_eq!(status, 408);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert!(closed_silently(&mut stream));
+        server.shutdown();
+    }
+
+    #[test]
+    fn trickled_head_gets_408_even_while_bytes_keep_coming() {
+        let server = start_test_server(1, 64, short_timeouts());
+        let mut stream = connect(&server);
+        stream.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        while started.elapsed() < Duration::from_secs(2) {
+            if stream.write_all(b"X-A: b\r\n").is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+            stream.set_nonblocking(true).unwrap();
+            let mut chunk = [0u8; 512];
+            if let Ok(read) = stream.read(&mut chunk) {
+                pending.extend_from_slice(&chunk[..read]);
+            }
+            stream.set_nonblocking(false).unwrap();
+            if !pending.is_empty() {
+                break;
+            }
+        }
+        let (status, _) = read_response(&mut stream, &mut pending).unwrap();
+        assert_eq!(status, 408);
+        server.shutdown();
+    }
+
+    #[test]
+    fn eof_mid_request_closes_without_an_answer() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut stream = connect(&server);
+        stream.write_all(b"GET /health HT").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        assert!(closed_silently(&mut stream));
+        server.shutdown();
+    }
+
+    #[test]
+    fn connections_past_the_limit_get_503_and_the_count_recovers() {
+        let server = start_test_server(1, 2, Timeouts::STANDARD);
+        let mut kept = [connect(&server), connect(&server)];
+        for stream in &mut kept {
+            let (status, _) = exchange(stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert_eq!(status, 200);
+        }
+        assert_eq!(server.open_connections(), 2);
+        let mut turned_away = connect(&server);
+        let (status, body) =
+            exchange(&mut turned_away, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!((status, body.as_slice()), (503, BUSY_BODY));
+
+        let [first, mut second] = kept;
+        drop(first);
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        while server.open_connections() > 1 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.open_connections(), 1);
+        let mut again = connect(&server);
+        let (status, _) = exchange(&mut again, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        let (status, _) =
+            exchange(&mut second, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        server.shutdown();
+    }
+
+    #[test]
+    fn many_clients_share_few_workers() {
+        let server = start_test_server(2, 1000, Timeouts::STANDARD);
+        let address = server.local_addr();
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                thread::spawn(move || {
+                    let mut streams: Vec<TcpStream> = (0..20)
+                        .map(|_| {
+                            let stream = TcpStream::connect(address).unwrap();
+                            stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+                            stream
+                        })
+                        .collect();
+                    let mut answered = 0;
+                    for _ in 0..3 {
+                        for stream in &mut streams {
+                            let response =
+                                exchange(stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+                            answered += usize::from(response.map(|r| r.0) == Some(200));
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+        assert_eq!(answered, 8 * 20 * 3);
+        server.shutdown();
+    }
+
+    #[test]
+    fn parking_under_contention_never_stalls_a_client() {
+        // Many connections per worker force a park and a wake for nearly every request; a lost
+        // wake would show up as a wait near POLL_WAIT_CAP.
+        let server = start_test_server(1, 1000, Timeouts::STANDARD);
+        let address = server.local_addr();
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                thread::spawn(move || {
+                    let mut stream = TcpStream::connect(address).unwrap();
+                    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+                    let mut slowest = Duration::ZERO;
+                    for _ in 0..150 {
+                        let started = Instant::now();
+                        let response =
+                            exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+                        assert_eq!(response.map(|r| r.0), Some(200));
+                        slowest = slowest.max(started.elapsed());
+                    }
+                    slowest
+                })
+            })
+            .collect();
+        let slowest = clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .max()
+            .unwrap();
+        assert!(
+            slowest < POLL_WAIT_CAP / 2,
+            "slowest request took {slowest:?}"
+        );
+        server.shutdown();
+    }
+
+    #[test]
+    fn shutdown_is_prompt_and_closes_parked_connections() {
+        let server = start_with_timeouts(
+            &config(2, 64),
+            app(Weights::parse("timeout=1").unwrap()),
+            Timeouts::STANDARD,
+        )
+        .unwrap();
+        let mut idle = connect(&server);
+        let (status, _) = exchange(&mut idle, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        let mut hung = connect(&server);
+        hung.write_all(b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let address = server.local_addr();
+        let started = Instant::now();
+        server.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(closed_silently(&mut idle));
+        assert!(closed_silently(&mut hung));
+        assert!(TcpStream::connect(address).is_err(), "listener closed");
+    }
+
+    #[test]
+    fn dropping_the_server_stops_it_too() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let address = server.local_addr();
+        drop(server);
+        assert!(TcpStream::connect(address).is_err());
+    }
+
+    #[test]
+    fn invalid_configurations_and_bind_failures_are_errors() {
+        let zero_threads = start(&config(0, 10), app(Weights::owner_default()));
+        assert!(matches!(zero_threads, Err(ServerError::InvalidConfig(_))));
+        let zero_connections = start(&config(1, 0), app(Weights::owner_default()));
+        assert!(matches!(
+            zero_connections,
+            Err(ServerError::InvalidConfig(_))
+        ));
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut busy = config(1, 10);
+        busy.listen = taken.local_addr().unwrap();
+        let error = start(&busy, app(Weights::owner_default())).unwrap_err();
+        assert!(matches!(error, ServerError::Bind { .. }));
+        assert!(error.to_string().starts_with("cannot listen on 127.0.0.1:"));
+    }
+
+    #[test]
+    fn connection_limit_respects_the_open_file_limit() {
+        let cases = [
+            // (requested, threads, file limit, allowed)
+            (1000, 4, 1_000_000, 1000),
+            (1000, 4, 1024, 1024 - 4 - FILE_DESCRIPTOR_RESERVE as usize),
+            (1000, 4, 10, 1),
+            (5, 1, u64::MAX, 5),
+        ];
+        for (requested, threads, limit, allowed) in cases {
+            assert_eq!(
+                connections_within_file_limit(requested, threads, limit),
+                allowed,
+                "{requested} {threads} {limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn wake_address_replaces_wildcards_with_loopback() {
+        let cases = [
+            ("0.0.0.0:80", "127.0.0.1:80"),
+            ("[::]:81", "[::1]:81"),
+            ("10.1.2.3:82", "10.1.2.3:82"),
+        ];
+        for (local, expected) in cases {
+            assert_eq!(
+                wake_address(local.parse().unwrap()),
+                expected.parse::<SocketAddr>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn slab_tokens_of_departed_connections_are_stale() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let counter = Arc::new(AtomicUsize::new(0));
+        let parked = || Parked {
+            connection: Connection::new(
+                TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
+                listener.local_addr().unwrap(),
+                ConnectionSlot::take(&counter),
+            ),
+            kind: ParkKind::Idle,
+            deadline: Instant::now(),
+        };
+        let mut slab = Slab::new();
+        let first = slab.insert(parked());
+        let second = slab.insert(parked());
+        assert_eq!(counter.load(Ordering::Acquire), 2);
+        assert_eq!(slab.len(), 2);
+        assert!(slab.remove(first).is_some());
+        assert_eq!(
+            counter.load(Ordering::Acquire),
+            1,
+            "the slot guard counted the drop"
+        );
+        assert!(slab.get(first).is_none());
+        assert!(slab.remove(first).is_none());
+        let reused = slab.insert(parked());
+        assert_eq!(reused & 0xFFFF_FFFF, first & 0xFFFF_FFFF, "slot reused");
+        assert_ne!(reused, first, "with a new generation");
+        assert!(slab.get(first).is_none());
+        assert!(slab.get(reused).is_some());
+        assert!(slab.get(second).is_some());
+        assert_eq!(slab.len(), 2);
+        assert_ne!(reused, WAKE_TOKEN);
+    }
+
+    #[test]
+    fn read_buffer_grows_to_the_head_limit_and_no_further() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let counter = Arc::new(AtomicUsize::new(0));
+        let mut connection = Connection::new(
+            TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
+            listener.local_addr().unwrap(),
+            ConnectionSlot::take(&counter),
+        );
+        assert_eq!(connection.buffer.len(), READ_BUFFER_INITIAL);
+        let mut grown = 0;
+        loop {
+            connection.filled = connection.buffer.len();
+            if !connection.make_room() {
+                break;
+            }
+            grown += 1;
+            assert!(grown < 10);
+        }
+        assert_eq!(connection.buffer.len(), HEAD_LIMIT);
+    }
+
+    #[test]
+    fn date_cache_matches_the_clock() {
+        let mut cache = DateCache::new();
+        let before = UtcTime::from_unix_millis(clock::now_unix_millis()).http_date();
+        let cached = *cache.current();
+        let after = UtcTime::from_unix_millis(clock::now_unix_millis()).http_date();
+        assert!(cached == before || cached == after);
+        assert!(cached.ends_with(b" GMT"));
+    }
+}

@@ -1,0 +1,394 @@
+//! The few operating-system calls std does not offer: epoll (to hold thousands of parked
+//! connections on one thread), blocking and awaiting SIGINT/SIGTERM (a clean shutdown without an
+//! async-signal handler), and raising the open-file limit.
+//!
+//! This is the only module allowed `unsafe`: each block is one libc call on memory this module owns,
+//! with the reason beside it. Linux only (x86_64 and aarch64 layouts).
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Most readiness reports taken from the kernel by one [`Epoll::wait`]; more stay queued in the
+/// kernel for the next call, so this only bounds the stack buffer, not what can be watched.
+pub const MAX_EVENTS_PER_WAIT: usize = 256;
+
+/// The longest wait one `epoll_wait` call accepts, in milliseconds (its timeout is a C `int`).
+const MAX_WAIT_MILLIS: u128 = i32::MAX as u128;
+
+// Values from the Linux UAPI headers; identical on x86_64 and aarch64.
+const EPOLL_CLOEXEC: i32 = 0o2_000_000;
+const EPOLL_CTL_ADD: i32 = 1;
+const EPOLL_CTL_DEL: i32 = 2;
+const EPOLLIN: u32 = 0x001;
+const EPOLLERR: u32 = 0x008;
+const EPOLLHUP: u32 = 0x010;
+const EPOLLRDHUP: u32 = 0x2000;
+const EPOLLONESHOT: u32 = 1 << 30;
+const EINTR: i32 = 4;
+const SIG_BLOCK: i32 = 0;
+/// Interrupt from the terminal (Ctrl-C).
+pub const SIGINT: i32 = 2;
+/// Polite termination request (`kill`, service managers).
+pub const SIGTERM: i32 = 15;
+const RLIMIT_NOFILE: i32 = 7;
+const RLIM_INFINITY: u64 = u64::MAX;
+/// What to ask for when the hard open-file limit is "unlimited": the kernel refuses an infinite
+/// soft limit, and its default ceiling (`fs.nr_open`) is this value.
+const OPEN_FILE_CEILING: u64 = 1 << 20;
+
+/// The kernel's `struct epoll_event`: packed on x86_64 (for 32-bit compatibility), naturally
+/// aligned elsewhere.
+#[cfg(target_arch = "x86_64")]
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct RawEpollEvent {
+    events: u32,
+    data: u64,
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawEpollEvent {
+    events: u32,
+    data: u64,
+}
+
+/// glibc's and musl's `sigset_t`: 1024 bits. The kernel reads only the first 8 bytes, but libc
+/// functions may touch all of them, so the whole size is reserved.
+#[repr(C)]
+struct SignalSet {
+    bits: [u64; 16],
+}
+
+impl SignalSet {
+    fn termination_signals() -> io::Result<SignalSet> {
+        let mut set = SignalSet { bits: [0; 16] };
+        // SAFETY: `set` is a live, writable, correctly sized and aligned sigset_t.
+        if unsafe { sigemptyset(&mut set) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for signal in [SIGINT, SIGTERM] {
+            // SAFETY: as above; the signal numbers are valid.
+            if unsafe { sigaddset(&mut set, signal) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// The kernel's `struct rlimit` on 64-bit Linux.
+#[repr(C)]
+struct ResourceLimit {
+    soft: u64,
+    hard: u64,
+}
+
+extern "C" {
+    fn epoll_create1(flags: i32) -> i32;
+    fn epoll_ctl(epoll: i32, operation: i32, fd: i32, event: *mut RawEpollEvent) -> i32;
+    fn epoll_wait(epoll: i32, events: *mut RawEpollEvent, max_events: i32, timeout: i32) -> i32;
+    fn close(fd: i32) -> i32;
+    fn sigemptyset(set: *mut SignalSet) -> i32;
+    fn sigaddset(set: *mut SignalSet, signal: i32) -> i32;
+    fn pthread_sigmask(how: i32, set: *const SignalSet, old: *mut SignalSet) -> i32;
+    fn sigwait(set: *const SignalSet, signal: *mut i32) -> i32;
+    fn getrlimit(resource: i32, limit: *mut ResourceLimit) -> i32;
+    fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
+}
+
+/// One readiness report from [`Epoll::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub token: u64,
+    /// Data (or EOF) can be read.
+    pub readable: bool,
+    /// The peer closed its side, or the socket has an error.
+    pub closed: bool,
+}
+
+/// An epoll instance, closed on drop.
+#[derive(Debug)]
+pub struct Epoll {
+    fd: RawFd,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: no pointers; the returned descriptor is owned by the new value.
+        let fd = unsafe { epoll_create1(EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll { fd })
+    }
+
+    /// Watches `fd` for input and peer close; `oneshot` disarms it after one report.
+    pub fn add(&self, fd: RawFd, token: u64, oneshot: bool) -> io::Result<()> {
+        let mut interest = EPOLLIN | EPOLLRDHUP;
+        if oneshot {
+            interest |= EPOLLONESHOT;
+        }
+        let mut event = RawEpollEvent {
+            events: interest,
+            data: token,
+        };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call; the kernel copies it.
+        let result = unsafe { epoll_ctl(self.fd, EPOLL_CTL_ADD, fd, &mut event) };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        // A non-null event pointer keeps kernels before 2.6.9 happy; it is ignored otherwise.
+        let mut unused = RawEpollEvent { events: 0, data: 0 };
+        // SAFETY: `unused` is a valid epoll_event for the duration of the call.
+        let result = unsafe { epoll_ctl(self.fd, EPOLL_CTL_DEL, fd, &mut unused) };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` (`None`: forever) and replaces `events` with what is ready.
+    /// An interrupted wait returns with no events.
+    pub fn wait(&self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        events.clear();
+        let timeout_millis = match timeout {
+            None => -1,
+            // Rounded up, so a deadline 0.3 ms away is not polled in a busy loop.
+            Some(duration) => {
+                let millis = duration.as_nanos().div_ceil(1_000_000);
+                i32::try_from(millis.min(MAX_WAIT_MILLIS)).unwrap_or(i32::MAX)
+            }
+        };
+        let mut raw = [RawEpollEvent { events: 0, data: 0 }; MAX_EVENTS_PER_WAIT];
+        // SAFETY: `raw` is writable for MAX_EVENTS_PER_WAIT entries, which is what the kernel is told.
+        let count = unsafe {
+            epoll_wait(
+                self.fd,
+                raw.as_mut_ptr(),
+                MAX_EVENTS_PER_WAIT as i32,
+                timeout_millis,
+            )
+        };
+        if count < 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(EINTR) {
+                return Ok(());
+            }
+            return Err(error);
+        }
+        let count = usize::try_from(count).unwrap_or(0).min(MAX_EVENTS_PER_WAIT);
+        for entry in &raw[..count] {
+            // Copies out of the (possibly packed) struct: no reference to an unaligned field.
+            let flags = entry.events;
+            let token = entry.data;
+            events.push(Event {
+                token,
+                readable: flags & EPOLLIN != 0,
+                closed: flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: `fd` came from epoll_create1 and is closed exactly once, here.
+        unsafe {
+            close(self.fd);
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns later, so they can
+/// be awaited with [`wait_for_termination_signal`]. Call before spawning threads.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = SignalSet::termination_signals()?;
+    // SAFETY: `set` is a valid, initialised sigset_t; a null old set is allowed.
+    let result = unsafe { pthread_sigmask(SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if result != 0 {
+        // pthread functions return the error number instead of setting errno.
+        return Err(io::Error::from_raw_os_error(result));
+    }
+    Ok(())
+}
+
+/// Waits until SIGINT or SIGTERM arrives; returns its number.
+pub fn wait_for_termination_signal() -> io::Result<i32> {
+    let set = SignalSet::termination_signals()?;
+    let mut signal = 0;
+    // SAFETY: `set` is a valid sigset_t and `signal` a writable int, both live across the call.
+    let result = unsafe { sigwait(&set, &mut signal) };
+    if result != 0 {
+        return Err(io::Error::from_raw_os_error(result));
+    }
+    Ok(signal)
+}
+
+fn current_open_file_limit() -> io::Result<ResourceLimit> {
+    let mut limit = ResourceLimit { soft: 0, hard: 0 };
+    // SAFETY: `limit` is a writable struct rlimit.
+    if unsafe { getrlimit(RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the new soft limit. When the
+/// kernel refuses the raise, the unchanged soft limit is returned: it is still the truth.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let limit = current_open_file_limit()?;
+    let target = if limit.hard == RLIM_INFINITY {
+        OPEN_FILE_CEILING.max(limit.soft)
+    } else {
+        limit.hard
+    };
+    if target <= limit.soft {
+        return Ok(limit.soft);
+    }
+    let raised = ResourceLimit {
+        soft: target,
+        hard: limit.hard,
+    };
+    // SAFETY: `raised` is a valid struct rlimit, read by the kernel during the call.
+    if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } != 0 {
+        return Ok(limit.soft);
+    }
+    Ok(current_open_file_limit()?.soft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(2));
+
+    fn connected_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn raw_event_has_the_kernel_layout() {
+        let expected = if cfg!(target_arch = "x86_64") { 12 } else { 16 };
+        assert_eq!(std::mem::size_of::<RawEpollEvent>(), expected);
+        assert_eq!(std::mem::size_of::<SignalSet>(), 128);
+        assert_eq!(std::mem::size_of::<ResourceLimit>(), 16);
+    }
+
+    #[test]
+    fn epoll_reports_data_then_peer_close() {
+        let (mut client, mut server) = connected_pair();
+        let epoll = Epoll::new().unwrap();
+        epoll.add(server.as_raw_fd(), 42, false).unwrap();
+        let mut events = Vec::new();
+
+        epoll.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        assert!(events.is_empty(), "nothing sent yet: {events:?}");
+
+        client.write_all(b"x").unwrap();
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(
+            events,
+            vec![Event {
+                token: 42,
+                readable: true,
+                closed: false
+            }]
+        );
+        let mut byte = [0u8; 1];
+        assert_eq!(server.read(&mut byte).unwrap(), 1);
+
+        drop(client);
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].token, 42);
+        assert!(events[0].closed);
+        assert!(events[0].readable, "EOF is readable");
+    }
+
+    #[test]
+    fn oneshot_reports_once_and_delete_stops_reports() {
+        let (mut client, server) = connected_pair();
+        let epoll = Epoll::new().unwrap();
+        epoll.add(server.as_raw_fd(), 7, true).unwrap();
+        client.write_all(b"hello").unwrap();
+        let mut events = Vec::new();
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(events.len(), 1);
+        // Data is still unread, yet a disarmed registration stays quiet.
+        epoll
+            .wait(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        assert!(events.is_empty());
+
+        epoll.delete(server.as_raw_fd()).unwrap();
+        assert!(epoll.delete(server.as_raw_fd()).is_err(), "already gone");
+        epoll.add(server.as_raw_fd(), 8, false).unwrap();
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(events[0].token, 8);
+        epoll.delete(server.as_raw_fd()).unwrap();
+        epoll
+            .wait(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn wait_times_out_empty() {
+        let epoll = Epoll::new().unwrap();
+        let mut events = vec![Event {
+            token: 1,
+            readable: true,
+            closed: true,
+        }];
+        let started = std::time::Instant::now();
+        epoll
+            .wait(&mut events, Some(Duration::from_micros(300)))
+            .unwrap();
+        assert!(events.is_empty(), "old events are replaced");
+        assert!(started.elapsed() >= Duration::from_micros(300));
+    }
+
+    #[test]
+    fn open_file_limit_is_raised_to_at_least_the_old_soft_limit() {
+        let before = current_open_file_limit().unwrap();
+        let raised = raise_open_file_limit().unwrap();
+        assert!(raised >= before.soft);
+        assert!(before.hard == RLIM_INFINITY || raised <= before.hard);
+        assert_eq!(current_open_file_limit().unwrap().soft, raised);
+    }
+
+    #[test]
+    fn blocked_signal_is_received_by_sigwait() {
+        extern "C" {
+            fn pthread_self() -> u64;
+            fn pthread_kill(thread: u64, signal: i32) -> i32;
+        }
+        // A fresh thread, so the mask change stays out of the test harness's threads; the signal
+        // is sent to this thread only, so the process never sees it unblocked.
+        let received = std::thread::spawn(|| {
+            block_termination_signals().unwrap();
+            // SAFETY: signals the calling thread, where SIGTERM is now blocked (it stays pending).
+            let result = unsafe { pthread_kill(pthread_self(), SIGTERM) };
+            assert_eq!(result, 0);
+            wait_for_termination_signal().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(received, SIGTERM);
+    }
+}

@@ -1,0 +1,664 @@
+//! The server over real TCP: outcomes, determinism, the log, limits and HTTP/1.1 behaviour.
+
+mod common;
+#[path = "../src/json.rs"]
+#[allow(dead_code)]
+mod json;
+
+use common::*;
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+fn decode(reply: &Reply) -> json::Value {
+    json::decode(&reply.text()).unwrap_or_else(|error| panic!("{error}: {}", reply.text()))
+}
+
+fn number(value: &json::Value, key: &str) -> u64 {
+    value
+        .get(key)
+        .and_then(json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no number '{key}' in {value:?}"))
+}
+
+/// Sends `/getbalance` with a request id and returns the status, or `None` for a hang (the
+/// server closed the connection without answering after a short `--hang`).
+fn balance_status(server: &Server, request_id: &str) -> Option<u16> {
+    get(server, "/getbalance", &[("X-Request-Id", request_id)]).map(|reply| reply.status)
+}
+
+fn all_log_entries(server: &Server, query: &str) -> Vec<json::Value> {
+    let reply = get(server, &format!("/getlogs?{query}"), &[]).expect("getlogs answered");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    decode(&reply)
+        .get("entries")
+        .and_then(json::Value::as_array)
+        .expect("entries")
+        .to_vec()
+}
+
+#[test]
+fn every_outcome_is_seen_and_logged_with_its_request_id() {
+    let server = Server::start("outcomes", &["--seed", "7", "--hang", "20ms"]);
+    let mut seen: HashMap<Option<u16>, u32> = HashMap::new();
+    for index in 1..=60 {
+        let status = balance_status(&server, &format!("t-{index}"));
+        *seen.entry(status).or_default() += 1;
+    }
+    for outcome in [None, Some(403), Some(500), Some(200)] {
+        assert!(
+            seen.contains_key(&outcome),
+            "{outcome:?} never seen: {seen:?}"
+        );
+    }
+    let entries = all_log_entries(&server, "request_id_prefix=t-");
+    assert_eq!(entries.len(), 60);
+    for (index, entry) in entries.iter().enumerate() {
+        assert_eq!(number(entry, "id"), index as u64 + 1);
+        assert_eq!(
+            entry.get("request_id").and_then(json::Value::as_str),
+            Some(format!("t-{}", index + 1).as_str())
+        );
+        let outcome = entry.get("outcome").and_then(json::Value::as_str).unwrap();
+        let status = entry.get("status").and_then(json::Value::as_u64);
+        match outcome {
+            "timeout" => assert!(status.is_none()),
+            name => assert_eq!(status.map(|code| code.to_string()).as_deref(), Some(name)),
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_outcomes() {
+    let run = || {
+        let server = Server::start("determinism", &["--seed", "99", "--hang", "10ms"]);
+        (1..=40)
+            .map(|index| balance_status(&server, &format!("d-{index}")))
+            .collect::<Vec<_>>()
+    };
+    let first = run();
+    assert_eq!(first, run());
+    let other = Server::start("determinism-other", &["--seed", "100", "--hang", "10ms"]);
+    let different: Vec<_> = (1..=40)
+        .map(|index| balance_status(&other, &format!("d-{index}")))
+        .collect();
+    assert_ne!(
+        first, different,
+        "seeds 99 and 100 gave the same 40 outcomes"
+    );
+}
+
+#[test]
+fn twenty_thousand_requests_match_the_weights() {
+    let server = Server::start(
+        "chi-square",
+        &["--seed", "2024", "--hang", "0ms", "--no-log-file"],
+    );
+    let address = server.address;
+    let threads: Vec<_> = (0..8)
+        .map(|worker| {
+            std::thread::spawn(move || {
+                let mut counts: HashMap<Option<u16>, u64> = HashMap::new();
+                let mut stream = None;
+                for _ in 0..2500 {
+                    let connection = stream.get_or_insert_with(|| {
+                        let stream = std::net::TcpStream::connect(address).expect("connect");
+                        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+                        Client::new(stream)
+                    });
+                    connection
+                        .write_all(b"GET /getbalance HTTP/1.1\r\nHost: t\r\n\r\n")
+                        .expect("send");
+                    let reply = connection.read_reply(false);
+                    if reply.is_none() {
+                        stream = None;
+                    }
+                    *counts.entry(reply.map(|reply| reply.status)).or_default() += 1;
+                }
+                let _ = worker;
+                counts
+            })
+        })
+        .collect();
+    let mut counts: HashMap<Option<u16>, u64> = HashMap::new();
+    for thread in threads {
+        for (outcome, count) in thread.join().unwrap() {
+            *counts.entry(outcome).or_default() += count;
+        }
+    }
+    let observed = [
+        counts.get(&None).copied().unwrap_or(0),
+        counts.get(&Some(403)).copied().unwrap_or(0),
+        counts.get(&Some(500)).copied().unwrap_or(0),
+        counts.get(&Some(200)).copied().unwrap_or(0),
+    ];
+    assert_eq!(observed.iter().sum::<u64>(), 20_000, "{counts:?}");
+    // Pearson's statistic by hand, against the 0.1% critical value for 3 degrees of freedom
+    // (scipy.stats.chi2.isf(0.001, 3) = 16.266236196238129). The seed is fixed, so this is
+    // deterministic, not flaky.
+    let expected = [0.2, 0.2, 0.1, 0.5].map(|p| p * 20_000.0);
+    let statistic: f64 = observed
+        .iter()
+        .zip(expected)
+        .map(|(&seen, wanted)| (seen as f64 - wanted).powi(2) / wanted)
+        .sum();
+    assert!(
+        statistic < 16.266,
+        "chi-square {statistic} for {observed:?}"
+    );
+
+    // The server's own test agrees with what the client saw.
+    let stats = decode(&get(&server, "/stats", &[]).unwrap());
+    assert_eq!(number(&stats, "total"), 20_000);
+    let counted = stats.get("counts").unwrap();
+    for (name, seen) in ["timeout", "403", "500", "200"].iter().zip(observed) {
+        assert_eq!(number(counted, name), seen, "{name}");
+    }
+    let server_statistic = stats
+        .get("chi_square")
+        .and_then(|test| test.get("statistic"))
+        .and_then(json::Value::as_f64)
+        .unwrap();
+    assert!((server_statistic - statistic).abs() < 1e-6);
+    let p_value = stats
+        .get("chi_square")
+        .and_then(|test| test.get("p_value"))
+        .and_then(json::Value::as_f64)
+        .unwrap();
+    assert!(p_value > 0.001 && p_value <= 1.0);
+}
+
+#[test]
+fn the_log_file_has_one_line_per_request_after_sigterm() {
+    let server = Server::start("log-file", &["--seed", "5", "--hang", "10ms"]);
+    for index in 0..150 {
+        balance_status(&server, &format!("f-{index}"));
+    }
+    let log_path = server.path("unreliable.log");
+    let directory = server.directory.clone();
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    let text = std::fs::read_to_string(&log_path).expect("log file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 150, "{text}");
+    for line in lines {
+        let parts: Vec<&str> = line.split(" - ").collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        assert_eq!(parts[1], "127.0.0.1");
+        assert!(
+            [
+                "200 OK",
+                "403 Forbidden",
+                "500 Internal Server Error",
+                "Timeout occurred"
+            ]
+            .contains(&parts[2]),
+            "{line}"
+        );
+        // 2024-10-23 23:55:31,705
+        assert_eq!(parts[0].len(), 23, "{line}");
+        assert_eq!(&parts[0][19..20], ",");
+    }
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line_and_appends_across_restarts() {
+    let directory = scratch_directory("json-log");
+    let log_path = directory.join("requests.jsonl");
+    let log_argument = log_path.to_str().unwrap().to_string();
+    for round in 0..2 {
+        let server = Server::start(
+            "json-log-run",
+            &[
+                "--seed",
+                "3",
+                "--hang",
+                "10ms",
+                "--log-format",
+                "json",
+                "--log-file",
+                &log_argument,
+            ],
+        );
+        for index in 0..20 {
+            balance_status(&server, &format!("r{round}-{index}\"\\\\"));
+        }
+        let server_directory = server.directory.clone();
+        let (status, stderr) = server.terminate();
+        assert!(status.success(), "{stderr}");
+        let _ = std::fs::remove_dir_all(server_directory);
+    }
+    let text = std::fs::read_to_string(&log_path).expect("log file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 40);
+    for line in &lines {
+        let entry = json::decode(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        assert!(entry.get("outcome").and_then(json::Value::as_str).is_some());
+    }
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+#[test]
+fn getlogs_pages_with_since_and_limit_and_filters() {
+    let server = Server::start(
+        "paging",
+        &["--seed", "11", "--hang", "10ms", "--no-log-file"],
+    );
+    for index in 0..30 {
+        balance_status(&server, &format!("p-{index}"));
+    }
+    let first = decode(&get(&server, "/getlogs?limit=10", &[]).unwrap());
+    assert_eq!(number(&first, "total"), 30);
+    assert_eq!(number(&first, "returned"), 10);
+    assert_eq!(number(&first, "next_since"), 10);
+    let second = decode(&get(&server, "/getlogs?since=10&limit=100", &[]).unwrap());
+    assert_eq!(number(&second, "returned"), 20);
+    assert_eq!(number(&second, "next_since"), 30);
+    let forbidden = all_log_entries(&server, "outcome=403");
+    assert!(!forbidden.is_empty());
+    assert!(forbidden
+        .iter()
+        .all(|entry| entry.get("status").and_then(json::Value::as_u64) == Some(403)));
+    assert_eq!(all_log_entries(&server, "client=127.0.0.1").len(), 30);
+    assert_eq!(all_log_entries(&server, "client=10.1.2.3").len(), 0);
+    let bad = get(&server, "/getlogs?limit=ten", &[]).unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("limit"), "{}", bad.text());
+}
+
+#[test]
+fn log_capacity_drops_the_oldest_entries_and_counts_them() {
+    let server = Server::start(
+        "capacity",
+        &[
+            "--seed",
+            "1",
+            "--hang",
+            "10ms",
+            "--log-capacity",
+            "5",
+            "--no-log-file",
+        ],
+    );
+    for index in 0..12 {
+        balance_status(&server, &format!("c-{index}"));
+    }
+    let logs = decode(&get(&server, "/getlogs", &[]).unwrap());
+    assert_eq!(number(&logs, "total"), 12);
+    assert_eq!(number(&logs, "dropped"), 7);
+    let ids: Vec<u64> = logs
+        .get("entries")
+        .and_then(json::Value::as_array)
+        .unwrap()
+        .iter()
+        .map(|entry| number(entry, "id"))
+        .collect();
+    assert_eq!(ids, vec![8, 9, 10, 11, 12]);
+}
+
+#[test]
+fn endpoints_and_methods() {
+    let server = Server::start("endpoints", &["--no-log-file"]);
+    let health = get(&server, "/health", &[]).unwrap();
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+    for header in ["date", "server", "content-length", "content-type"] {
+        assert!(
+            health.header(header).is_some(),
+            "no {header}: {}",
+            health.head
+        );
+    }
+    assert_eq!(get(&server, "/", &[]).unwrap().status, 200);
+    assert_eq!(get(&server, "/nothing-here", &[]).unwrap().status, 404);
+    let post = exchange(
+        &server,
+        b"POST /getbalance HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .unwrap();
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD, OPTIONS"));
+    let head = exchange(&server, b"HEAD /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length").as_deref(), Some("3"));
+    let stats = decode(&get(&server, "/stats", &[]).unwrap());
+    assert!(stats.get("seed").is_some() && stats.get("uptime_seconds").is_some());
+}
+
+#[test]
+fn balance_is_html_by_default_and_json_on_request() {
+    let server = Server::start("balance", &["--weights", "200=1", "--no-log-file"]);
+    let html = get(&server, "/getbalance", &[]).unwrap();
+    assert_eq!(html.status, 200);
+    assert!(html
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(html.text().contains("<html"));
+    let json_reply = get(&server, "/getbalance", &[("Accept", "application/json")]).unwrap();
+    assert_eq!(
+        json_reply.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let balance = decode(&json_reply);
+    for key in [
+        "account_id",
+        "holder",
+        "balance",
+        "currency",
+        "as_of",
+        "transactions",
+    ] {
+        assert!(
+            balance.get(key).is_some(),
+            "no {key} in {}",
+            json_reply.text()
+        );
+    }
+}
+
+/// The status the server answers to `raw` on a fresh connection, and whether it then closed.
+fn status_and_close(server: &Server, raw: &[u8]) -> (u16, bool) {
+    let mut stream = server.connect();
+    stream.write_all(raw).expect("send");
+    let reply = stream.read_reply(false).expect("a response");
+    let closed = reply
+        .header("connection")
+        .is_some_and(|value| value.eq_ignore_ascii_case("close"));
+    (reply.status, closed)
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_the_right_status_and_a_close() {
+    let server = Server::start("malformed", &["--no-log-file"]);
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    let many_fields = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        (0..101)
+            .map(|index| format!("X-{index}: v\r\n"))
+            .collect::<String>()
+    );
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(17_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("garbage", b"HELLO\r\n\r\n".to_vec(), 400),
+        ("no host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("bare lf", b"GET / HTTP/1.1\nHost: t\n\n".to_vec(), 400),
+        ("long target", long_target.into_bytes(), 414),
+        ("many fields", many_fields.into_bytes(), 431),
+        ("big header", big_header.into_bytes(), 431),
+        (
+            "cl and te",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            "conflicting lengths",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            400,
+        ),
+        (
+            "body too large",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            "gzip coding",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
+            501,
+        ),
+        ("http/2", b"GET / HTTP/2.0\r\nHost: t\r\n\r\n".to_vec(), 505),
+    ];
+    for (name, raw, expected) in cases {
+        let (status, closed) = status_and_close(&server, &raw);
+        assert_eq!(status, expected, "{name}");
+        assert!(closed, "{name}: connection not closed");
+    }
+}
+
+#[test]
+fn keep_alive_close_http10_and_pipelining() {
+    let server = Server::start("keepalive", &["--weights", "403=1", "--no-log-file"]);
+    // Three pipelined requests in one write: three responses in order on one connection.
+    let mut stream = server.connect();
+    stream
+        .write_all(
+            b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /getbalance HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| stream.read_reply(false).expect("pipelined reply").status)
+        .collect();
+    assert_eq!(statuses, vec![200, 403, 404]);
+    // Still open afterwards.
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let last = stream.read_reply(false).unwrap();
+    assert_eq!(last.header("connection").as_deref(), Some("close"));
+    assert!(
+        stream.read_reply(false).is_none(),
+        "open after Connection: close"
+    );
+
+    // HTTP/1.0 closes by default and answers in HTTP/1.1 syntax.
+    let mut old = server.connect();
+    old.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let reply = old.read_reply(false).unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(old.read_reply(false).is_none(), "HTTP/1.0 left open");
+
+    // HTTP/1.0 with keep-alive stays open.
+    let mut kept = server.connect();
+    for _ in 0..2 {
+        kept.write_all(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        assert_eq!(kept.read_reply(false).unwrap().status, 200);
+    }
+}
+
+#[test]
+fn chunked_request_bodies_are_read_and_discarded() {
+    let server = Server::start("chunked", &["--no-log-file"]);
+    let mut stream = server.connect();
+    stream
+        .write_all(
+            b"GET /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(stream.read_reply(false).unwrap().status, 200);
+    assert_eq!(stream.read_reply(false).unwrap().status, 200);
+}
+
+fn thread_count(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("Threads line")
+}
+
+#[test]
+fn hung_connections_cost_no_threads_and_do_not_block_others() {
+    let server = Server::start(
+        "hangs",
+        &[
+            "--weights",
+            "timeout=1",
+            "--hang",
+            "30s",
+            "--threads",
+            "8",
+            "--no-log-file",
+        ],
+    );
+    let threads_before = thread_count(server.child.id());
+    let mut hung = Vec::new();
+    for _ in 0..200 {
+        let mut stream = server.connect();
+        stream
+            .write_all(b"GET /getbalance HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        hung.push(stream);
+    }
+    // Wait until the server has logged all 200 (each is parked after being logged).
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let stats = decode(&get(&server, "/stats", &[]).unwrap());
+        if number(&stats, "total") == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hung requests not logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Other clients are still answered, one after another, while the 200 hang.
+    for _ in 0..100 {
+        assert_eq!(get(&server, "/health", &[]).unwrap().status, 200);
+    }
+    assert_eq!(thread_count(server.child.id()), threads_before);
+    // None of the hung connections got a response.
+    for stream in &mut hung {
+        stream
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = std::io::Read::read(&mut stream.stream, &mut byte);
+        assert!(read.is_err(), "a hung request was answered: {read:?}");
+    }
+}
+
+#[test]
+fn a_hang_ends_after_the_hang_duration_without_a_response() {
+    let server = Server::start(
+        "hang-ends",
+        &["--weights", "timeout=1", "--hang", "200ms", "--no-log-file"],
+    );
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /getbalance HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(stream.read_reply(false).is_none());
+    // Closed by the server (EOF), well before the 10 s read timeout of the test's socket.
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn too_many_connections_get_503() {
+    let server = Server::start(
+        "limit",
+        &[
+            "--max-connections",
+            "3",
+            "--weights",
+            "timeout=1",
+            "--no-log-file",
+        ],
+    );
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let mut stream = server.connect();
+            stream
+                .write_all(b"GET /getbalance HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = server.connect();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    let reply = extra.read_reply(false).expect("a 503");
+    assert_eq!(reply.status, 503);
+    drop(held);
+}
+
+#[test]
+fn curl_gets_correct_answers() {
+    if !have_tool("curl") {
+        return;
+    }
+    let server = Server::start("curl", &["--weights", "200=1", "--no-log-file"]);
+    let url = format!("http://{}/getbalance", server.address);
+    let output = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            &url,
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(text.starts_with("200 "), "{text}");
+    let logs = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--http1.0",
+            &format!("http://{}/getlogs", server.address),
+        ])
+        .output()
+        .expect("curl");
+    let body = String::from_utf8_lossy(&logs.stdout).into_owned();
+    let value = json::decode(&body).unwrap_or_else(|error| panic!("{error}: {body}"));
+    assert_eq!(number(&value, "total"), 2);
+}
+
+#[test]
+fn python_http_client_gets_correct_answers() {
+    if !have_tool("python3") {
+        return;
+    }
+    let server = Server::start(
+        "python",
+        &["--weights", "403=1,500=1", "--seed", "4", "--no-log-file"],
+    );
+    let script = format!(
+        r#"
+import http.client, json
+connection = http.client.HTTPConnection("127.0.0.1", {port}, timeout=10)
+statuses = []
+for index in range(20):
+    connection.request("GET", "/getbalance", headers={{"X-Request-Id": "py-%d" % index}})
+    response = connection.getresponse()
+    response.read()
+    statuses.append(response.status)
+connection.request("GET", "/getlogs?request_id_prefix=py-")
+logs = json.loads(connection.getresponse().read())
+assert [entry["status"] for entry in logs["entries"]] == statuses, (statuses, logs)
+assert set(statuses) == {{403, 500}}, statuses
+print("ok", len(statuses))
+"#,
+        port = server.address.port()
+    );
+    let output = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 20");
+}
