@@ -496,6 +496,12 @@ impl Chaos {
             .map_or(self.last_possible, |(outcome, _)| outcome)
     }
 
+    /// What the k-th request gets: the outcome it forced (`X-Unreliable-Outcome`), if any, else
+    /// [`Chaos::outcome`]. Every outcome the server acts on comes from here.
+    pub fn decide(&self, k: u64, forced: Option<Outcome>) -> Outcome {
+        forced.unwrap_or_else(|| self.outcome(k))
+    }
+
     /// The fake balance of the k-th request; its values vary per request and follow from the seed.
     /// Drawn from a stream of its own, so it never disturbs or correlates with the outcomes.
     pub fn balance(&self, k: u64, unix_millis: u64) -> Balance {

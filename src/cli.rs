@@ -721,7 +721,8 @@ Options:
   -h, --help              print this help
 
 Endpoints:
-  GET /getbalance         the faults (also HEAD); X-Request-Id is logged
+  GET /getbalance         the faults (also HEAD); X-Request-Id is logged;
+                          X-Unreliable-Outcome: timeout|403|500|200 forces one
   GET /getlogs            the log as JSON; since=ID, limit=N, outcome=NAME, client=IP,
                           request_id_prefix=TEXT
   GET /stats              counts, weights, seed, chi-square test, uptime

@@ -37,6 +37,8 @@ pub struct NewEntry<'a> {
     pub request_id: Option<&'a [u8]>,
     /// From the request's first byte to its answer being ready.
     pub duration_micros: u64,
+    /// The client forced the outcome (`X-Unreliable-Outcome`) instead of taking the draw.
+    pub forced: bool,
 }
 
 /// One logged request.
@@ -52,6 +54,8 @@ pub struct Entry {
     pub request_id: Option<Box<str>>,
     /// `None` for a timeout (nothing was answered).
     pub duration_micros: Option<u64>,
+    /// The outcome was forced by the request, not drawn.
+    pub forced: bool,
 }
 
 /// Totals since start.
@@ -61,8 +65,10 @@ pub struct Counts {
     pub total: u64,
     /// Entries that dropped out of memory (still in the file).
     pub dropped: u64,
-    /// Indexed by [`Outcome::index`].
+    /// Drawn outcomes, indexed by [`Outcome::index`]: what the weights are tested against.
     pub by_outcome: [u64; Outcome::COUNT],
+    /// Forced outcomes, indexed by [`Outcome::index`]; not draws, so not part of any test.
+    pub forced_by_outcome: [u64; Outcome::COUNT],
 }
 
 /// Which entries `/getlogs` returns.
@@ -175,6 +181,7 @@ impl RequestLog {
                 .request_id
                 .map(|bytes| String::from_utf8_lossy(bytes).into_owned().into_boxed_str()),
             duration_micros: Some(new.duration_micros),
+            forced: new.forced,
         };
         let mut ring = self.lock();
         ring.counts.total += 1;
@@ -183,7 +190,12 @@ impl RequestLog {
         if entry.outcome == Outcome::Timeout {
             entry.duration_micros = None;
         }
-        ring.counts.by_outcome[entry.outcome.index()] += 1;
+        let tally = if entry.forced {
+            &mut ring.counts.forced_by_outcome
+        } else {
+            &mut ring.counts.by_outcome
+        };
+        tally[entry.outcome.index()] += 1;
         if ring.entries.len() == ring.capacity {
             if let Some(oldest) = ring.entries.pop_front() {
                 ring.counts.dropped += 1;
@@ -261,6 +273,7 @@ pub fn write_entry_json(out: &mut String, entry: &Entry) {
         Some(micros) => object.f64("duration_ms", micros as f64 / 1000.0),
         None => object.null("duration_ms"),
     };
+    object.bool("forced", entry.forced);
     object.finish();
 }
 
@@ -443,6 +456,7 @@ mod tests {
             target: "/getbalance",
             request_id: Some(request_id.as_bytes()),
             duration_micros: 42,
+            forced: false,
         }
     }
 

@@ -151,6 +151,19 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
         let reason = format!("x-request-id is longer than {MAX_REQUEST_ID} bytes");
         return bad_request(exchange, out, &reason);
     }
+    let forced = match request.header("x-unreliable-outcome") {
+        None => None,
+        Some(name) => match std::str::from_utf8(name).ok().and_then(Outcome::from_name) {
+            Some(outcome) => Some(outcome),
+            None => {
+                return bad_request(
+                    exchange,
+                    out,
+                    "x-unreliable-outcome must be one of timeout, 403, 500, 200",
+                )
+            }
+        },
+    };
     let unix_millis = clock::now_unix_millis();
     let new_entry = NewEntry {
         unix_millis,
@@ -159,8 +172,9 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
         target: request.target,
         request_id,
         duration_micros: u64::try_from(exchange.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        forced: forced.is_some(),
     };
-    let entry = app.log.record(&new_entry, |k| app.chaos.outcome(k));
+    let entry = app.log.record(&new_entry, |k| app.chaos.decide(k, forced));
     let wants_json = prefers_json(request.header("accept"));
     let mut entry_id_text = [0u8; 20];
     let entry_id = decimal(entry.id, &mut entry_id_text);
@@ -454,8 +468,13 @@ fn get_stats(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dispo
     write_per_outcome(object.key("counts"), |outcome| {
         counts.by_outcome[outcome.index()] as f64
     });
+    let drawn: u64 = counts.by_outcome.iter().sum();
+    object.u64("drawn", drawn);
     write_per_outcome(object.key("expected_counts"), |outcome| {
-        counts.total as f64 * probabilities[outcome.index()]
+        drawn as f64 * probabilities[outcome.index()]
+    });
+    write_per_outcome(object.key("forced_counts"), |outcome| {
+        counts.forced_by_outcome[outcome.index()] as f64
     });
     {
         let mut test = ObjectWriter::new(object.key("chi_square"));

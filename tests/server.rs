@@ -662,3 +662,44 @@ print("ok", len(statuses))
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 20");
 }
+
+#[test]
+fn a_request_can_force_its_outcome_and_is_kept_out_of_the_test() {
+    let server = Server::start(
+        "forced",
+        &["--weights", "200=1", "--hang", "50ms", "--no-log-file"],
+    );
+    let forced = get(&server, "/getbalance", &[("X-Unreliable-Outcome", "500")]).unwrap();
+    assert_eq!(forced.status, 500);
+    assert!(get(
+        &server,
+        "/getbalance",
+        &[("X-Unreliable-Outcome", "timeout")]
+    )
+    .is_none());
+    assert_eq!(get(&server, "/getbalance", &[]).unwrap().status, 200);
+    let bad = get(&server, "/getbalance", &[("X-Unreliable-Outcome", "418")]).unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.text().contains("x-unreliable-outcome"),
+        "{}",
+        bad.text()
+    );
+
+    let stats = decode(&get(&server, "/stats", &[]).unwrap());
+    assert_eq!(number(&stats, "total"), 3);
+    assert_eq!(number(&stats, "drawn"), 1);
+    assert_eq!(number(stats.get("counts").unwrap(), "200"), 1);
+    assert_eq!(number(stats.get("counts").unwrap(), "500"), 0);
+    assert_eq!(number(stats.get("forced_counts").unwrap(), "500"), 1);
+    assert_eq!(number(stats.get("forced_counts").unwrap(), "timeout"), 1);
+    let entries = all_log_entries(&server, "");
+    let forced_flags: Vec<Option<bool>> = entries
+        .iter()
+        .map(|entry| match entry.get("forced") {
+            Some(json::Value::Bool(flag)) => Some(*flag),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(forced_flags, vec![Some(true), Some(true), Some(false)]);
+}
