@@ -13,7 +13,7 @@ use crate::json::ObjectWriter;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -81,22 +81,6 @@ pub struct Filter {
     pub request_id_prefix: Option<String>,
 }
 
-impl Filter {
-    fn matches(&self, entry: &Entry) -> bool {
-        entry.id > self.since
-            && self.outcome.is_none_or(|outcome| entry.outcome == outcome)
-            && self
-                .client
-                .is_none_or(|ip| entry.client.ip() == ip.to_canonical())
-            && self.request_id_prefix.as_deref().is_none_or(|prefix| {
-                entry
-                    .request_id
-                    .as_deref()
-                    .is_some_and(|id| id.starts_with(prefix))
-            })
-    }
-}
-
 /// One slice of a scan: the matching entries, and how far the scan got (the `since` for the next).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -122,9 +106,114 @@ impl LogFormat {
     }
 }
 
+/// The bytes of one entry's request id and target live in blocks of this size. A text never
+/// spans two blocks (the longest is a target under 8 KiB plus a request id under 1 KiB).
+const TEXT_BLOCK: usize = 64 * 1024;
+/// The most text bytes held in memory; past it the oldest entries drop out even before
+/// `--log-capacity` is reached, so positions fit in 32 bits and memory stays bounded.
+pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+/// `Stored::duration_micros` for "no answer" (a timeout).
+const NO_DURATION: u32 = u32::MAX;
+const FLAG_FORCED: u8 = 1;
+const FLAG_HEAD: u8 = 2;
+const FLAG_HAS_REQUEST_ID: u8 = 4;
+/// The common target `/getbalance` is implied rather than stored.
+const FLAG_USUAL_TARGET: u8 = 8;
+const USUAL_TARGET: &str = "/getbalance";
+
+/// One entry as held in memory: 40 bytes, no pointers. The id is implied by the position in the
+/// ring, the request id and an unusual target live in the [`TextArena`]. A million entries with
+/// 20-byte request ids take about 60 MB.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    unix_millis: u64,
+    /// IPv4 addresses are stored IPv4-mapped.
+    ip: [u8; 16],
+    /// Position of the text in the arena, modulo 2^32.
+    text_at: u32,
+    duration_micros: u32,
+    port: u16,
+    target_length: u16,
+    request_id_length: u16,
+    outcome: u8,
+    flags: u8,
+}
+
+/// Append-only text storage in fixed blocks, freed from the front as entries drop out.
+#[derive(Debug, Default)]
+struct TextArena {
+    blocks: VecDeque<Vec<u8>>,
+    /// Absolute position of the first byte of `blocks[0]`.
+    first_block_at: u64,
+    /// A freed block kept for reuse, so a steady log does not allocate.
+    spare: Option<Vec<u8>>,
+}
+
+impl TextArena {
+    /// Appends `parts` contiguously and returns the absolute position of the first byte.
+    fn push(&mut self, parts: [&[u8]; 2]) -> u64 {
+        let length = parts[0].len() + parts[1].len();
+        let fits = self
+            .blocks
+            .back()
+            .is_some_and(|block| block.len() + length <= TEXT_BLOCK);
+        if !fits {
+            let block = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(TEXT_BLOCK));
+            self.blocks.push_back(block);
+        }
+        let last = self.blocks.len() - 1;
+        let Some(block) = self.blocks.back_mut() else {
+            return self.first_block_at;
+        };
+        let at = self.first_block_at + (last * TEXT_BLOCK + block.len()) as u64;
+        block.extend_from_slice(parts[0]);
+        block.extend_from_slice(parts[1]);
+        at
+    }
+
+    /// The `length` bytes at the position whose low 32 bits are `text_at`.
+    fn get(&self, text_at: u32, length: usize) -> &[u8] {
+        let offset = text_at.wrapping_sub(self.first_block_at as u32) as usize;
+        let (index, within) = (offset / TEXT_BLOCK, offset % TEXT_BLOCK);
+        self.blocks
+            .get(index)
+            .and_then(|block| block.get(within..within + length))
+            .unwrap_or(&[])
+    }
+
+    /// Frees the blocks that hold only text before the position whose low bits are `text_at`.
+    fn release_before(&mut self, text_at: u32) {
+        let offset = text_at.wrapping_sub(self.first_block_at as u32) as usize;
+        for _ in 0..offset / TEXT_BLOCK {
+            if let Some(mut block) = self.blocks.pop_front() {
+                block.clear();
+                self.spare = Some(block);
+                self.first_block_at += TEXT_BLOCK as u64;
+            }
+        }
+    }
+
+    /// Frees every block: nothing refers to the text any more.
+    fn release_all(&mut self) {
+        while let Some(mut block) = self.blocks.pop_front() {
+            block.clear();
+            self.spare = Some(block);
+            self.first_block_at += TEXT_BLOCK as u64;
+        }
+    }
+
+    fn live_bytes(&self) -> u64 {
+        (self.blocks.len() * TEXT_BLOCK) as u64
+    }
+}
+
 #[derive(Debug)]
 struct Ring {
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Stored>,
+    text: TextArena,
     capacity: usize,
     counts: Counts,
     /// Whether a file writer will collect entries; without one nothing is set aside.
@@ -133,6 +222,101 @@ struct Ring {
     written_through: u64,
     /// Entries that left memory before the writer took them, oldest first.
     evicted_unwritten: Vec<Entry>,
+    /// [`MAX_TEXT_BYTES`], smaller in tests.
+    text_limit: u64,
+}
+
+impl Ring {
+    /// The id of `entries[0]`.
+    fn first_id(&self) -> u64 {
+        self.counts.total + 1 - self.entries.len() as u64
+    }
+
+    /// The position in `entries` of the first entry with an id above `since`.
+    fn index_after(&self, since: u64) -> usize {
+        usize::try_from(since.saturating_add(1).saturating_sub(self.first_id()))
+            .unwrap_or(usize::MAX)
+    }
+
+    fn request_id(&self, stored: &Stored) -> Option<&[u8]> {
+        (stored.flags & FLAG_HAS_REQUEST_ID != 0).then(|| {
+            self.text
+                .get(stored.text_at, usize::from(stored.request_id_length))
+        })
+    }
+
+    fn target(&self, stored: &Stored) -> &[u8] {
+        if stored.flags & FLAG_USUAL_TARGET != 0 {
+            return USUAL_TARGET.as_bytes();
+        }
+        let skip = usize::from(stored.request_id_length);
+        let whole = self
+            .text
+            .get(stored.text_at, skip + usize::from(stored.target_length));
+        whole.get(skip..).unwrap_or(&[])
+    }
+
+    fn client(stored: &Stored) -> SocketAddr {
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::from(stored.ip)).to_canonical(),
+            stored.port,
+        )
+    }
+
+    fn matches(&self, filter: &Filter, stored: &Stored) -> bool {
+        filter
+            .outcome
+            .is_none_or(|outcome| stored.outcome == outcome.index() as u8)
+            && filter
+                .client
+                .is_none_or(|ip| Ring::client(stored).ip() == ip.to_canonical())
+            && filter.request_id_prefix.as_deref().is_none_or(|prefix| {
+                self.request_id(stored)
+                    .is_some_and(|id| id.starts_with(prefix.as_bytes()))
+            })
+    }
+
+    /// The public form of the entry at `index`.
+    fn entry(&self, index: usize, stored: &Stored) -> Entry {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned().into_boxed_str();
+        Entry {
+            id: self.first_id() + index as u64,
+            unix_millis: stored.unix_millis,
+            client: Ring::client(stored),
+            method: if stored.flags & FLAG_HEAD != 0 {
+                "HEAD"
+            } else {
+                "GET"
+            },
+            target: text(self.target(stored)),
+            outcome: Outcome::ALL
+                .get(usize::from(stored.outcome))
+                .copied()
+                .unwrap_or(Outcome::Timeout),
+            request_id: self.request_id(stored).map(text),
+            duration_micros: (stored.duration_micros != NO_DURATION)
+                .then_some(u64::from(stored.duration_micros)),
+            forced: stored.flags & FLAG_FORCED != 0,
+        }
+    }
+
+    /// Drops the oldest entry, keeping it for the file writer if it has not taken it yet.
+    fn evict_oldest(&mut self) {
+        let first_id = self.first_id();
+        let Some(oldest) = self.entries.front().copied() else {
+            return;
+        };
+        if self.keeps_file && first_id > self.written_through {
+            let entry = self.entry(0, &oldest);
+            self.evicted_unwritten.push(entry);
+        }
+        self.entries.pop_front();
+        self.counts.dropped += 1;
+        match self.entries.front() {
+            Some(next) => self.text.release_before(next.text_at),
+            None => self.text.release_all(),
+        }
+    }
 }
 
 /// The in-memory log, shared by every worker and the file writer.
@@ -141,19 +325,33 @@ pub struct RequestLog {
     ring: Mutex<Ring>,
 }
 
+/// What [`RequestLog::record`] decided for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub id: u64,
+    pub outcome: Outcome,
+}
+
 impl RequestLog {
     /// `capacity` entries are kept in memory (at least one); `keeps_file` when a [`LogWriter`]
     /// will collect every entry.
     pub fn new(capacity: usize, keeps_file: bool) -> RequestLog {
+        RequestLog::with_text_limit(capacity, keeps_file, MAX_TEXT_BYTES)
+    }
+
+    fn with_text_limit(capacity: usize, keeps_file: bool, text_limit: u64) -> RequestLog {
         let capacity = capacity.max(1);
         RequestLog {
             ring: Mutex::new(Ring {
-                entries: VecDeque::with_capacity(capacity.min(1 << 16)),
+                // Reserved whole: untouched pages cost no memory, and the ring never doubles.
+                entries: VecDeque::with_capacity(capacity),
+                text: TextArena::default(),
                 capacity,
                 counts: Counts::default(),
                 keeps_file,
                 written_through: 0,
                 evicted_unwritten: Vec::new(),
+                text_limit,
             }),
         }
     }
@@ -166,46 +364,71 @@ impl RequestLog {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Assigns the next id, lets `choose` pick the outcome for it, and appends the entry.
-    pub fn record(&self, new: &NewEntry<'_>, choose: impl FnOnce(u64) -> Outcome) -> Entry {
-        // Everything that allocates happens before the lock is taken.
-        let client = SocketAddr::new(new.client.ip().to_canonical(), new.client.port());
-        let mut entry = Entry {
-            id: 0,
-            unix_millis: new.unix_millis,
-            client,
-            method: if new.method == "HEAD" { "HEAD" } else { "GET" },
-            target: new.target.into(),
-            outcome: Outcome::Timeout,
-            request_id: new
-                .request_id
-                .map(|bytes| String::from_utf8_lossy(bytes).into_owned().into_boxed_str()),
-            duration_micros: Some(new.duration_micros),
-            forced: new.forced,
+    /// Assigns the next id, lets `choose` pick the outcome for it, and appends the entry. Nothing
+    /// here allocates in the steady state.
+    pub fn record(&self, new: &NewEntry<'_>, choose: impl FnOnce(u64) -> Outcome) -> Recorded {
+        let request_id = new.request_id.map(String::from_utf8_lossy);
+        let request_id = request_id.as_deref().unwrap_or("").as_bytes();
+        let usual_target = new.target == USUAL_TARGET;
+        let target = if usual_target {
+            &[][..]
+        } else {
+            new.target.as_bytes()
         };
-        let mut ring = self.lock();
-        ring.counts.total += 1;
-        entry.id = ring.counts.total;
-        entry.outcome = choose(entry.id);
-        if entry.outcome == Outcome::Timeout {
-            entry.duration_micros = None;
+        let ip = match new.client.ip().to_canonical() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let mut flags = 0;
+        for (set, flag) in [
+            (new.forced, FLAG_FORCED),
+            (new.method == "HEAD", FLAG_HEAD),
+            (new.request_id.is_some(), FLAG_HAS_REQUEST_ID),
+            (usual_target, FLAG_USUAL_TARGET),
+        ] {
+            if set {
+                flags |= flag;
+            }
         }
-        let tally = if entry.forced {
+        let mut stored = Stored {
+            unix_millis: new.unix_millis,
+            ip: ip.octets(),
+            text_at: 0,
+            duration_micros: u32::try_from(new.duration_micros)
+                .unwrap_or(NO_DURATION - 1)
+                .min(NO_DURATION - 1),
+            port: new.client.port(),
+            // The server's limits keep both far below 64 KiB; the clamp only guards the format.
+            target_length: u16::try_from(target.len()).unwrap_or(u16::MAX),
+            request_id_length: u16::try_from(request_id.len()).unwrap_or(u16::MAX),
+            outcome: 0,
+            flags,
+        };
+        let target = &target[..usize::from(stored.target_length)];
+        let request_id = &request_id[..usize::from(stored.request_id_length)];
+
+        let mut ring = self.lock();
+        while ring.entries.len() >= ring.capacity
+            || (!ring.entries.is_empty() && ring.text.live_bytes() >= ring.text_limit)
+        {
+            ring.evict_oldest();
+        }
+        ring.counts.total += 1;
+        let id = ring.counts.total;
+        let outcome = choose(id);
+        stored.outcome = outcome.index() as u8;
+        if outcome == Outcome::Timeout {
+            stored.duration_micros = NO_DURATION;
+        }
+        let tally = if new.forced {
             &mut ring.counts.forced_by_outcome
         } else {
             &mut ring.counts.by_outcome
         };
-        tally[entry.outcome.index()] += 1;
-        if ring.entries.len() == ring.capacity {
-            if let Some(oldest) = ring.entries.pop_front() {
-                ring.counts.dropped += 1;
-                if ring.keeps_file && oldest.id > ring.written_through {
-                    ring.evicted_unwritten.push(oldest);
-                }
-            }
-        }
-        ring.entries.push_back(entry.clone());
-        entry
+        tally[outcome.index()] += 1;
+        stored.text_at = ring.text.push([request_id, target]) as u32;
+        ring.entries.push_back(stored);
+        Recorded { id, outcome }
     }
 
     pub fn counts(&self) -> Counts {
@@ -220,19 +443,26 @@ impl RequestLog {
             entries: Vec::new(),
             scanned_through: filter.since.max(ring.counts.dropped).min(up_to),
         };
-        let Some(first_id) = ring.entries.front().map(|entry| entry.id) else {
+        if ring.entries.is_empty() {
             page.scanned_through = up_to.max(filter.since).min(ring.counts.total);
             return page;
-        };
-        let start = usize::try_from(filter.since.saturating_add(1).saturating_sub(first_id))
-            .unwrap_or(usize::MAX);
-        for entry in ring.entries.iter().skip(start).take(MAX_SCAN_PER_PAGE) {
-            if entry.id > up_to || page.entries.len() >= max {
+        }
+        let first_id = ring.first_id();
+        let start = ring.index_after(filter.since);
+        for (index, stored) in ring
+            .entries
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(MAX_SCAN_PER_PAGE)
+        {
+            let id = first_id + index as u64;
+            if id > up_to || page.entries.len() >= max {
                 break;
             }
-            page.scanned_through = entry.id;
-            if filter.matches(entry) {
-                page.entries.push(entry.clone());
+            page.scanned_through = id;
+            if ring.matches(filter, stored) {
+                page.entries.push(ring.entry(index, stored));
             }
         }
         page
@@ -242,11 +472,14 @@ impl RequestLog {
     fn take_unwritten(&self) -> Vec<Entry> {
         let mut ring = self.lock();
         let mut batch = std::mem::take(&mut ring.evicted_unwritten);
-        let written_through = ring.written_through;
-        let first_id = ring.entries.front().map_or(0, |entry| entry.id);
-        let skip = usize::try_from(written_through.saturating_add(1).saturating_sub(first_id))
-            .unwrap_or(usize::MAX);
-        batch.extend(ring.entries.iter().skip(skip).cloned());
+        let start = ring.index_after(ring.written_through);
+        batch.extend(
+            ring.entries
+                .iter()
+                .enumerate()
+                .skip(start)
+                .map(|(index, stored)| ring.entry(index, stored)),
+        );
         ring.written_through = ring.counts.total;
         batch
     }
@@ -471,16 +704,86 @@ mod tests {
             let entry = log.record(&new_entry("x"), cycle);
             assert_eq!(entry.id, index);
             assert_eq!(entry.outcome, cycle(index));
-            assert_eq!(entry.client.ip().to_string(), "192.168.100.59");
         }
         let counts = log.counts();
         assert_eq!(counts.total, 6);
         assert_eq!(counts.by_outcome, [1, 2, 2, 1]);
         // A timeout has no answer time.
         let page = log.page(&Filter::default(), 6, 100);
+        assert_eq!(page.entries[0].client.to_string(), "192.168.100.59:5000");
+        assert_eq!(page.entries[0].target.as_ref(), "/getbalance");
+        assert_eq!(page.entries[0].request_id.as_deref(), Some("x"));
         assert_eq!(page.entries[3].outcome, Outcome::Timeout);
         assert_eq!(page.entries[3].duration_micros, None);
         assert_eq!(page.entries[0].duration_micros, Some(42));
+    }
+
+    #[test]
+    fn a_stored_entry_is_forty_bytes() {
+        assert_eq!(std::mem::size_of::<Stored>(), 40);
+    }
+
+    #[test]
+    fn text_survives_block_boundaries_and_blocks_are_freed() {
+        let log = RequestLog::new(50, false);
+        // 200-byte ids: a 64 KiB block holds 327, so 2,000 entries cross several blocks.
+        let id_of = |index: usize| format!("{index:0>200}");
+        for index in 0..2000usize {
+            let target = if index.is_multiple_of(3) {
+                "/getbalance?x=1"
+            } else {
+                "/getbalance"
+            };
+            let mut new = new_entry("");
+            let request_id = id_of(index);
+            new.request_id = Some(request_id.as_bytes());
+            new.target = target;
+            log.record(&new, cycle);
+        }
+        let page = log.page(&Filter::default(), 2000, 100);
+        assert_eq!(page.entries.len(), 50);
+        for entry in &page.entries {
+            let index = (entry.id - 1) as usize;
+            assert_eq!(entry.request_id.as_deref(), Some(id_of(index).as_str()));
+            let target = if index.is_multiple_of(3) {
+                "/getbalance?x=1"
+            } else {
+                "/getbalance"
+            };
+            assert_eq!(entry.target.as_ref(), target);
+        }
+        // 50 entries of about 215 bytes need one block, two across a boundary.
+        assert!(log.lock().text.blocks.len() <= 2);
+    }
+
+    #[test]
+    fn the_text_limit_drops_entries_before_the_capacity_does() {
+        let log = RequestLog::with_text_limit(1000, false, 2 * TEXT_BLOCK as u64);
+        let request_id = "r".repeat(200);
+        for _ in 0..1000 {
+            log.record(&new_entry(&request_id), cycle);
+        }
+        let counts = log.counts();
+        assert!(counts.dropped > 0, "nothing dropped");
+        assert!(log.lock().text.live_bytes() <= 2 * TEXT_BLOCK as u64);
+        let page = log.page(&Filter::default(), 1000, 1000);
+        assert_eq!(page.entries.len() as u64, 1000 - counts.dropped);
+        assert!(page
+            .entries
+            .iter()
+            .all(|entry| entry.request_id.as_deref() == Some(request_id.as_str())));
+    }
+
+    #[test]
+    fn a_capacity_of_one_keeps_the_newest_entry() {
+        let log = RequestLog::new(1, false);
+        for index in 0..5 {
+            log.record(&new_entry(&format!("only-{index}")), cycle);
+        }
+        let page = log.page(&Filter::default(), 5, 10);
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0].id, 5);
+        assert_eq!(page.entries[0].request_id.as_deref(), Some("only-4"));
     }
 
     #[test]
@@ -557,9 +860,10 @@ mod tests {
     #[test]
     fn entries_are_written_in_both_formats_and_escaped() {
         let log = RequestLog::new(10, false);
-        let entry = log.record(&new_entry("evil\"\n- 1.2.3.4 - 200 OK"), |_| {
+        log.record(&new_entry("evil\"\n- 1.2.3.4 - 200 OK"), |_| {
             Outcome::Forbidden
         });
+        let entry = log.page(&Filter::default(), 1, 1).entries.remove(0);
         let mut text = String::new();
         write_entry_text(&mut text, &entry);
         assert_eq!(
