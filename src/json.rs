@@ -317,6 +317,29 @@ impl Parser<'_> {
     }
 
     /// RFC 8259 §2: whitespace is exactly space, tab, line feed and carriage return.
+    /// After an array item or object member: consumes `,` (false: more follows) or `close`
+    /// (true: the container ended).
+    fn comma_or_close(&mut self, close: u8, expected: &'static str) -> Result<bool, DecodeError> {
+        self.skip_whitespace();
+        match self.peek() {
+            Some(b',') => {
+                self.position += 1;
+                Ok(false)
+            }
+            Some(byte) if byte == close => {
+                self.position += 1;
+                Ok(true)
+            }
+            None => Err(DecodeError::UnexpectedEnd {
+                offset: self.position,
+            }),
+            Some(_) => Err(DecodeError::Expected {
+                offset: self.position,
+                expected,
+            }),
+        }
+    }
+
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.position += 1;
@@ -365,24 +388,8 @@ impl Parser<'_> {
         loop {
             self.skip_whitespace();
             items.push(self.value(depth)?);
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => self.position += 1,
-                Some(b']') => {
-                    self.position += 1;
-                    return Ok(Value::Array(items));
-                }
-                None => {
-                    return Err(DecodeError::UnexpectedEnd {
-                        offset: self.position,
-                    })
-                }
-                Some(_) => {
-                    return Err(DecodeError::Expected {
-                        offset: self.position,
-                        expected: "',' or ']'",
-                    })
-                }
+            if self.comma_or_close(b']', "',' or ']'")? {
+                return Ok(Value::Array(items));
             }
         }
     }
@@ -435,24 +442,8 @@ impl Parser<'_> {
             self.skip_whitespace();
             let value = self.value(depth)?;
             members.push((name, value));
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => self.position += 1,
-                Some(b'}') => {
-                    self.position += 1;
-                    return Ok(Value::Object(members));
-                }
-                None => {
-                    return Err(DecodeError::UnexpectedEnd {
-                        offset: self.position,
-                    })
-                }
-                Some(_) => {
-                    return Err(DecodeError::Expected {
-                        offset: self.position,
-                        expected: "',' or '}'",
-                    })
-                }
+            if self.comma_or_close(b'}', "',' or '}'")? {
+                return Ok(Value::Object(members));
             }
         }
     }
