@@ -4,22 +4,29 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 IP PORT [client options...]" >&2
-    echo "  e.g. $0 127.0.0.1 8080 --count 1000 --concurrency 8" >&2
-    exit 2
+    echo "usage: $0 IP PORT [client options...]"
+    echo "  e.g. $0 127.0.0.1 8080 --count 1000 --concurrency 8"
+    echo "  the client options: unreliable client --help"
 }
 
-if [[ $# -lt 2 ]]; then
+if [[ $# -eq 1 && ($1 == -h || $1 == --help) ]]; then
     usage
+    exit 0
+fi
+if [[ $# -lt 2 ]]; then
+    usage >&2
+    exit 2
 fi
 port=$2
 if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
     echo "$0: PORT must be an integer from 1 to 65535, not '$port'" >&2
-    usage
+    usage >&2
+    exit 2
 fi
 if [[ -z $1 ]]; then
     echo "$0: IP must not be empty" >&2
-    usage
+    usage >&2
+    exit 2
 fi
 
 script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)

@@ -1854,6 +1854,20 @@ pub fn write_text_report(
             report.dropped_by_server
         )?;
     }
+    // A server past its --max-connections answers 503 before reading the request, so those
+    // attempts are "missing" for a reason worth naming.
+    let busy = report
+        .attempt_other
+        .get(&AttemptOutcome::OtherStatus(503).category())
+        .copied()
+        .unwrap_or(0);
+    if busy > 0 && !reconciliation.missing_on_server.is_empty() {
+        writeln!(
+            text,
+            "  note: {busy} attempts got 503: past its --max-connections the server refuses a \
+             connection without reading or logging its request; lower --concurrency or raise it"
+        )?;
+    }
 
     writeln!(text)?;
     let mut reasons = Vec::new();

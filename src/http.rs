@@ -1495,6 +1495,8 @@ pub struct Response<'a> {
     pub body: &'a [u8],
     /// `false` adds `Connection: close`.
     pub keep_alive: bool,
+    /// The request's HTTP/1.x minor version: an HTTP/1.0 request kept alive is told so.
+    pub request_minor_version: u8,
     /// For HEAD: the headers say `Content-Length` of `body`, but the body is not written.
     pub head_only: bool,
 }
@@ -1563,6 +1565,9 @@ pub fn write_response(out: &mut Vec<u8>, response: &Response<'_>, date: &[u8; 29
     }
     if !response.keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
+    } else if response.request_minor_version == 0 {
+        // HTTP/1.0 closes by default: a persistent answer has to say so (RFC 9112 §9.3).
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     for (name, value) in response.extra_headers {
         write_field(out, name, value.as_bytes());
@@ -2864,6 +2869,7 @@ mod tests {
             extra_headers: &[("Allow", "GET, HEAD"), ("X-Id", "7")],
             body: b"{\"balance\":1}",
             keep_alive: true,
+            request_minor_version: 1,
             head_only: false,
         };
         write_response(&mut out, &response, DATE);
@@ -2877,6 +2883,7 @@ mod tests {
         let closing_head = Response {
             status: 403,
             keep_alive: false,
+            request_minor_version: 1,
             head_only: true,
             extra_headers: &[],
             ..response
@@ -2907,6 +2914,7 @@ mod tests {
             status: 500,
             body: b"",
             keep_alive: true,
+            request_minor_version: 1,
             head_only: false,
             content_type: "text/plain",
             ..response
@@ -2930,6 +2938,7 @@ mod tests {
                 extra_headers: &[],
                 body,
                 keep_alive,
+                request_minor_version: 1,
                 head_only: false,
             };
             write_response(&mut out, &response, DATE);

@@ -84,6 +84,7 @@ impl Exchange<'_, '_> {
             extra_headers,
             body,
             keep_alive: self.request.keep_alive,
+            request_minor_version: self.request.minor_version,
             head_only: self.request.method == Method::Head,
         };
         http::write_response(out, &response, self.date);

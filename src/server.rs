@@ -38,8 +38,14 @@ pub const READ_BUFFER_INITIAL: usize = 4 * 1024;
 pub const HEAD_SLACK: usize = 1024;
 /// Largest read buffer: a request head that does not fit is refused with 431.
 pub const HEAD_LIMIT: usize = MAX_REQUEST_LINE + MAX_HEADER_SECTION + HEAD_SLACK;
-/// Longest a single write to a client may block; a stalled reader loses its connection.
+/// Longest a write to a client may go without progress; a stalled reader loses its connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The socket write timeout: how long one blocked write waits before the worker rechecks
+/// [`WRITE_TIMEOUT`] and whether the server is shutting down.
+pub const WRITE_POLL: Duration = Duration::from_millis(250);
+/// Longest a closing connection is drained after its last response (RFC 9112 §9.6), so the
+/// client can read that response before the socket goes away.
+pub const LINGERING_CLOSE: Duration = Duration::from_secs(2);
 /// Longest from a request's first byte to the end of its head; then 408 and close.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a request body may take to arrive once its head is complete; then close.
@@ -57,8 +63,12 @@ pub const ACCEPT_RESOURCE_BACKOFF: Duration = Duration::from_millis(20);
 pub const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest single epoll wait: the poller rechecks its state at least this often.
 pub const POLL_WAIT_CAP: Duration = Duration::from_secs(1);
-/// File descriptors kept aside from connections: listener, epoll, wake pipe, log file, stdio.
+/// File descriptors kept aside from connections: listener, epoll, wake pipe, log file, stdio
+/// (about 8), the socket of a connection being turned away, and headroom.
 pub const FILE_DESCRIPTOR_RESERVE: u64 = 64;
+/// The least kept aside under a small open-file limit, where the full reserve (a quarter of the
+/// limit at most) would leave almost nothing for connections.
+pub const FILE_DESCRIPTOR_RESERVE_MINIMUM: u64 = 16;
 /// Reads of up to [`READ_BUFFER_INITIAL`] bytes a hung connection gets per readiness report, so
 /// one flooding client cannot monopolise the poller (level-triggered epoll reports it again).
 pub const HUNG_READS_PER_EVENT: usize = 16;
@@ -275,7 +285,10 @@ fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) -> io::Result
 /// How many connections fit under the open-file limit `limit`, given what the threads and the
 /// process itself need; never more than asked for, never zero.
 fn connections_within_file_limit(requested: usize, threads: usize, limit: u64) -> usize {
-    let reserve = (threads as u64).saturating_add(FILE_DESCRIPTOR_RESERVE);
+    // Under `ulimit -n 64` the full reserve would leave a single connection.
+    let reserve = (threads as u64)
+        .saturating_add(FILE_DESCRIPTOR_RESERVE)
+        .min((limit / 4).max(FILE_DESCRIPTOR_RESERVE_MINIMUM));
     let available = limit.saturating_sub(reserve).max(1);
     usize::try_from(available).map_or(requested, |available| requested.min(available))
 }
@@ -464,6 +477,11 @@ struct Connection {
     request_started: Option<Instant>,
     /// The read timeout last set on the socket, so it is only changed when it must be.
     read_timeout: Option<Duration>,
+    /// The body of the request at the front of the buffer, while it is being read.
+    body: Option<PendingBody>,
+    /// The poller saw input waiting: read it before parking again, or a connection could bounce
+    /// between queue and poller without progress for as long as others are queued.
+    readable: bool,
     _slot: ConnectionSlot,
 }
 
@@ -476,6 +494,8 @@ impl Connection {
             filled: 0,
             request_started: None,
             read_timeout: None,
+            body: None,
+            readable: false,
             _slot: slot,
         }
     }
@@ -523,7 +543,7 @@ impl Connection {
 
     /// Gives back memory a parked connection does not need.
     fn shrink_for_parking(&mut self, kind: ParkKind) {
-        if kind == ParkKind::Hung {
+        if matches!(kind, ParkKind::Hung | ParkKind::Closing) {
             self.buffer = Vec::new();
             self.filled = 0;
         } else if self.filled <= READ_BUFFER_INITIAL && self.buffer.len() > READ_BUFFER_INITIAL {
@@ -619,6 +639,7 @@ fn write_short_response(
             extra_headers: &[],
             body,
             keep_alive: false,
+            request_minor_version: 1,
             head_only: false,
         },
         date,
@@ -674,7 +695,7 @@ fn admit(
     // Latency matters more than packet count for small responses.
     let _ = stream.set_nodelay(true);
     if stream
-        .set_write_timeout(Some(shared.timeouts.write))
+        .set_write_timeout(Some(WRITE_POLL.min(shared.timeouts.write)))
         .is_err()
     {
         return;
@@ -715,6 +736,8 @@ struct WorkerState {
 enum Next {
     Close,
     Park(ParkKind, Instant),
+    /// More pipelined requests are waiting, but so are other connections: back of the queue.
+    Requeue,
 }
 
 fn run_worker(shared: &Shared) {
@@ -732,6 +755,7 @@ fn run_worker(shared: &Shared) {
                 connection.shrink_for_parking(kind);
                 shared.park(connection, kind, deadline);
             }
+            Ok(Next::Requeue) => shared.enqueue(connection),
             Ok(Next::Close) | Err(_) => drop(connection),
         }
         if worker.out.capacity() > OUT_BUFFER_RETAINED {
@@ -741,121 +765,187 @@ fn run_worker(shared: &Shared) {
 }
 
 /// Reads and answers requests on `connection` until it must close or wait elsewhere.
+///
+/// A worker never blocks on a client for longer than the linger (reads) or one write poll
+/// (writes) at a time: a request head or body that stops arriving is parked in the poller with
+/// its deadline, so slow senders cost a socket, not a worker.
 fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection) -> Next {
-    let timeouts = shared.timeouts;
     loop {
         if shared.is_shutting_down() {
             return Next::Close;
         }
-        let parsed = if connection.filled == 0 {
-            Ok(Parsed::Partial)
-        } else {
-            http::parse_request(&connection.buffer[..connection.filled])
-        };
-        match parsed {
-            Err(error) => {
-                refuse(worker, connection, error.status(), error.reason());
-                return Next::Close;
-            }
-            Ok(Parsed::Complete(head)) => {
-                let head_length = head.head_length;
-                let keep_alive = head.keep_alive;
-                let started = connection.request_started.unwrap_or_else(Instant::now);
-                let disposition = if matches!(head.body, BodyFraming::None | BodyFraming::Length(0))
-                {
-                    answer(
+        // (what the handler did, keep-alive, head length) once a request has been answered.
+        let answered = if connection.body.is_some() {
+            match advance_body(connection) {
+                Err(error) => {
+                    return refuse(shared, worker, connection, error.status(), error.reason())
+                }
+                Ok(false) => None,
+                Ok(true) => {
+                    let head_length = connection.body.take().map_or(0, |body| body.head_length);
+                    // The body is gone and the head is untouched at the front of the buffer.
+                    let Ok(Parsed::Complete(head)) =
+                        http::parse_request(&connection.buffer[..head_length])
+                    else {
+                        return Next::Close;
+                    };
+                    let facts = (head.keep_alive, head_length);
+                    let disposition = answer(
                         shared,
                         worker,
                         &head,
                         connection.peer,
-                        started,
+                        connection.request_started,
                         &mut connection.stream,
-                    )
-                } else {
-                    let framing = head.body;
+                    );
+                    Some((disposition, facts))
+                }
+            }
+        } else if connection.filled == 0 {
+            None
+        } else {
+            match http::parse_request(&connection.buffer[..connection.filled]) {
+                Err(error) => {
+                    return refuse(shared, worker, connection, error.status(), error.reason())
+                }
+                Ok(Parsed::Partial) => None,
+                Ok(Parsed::Complete(head))
+                    if matches!(head.body, BodyFraming::None | BodyFraming::Length(0)) =>
+                {
+                    let facts = (head.keep_alive, head.head_length);
+                    let disposition = answer(
+                        shared,
+                        worker,
+                        &head,
+                        connection.peer,
+                        connection.request_started,
+                        &mut connection.stream,
+                    );
+                    Some((disposition, facts))
+                }
+                Ok(Parsed::Complete(head)) => {
+                    let (head_length, framing) = (head.head_length, head.body);
                     let expect_continue = head.expect_continue;
-                    if let Err(failure) =
-                        discard_body(connection, head_length, framing, expect_continue, timeouts)
-                    {
-                        if let BodyFailure::Refused(status, reason) = failure {
-                            refuse(worker, connection, status, reason);
-                        }
-                        return Next::Close;
+                    if let Some(next) = start_body(
+                        shared,
+                        worker,
+                        connection,
+                        head_length,
+                        framing,
+                        expect_continue,
+                    ) {
+                        return next;
                     }
-                    // The body is gone and the head is untouched at the front of the buffer.
-                    match http::parse_request(&connection.buffer[..head_length]) {
-                        Ok(Parsed::Complete(head)) => answer(
-                            shared,
-                            worker,
-                            &head,
-                            connection.peer,
-                            started,
-                            &mut connection.stream,
-                        ),
-                        _ => None,
-                    }
-                };
-                match disposition {
-                    None => return Next::Close,
-                    Some(Disposition::KeepOpen) if keep_alive => {
-                        connection.remove_after(0, head_length);
-                        if connection.filled == 0 {
-                            connection.request_started = None;
-                            if shared.others_waiting() {
-                                return Next::Park(ParkKind::Idle, Instant::now() + timeouts.idle);
-                            }
-                        } else {
-                            connection.request_started = Some(Instant::now());
-                        }
-                    }
-                    Some(Disposition::KeepOpen | Disposition::Close) => {
-                        let _ = connection.stream.shutdown(Shutdown::Write);
-                        return Next::Close;
-                    }
-                    // A hang ends the pipeline: anything after this request is never answered.
-                    Some(Disposition::Hang) => {
-                        return Next::Park(ParkKind::Hung, Instant::now() + shared.app.hang);
-                    }
+                    continue;
                 }
             }
-            Ok(Parsed::Partial) => {
-                if connection.filled > 0 {
-                    let deadline = connection.header_deadline(timeouts.header);
-                    if Instant::now() >= deadline {
-                        refuse(worker, connection, 408, "request timeout");
-                        return Next::Close;
-                    }
-                    if shared.others_waiting() {
-                        return Next::Park(ParkKind::PartialRequest, deadline);
-                    }
-                }
-                if !connection.make_room() {
-                    refuse(worker, connection, 431, "request header section too large");
-                    return Next::Close;
-                }
-                if connection.set_read_timeout(timeouts.linger).is_err() {
-                    return Next::Close;
-                }
-                match connection.read_some() {
-                    // EOF: between requests it is a normal goodbye; mid-request nobody is left
-                    // to read a 400.
-                    Ok(0) => return Next::Close,
-                    Ok(_) => {}
-                    Err(error) if is_timeout(&error) => {
-                        return if connection.filled == 0 {
-                            Next::Park(ParkKind::Idle, Instant::now() + timeouts.idle)
-                        } else {
-                            Next::Park(
-                                ParkKind::PartialRequest,
-                                connection.header_deadline(timeouts.header),
-                            )
-                        };
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Next::Close,
-                }
+        };
+        let next = match answered {
+            Some((disposition, (keep_alive, head_length))) => {
+                after_answer(shared, connection, disposition, keep_alive, head_length)
             }
+            None => wait_for_input(shared, worker, connection),
+        };
+        if let Some(next) = next {
+            return next;
         }
+    }
+}
+
+/// What happens to the connection once a response was written; `None` to go on serving it.
+fn after_answer(
+    shared: &Shared,
+    connection: &mut Connection,
+    disposition: Option<Disposition>,
+    keep_alive: bool,
+    head_length: usize,
+) -> Option<Next> {
+    match disposition {
+        None => Some(Next::Close),
+        Some(Disposition::KeepOpen) if keep_alive => {
+            connection.remove_after(0, head_length);
+            if connection.filled == 0 {
+                connection.request_started = None;
+                if shared.others_waiting() {
+                    return Some(Next::Park(
+                        ParkKind::Idle,
+                        Instant::now() + shared.timeouts.idle,
+                    ));
+                }
+            } else {
+                connection.request_started = Some(Instant::now());
+                // A long pipeline must not keep everybody else waiting.
+                if shared.others_waiting() {
+                    return Some(Next::Requeue);
+                }
+            }
+            None
+        }
+        Some(Disposition::KeepOpen | Disposition::Close) => {
+            let _ = connection.stream.shutdown(Shutdown::Write);
+            Some(lingering_close())
+        }
+        // A hang ends the pipeline: anything after this request is never answered.
+        Some(Disposition::Hang) => {
+            Some(Next::Park(ParkKind::Hung, Instant::now() + shared.app.hang))
+        }
+    }
+}
+
+/// Waits (at most the linger) for more of a request; `None` when bytes arrived.
+fn wait_for_input(
+    shared: &Shared,
+    worker: &mut WorkerState,
+    connection: &mut Connection,
+) -> Option<Next> {
+    let timeouts = shared.timeouts;
+    // What is in progress: a body (its own deadline, then a silent close), part of a head (the
+    // header deadline, then 408), or nothing (idle).
+    let pending = match &connection.body {
+        Some(body) => Some((ParkKind::PartialBody, body.deadline)),
+        None if connection.filled > 0 => Some((
+            ParkKind::PartialRequest,
+            connection.header_deadline(timeouts.header),
+        )),
+        None => None,
+    };
+    if let Some((kind, deadline)) = pending {
+        if Instant::now() >= deadline {
+            return Some(if kind == ParkKind::PartialRequest {
+                refuse(shared, worker, connection, 408, "request timeout")
+            } else {
+                Next::Close
+            });
+        }
+        if shared.others_waiting() && !connection.readable {
+            return Some(Next::Park(kind, deadline));
+        }
+    }
+    connection.readable = false;
+    if !connection.make_room() {
+        // Only a head can fill the buffer: body bytes are dropped as they arrive.
+        return Some(refuse(
+            shared,
+            worker,
+            connection,
+            431,
+            "request header section too large",
+        ));
+    }
+    if connection.set_read_timeout(timeouts.linger).is_err() {
+        return Some(Next::Close);
+    }
+    match connection.read_some() {
+        // EOF: between requests it is a normal goodbye; mid-request nobody is left to read a
+        // 400.
+        Ok(0) => Some(Next::Close),
+        Ok(_) => None,
+        Err(error) if is_timeout(&error) => Some(match pending {
+            Some((kind, deadline)) => Next::Park(kind, deadline),
+            None => Next::Park(ParkKind::Idle, Instant::now() + timeouts.idle),
+        }),
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => None,
+        Err(_) => Some(Next::Close),
     }
 }
 
@@ -865,113 +955,182 @@ fn answer(
     worker: &mut WorkerState,
     head: &RequestHead<'_>,
     peer: SocketAddr,
-    started: Instant,
+    started: Option<Instant>,
     stream: &mut TcpStream,
 ) -> Option<Disposition> {
     worker.out.clear();
     let exchange = Exchange {
         request: head,
         peer,
-        started,
+        started: started.unwrap_or_else(Instant::now),
         date: worker.date.current(),
     };
-    let disposition = routes::respond(&shared.app, &exchange, &mut worker.out, stream).ok()?;
+    let mut writer = ResponseWriter::new(shared, stream);
+    let disposition = routes::respond(&shared.app, &exchange, &mut worker.out, &mut writer).ok()?;
     if !worker.out.is_empty() {
-        stream.write_all(&worker.out).ok()?;
+        writer.write_all(&worker.out).ok()?;
     }
     Some(disposition)
 }
 
-/// Answers `status` with `reason` as a plain-text body, then half-closes.
-fn refuse(worker: &mut WorkerState, connection: &mut Connection, status: u16, reason: &str) {
+/// Answers `status` with `reason` as a plain-text body, half-closes, and leaves the connection
+/// to a lingering close.
+fn refuse(
+    shared: &Shared,
+    worker: &mut WorkerState,
+    connection: &mut Connection,
+    status: u16,
+    reason: &str,
+) -> Next {
     let mut body = Vec::with_capacity(reason.len() + 1);
     body.extend_from_slice(reason.as_bytes());
     body.push(b'\n');
-    write_short_response(
-        &mut connection.stream,
+    worker.out.clear();
+    http::write_response(
         &mut worker.out,
+        &Response {
+            status,
+            content_type: TEXT_PLAIN,
+            extra_headers: &[],
+            body: &body,
+            keep_alive: false,
+            request_minor_version: 1,
+            head_only: false,
+        },
         worker.date.current(),
-        status,
-        &body,
     );
+    if ResponseWriter::new(shared, &mut connection.stream)
+        .write_all(&worker.out)
+        .is_err()
+    {
+        return Next::Close;
+    }
+    let _ = connection.stream.shutdown(Shutdown::Write);
+    lingering_close()
 }
 
-/// Why a request body could not be read to its end.
-enum BodyFailure {
-    /// The body breaks a rule: answer this status and reason, then close.
-    Refused(u16, &'static str),
-    /// The client stopped sending, went away, or the deadline passed: just close.
-    Lost,
+/// RFC 9112 §9.6: after the last response, read and drop what the client still sends until it
+/// closes (or [`LINGERING_CLOSE`] passes), so closing with unread input does not turn into a
+/// reset that can destroy the response before the client has read it.
+fn lingering_close() -> Next {
+    Next::Park(ParkKind::Closing, Instant::now() + LINGERING_CLOSE)
 }
 
-/// Reads the body that follows the head at `buffer[..head_length]` and throws it away, leaving
-/// the head in place and any pipelined bytes right after it.
-fn discard_body(
+/// Writes to a client, giving up when nothing could be written for [`Timeouts::write`] or at
+/// the next poll once the server shuts down. The socket's own timeout ([`WRITE_POLL`]) only
+/// bounds each wait, so a worker stuck on a stalled reader never holds up shutdown.
+struct ResponseWriter<'a> {
+    stream: &'a mut TcpStream,
+    write_timeout: Duration,
+    shutting_down: &'a AtomicBool,
+}
+
+impl<'a> ResponseWriter<'a> {
+    fn new(shared: &'a Shared, stream: &'a mut TcpStream) -> ResponseWriter<'a> {
+        ResponseWriter {
+            stream,
+            write_timeout: shared.timeouts.write,
+            shutting_down: &shared.shutting_down,
+        }
+    }
+}
+
+impl Write for ResponseWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let started = Instant::now();
+        loop {
+            match self.stream.write(bytes) {
+                Err(error) if is_timeout(&error) => {
+                    if started.elapsed() >= self.write_timeout
+                        || self.shutting_down.load(Ordering::Acquire)
+                    {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// A request body being read and thrown away; its head waits at the front of the buffer.
+struct PendingBody {
+    head_length: usize,
+    remaining: BodyRemaining,
+    /// When the whole body must have arrived; then the connection is closed.
+    deadline: Instant,
+}
+
+enum BodyRemaining {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// Sets up the body that follows the head at `buffer[..head_length]` (and sends `100 Continue`
+/// when asked); `Some` when the connection is done instead.
+fn start_body(
+    shared: &Shared,
+    worker: &mut WorkerState,
     connection: &mut Connection,
     head_length: usize,
     framing: BodyFraming,
     expect_continue: bool,
-    timeouts: Timeouts,
-) -> Result<(), BodyFailure> {
-    if let BodyFraming::Length(length) = framing {
-        if length > MAX_BODY {
-            return Err(BodyFailure::Refused(413, "request body too large"));
+) -> Option<Next> {
+    let remaining = match framing {
+        BodyFraming::Length(length) if length > MAX_BODY => {
+            return Some(refuse(
+                shared,
+                worker,
+                connection,
+                413,
+                "request body too large",
+            ));
         }
-    }
-    if expect_continue {
-        connection
-            .stream
+        BodyFraming::Length(length) => BodyRemaining::Length(length),
+        BodyFraming::None => BodyRemaining::Length(0),
+        BodyFraming::Chunked => BodyRemaining::Chunked(ChunkedDecoder::new(MAX_BODY)),
+    };
+    if expect_continue
+        && ResponseWriter::new(shared, &mut connection.stream)
             .write_all(CONTINUE)
-            .map_err(|_| BodyFailure::Lost)?;
+            .is_err()
+    {
+        return Some(Next::Close);
     }
-    let deadline = Instant::now() + timeouts.body;
-    match framing {
-        BodyFraming::None => Ok(()),
-        BodyFraming::Length(length) => {
-            let mut remaining = length;
-            loop {
-                let available = connection.filled - head_length;
-                let taken = usize::try_from(remaining).map_or(available, |r| r.min(available));
-                connection.remove_after(head_length, taken);
-                remaining -= taken as u64;
-                if remaining == 0 {
-                    return Ok(());
-                }
-                read_body_bytes(connection, deadline)?;
-            }
-        }
-        BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new(MAX_BODY);
-            loop {
-                let progress = decoder
-                    .decode(&connection.buffer[head_length..connection.filled], None)
-                    .map_err(|error| BodyFailure::Refused(error.status(), error.reason()))?;
-                connection.remove_after(head_length, progress.consumed);
-                if progress.finished {
-                    return Ok(());
-                }
-                read_body_bytes(connection, deadline)?;
-            }
-        }
-    }
+    connection.body = Some(PendingBody {
+        head_length,
+        remaining,
+        deadline: Instant::now() + shared.timeouts.body,
+    });
+    None
 }
 
-fn read_body_bytes(connection: &mut Connection, deadline: Instant) -> Result<(), BodyFailure> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || !connection.make_room() {
-            return Err(BodyFailure::Lost);
+/// Drops the body bytes already read; `Ok(true)` when the body is complete, leaving the head at
+/// the front of the buffer and any pipelined bytes right after it.
+fn advance_body(connection: &mut Connection) -> Result<bool, http::RequestError> {
+    let Some(body) = connection.body.as_mut() else {
+        return Ok(true);
+    };
+    let head_length = body.head_length;
+    let input = &connection.buffer[head_length..connection.filled];
+    let (consumed, finished) = match &mut body.remaining {
+        BodyRemaining::Length(remaining) => {
+            let taken = usize::try_from(*remaining).map_or(input.len(), |r| r.min(input.len()));
+            *remaining -= taken as u64;
+            (taken, *remaining == 0)
         }
-        connection
-            .set_read_timeout(left)
-            .map_err(|_| BodyFailure::Lost)?;
-        match connection.read_some() {
-            Ok(0) => return Err(BodyFailure::Lost),
-            Ok(_) => return Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(BodyFailure::Lost),
+        BodyRemaining::Chunked(decoder) => {
+            let progress = decoder.decode(input, None)?;
+            (progress.consumed, progress.finished)
         }
-    }
+    };
+    connection.remove_after(head_length, consumed);
+    Ok(finished)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -984,9 +1143,15 @@ enum ParkKind {
     Idle,
     /// Part of a head has arrived: readable means more of it; the deadline answers 408.
     PartialRequest,
+    /// A head has arrived and part of its body: readable means more of it; the deadline closes
+    /// the connection.
+    PartialBody,
     /// A request that gets no answer: input is read and dropped until the client leaves or the
     /// deadline closes it.
     Hung,
+    /// The last response is written and the write side shut: input is read and dropped until
+    /// the client closes or the deadline does (a lingering close).
+    Closing,
 }
 
 struct Parked {
@@ -1142,14 +1307,17 @@ impl Poller<'_> {
     fn register(&mut self, parked: Parked) {
         let kind = parked.kind;
         let fd = parked.connection.stream.as_raw_fd();
-        // A hung connection is drained by the poller itself, which must never block on it.
-        if kind == ParkKind::Hung && parked.connection.stream.set_nonblocking(true).is_err() {
+        // Hung and closing connections are drained by the poller itself, which must never block
+        // on them.
+        let drained = matches!(kind, ParkKind::Hung | ParkKind::Closing);
+        if drained && parked.connection.stream.set_nonblocking(true).is_err() {
             return;
         }
         let deadline = parked.deadline;
         let token = self.parked.insert(parked);
-        // Idle and partial connections leave after one report; hung ones are watched until done.
-        if self.epoll.add(fd, token, kind != ParkKind::Hung).is_err() {
+        // Idle and partial connections leave after one report; drained ones are watched until
+        // done.
+        if self.epoll.add(fd, token, !drained).is_err() {
             self.parked.remove(token);
             return;
         }
@@ -1166,11 +1334,12 @@ impl Poller<'_> {
             return;
         };
         match parked.kind {
-            ParkKind::Idle | ParkKind::PartialRequest => {
-                let Some(parked) = self.parked.remove(event.token) else {
+            ParkKind::Idle | ParkKind::PartialRequest | ParkKind::PartialBody => {
+                let Some(mut parked) = self.parked.remove(event.token) else {
                     return;
                 };
                 let _ = self.epoll.delete(parked.connection.stream.as_raw_fd());
+                parked.connection.readable = true;
                 // A peek cannot block here: the socket reported data, EOF or an error.
                 if parked.kind == ParkKind::Idle
                     && event.closed
@@ -1180,9 +1349,10 @@ impl Poller<'_> {
                 }
                 self.shared.enqueue(parked.connection);
             }
-            ParkKind::Hung => {
+            ParkKind::Hung | ParkKind::Closing => {
+                // Drained first: closing with unread input would send a reset.
                 let finished =
-                    event.closed || drain(&mut parked.connection.stream, &mut self.scratch);
+                    drain(&mut parked.connection.stream, &mut self.scratch) || event.closed;
                 if finished {
                     self.parked.remove(event.token);
                 }
@@ -1209,6 +1379,14 @@ impl Poller<'_> {
                         408,
                         b"request timeout\n",
                     );
+                    // Still registered (its one report never came): re-registered to linger.
+                    let _ = self.epoll.delete(parked.connection.stream.as_raw_fd());
+                    parked.connection.shrink_for_parking(ParkKind::Closing);
+                    self.register(Parked {
+                        connection: parked.connection,
+                        kind: ParkKind::Closing,
+                        deadline: now + LINGERING_CLOSE,
+                    });
                 }
             }
         }
@@ -1464,6 +1642,135 @@ mod tests {
         let started = Instant::now();
         assert!(closed_silently(&mut stream));
         assert!(started.elapsed() >= Duration::from_millis(250));
+        server.shutdown();
+    }
+
+    #[test]
+    fn slow_bodies_are_parked_and_do_not_hold_the_only_worker() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut slow = Vec::new();
+        for request in [
+            &b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"[..],
+            b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        ] {
+            let mut stream = connect(&server);
+            stream.write_all(request).unwrap();
+            slow.push(stream);
+        }
+        thread::sleep(KEEP_ALIVE_LINGER * 3);
+        let mut other = connect(&server);
+        let (status, _) = exchange(&mut other, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        // The parked bodies resume where they stopped, and their pipelines go on.
+        let rest: [&[u8]; 2] = [b"defghij", b"cde\r\n0\r\n\r\n"];
+        for (stream, rest) in slow.iter_mut().zip(rest) {
+            let mut pending = Vec::new();
+            stream.write_all(rest).unwrap();
+            stream
+                .write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_response(stream, &mut pending).unwrap().0, 405);
+            assert_eq!(read_response(stream, &mut pending).unwrap().0, 404);
+        }
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_stalled_reader_does_not_delay_shutdown() {
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let stuck = connect(&server);
+        let mut writer = stuck.try_clone().unwrap();
+        let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(8000));
+        // About 8 MB of 404s echoing the path, never read: the worker's writes stall.
+        let sender = thread::spawn(move || {
+            let _ = writer.write_all(request.repeat(1000).as_bytes());
+        });
+        wait_until_writes_stall(&server, &stuck);
+        let started = Instant::now();
+        server.shutdown();
+        assert!(
+            started.elapsed() < WRITE_TIMEOUT / 2,
+            "shutdown waited {:?}",
+            started.elapsed()
+        );
+        drop(stuck);
+        sender.join().unwrap();
+    }
+
+    /// Bytes queued for sending on the server's side of the loopback connection from
+    /// `client_port` (from `/proc/net/tcp`).
+    fn server_send_queue(server_port: u16, client_port: u16) -> Option<u64> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        let port_of = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 5
+                || port_of(fields[1]) != Some(server_port)
+                || port_of(fields[2]) != Some(client_port)
+            {
+                return None;
+            }
+            u64::from_str_radix(fields[4].split(':').next()?, 16).ok()
+        })
+    }
+
+    /// Waits until the server's writes to `stream` (a client that never reads) have stalled:
+    /// its send queue is full and stays put.
+    fn wait_until_writes_stall(server: &RunningServer, stream: &TcpStream) {
+        let (server_port, client_port) = (
+            server.local_addr().port(),
+            stream.local_addr().unwrap().port(),
+        );
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        let mut last = None;
+        let mut unchanged = 0;
+        while unchanged < 6 {
+            assert!(Instant::now() < deadline, "the writes never stalled");
+            thread::sleep(Duration::from_millis(50));
+            let queued = server_send_queue(server_port, client_port).filter(|&bytes| bytes > 0);
+            unchanged = if queued.is_some() && queued == last {
+                unchanged + 1
+            } else {
+                0
+            };
+            last = queued;
+        }
+    }
+
+    #[test]
+    fn a_stalled_reader_loses_its_connection_after_the_write_timeout() {
+        let timeouts = Timeouts {
+            write: Duration::from_millis(300),
+            ..Timeouts::STANDARD
+        };
+        let server = start_test_server(1, 64, timeouts);
+        let stuck = connect(&server);
+        let mut writer = stuck.try_clone().unwrap();
+        let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(8000));
+        let sender = thread::spawn(move || {
+            let _ = writer.write_all(request.repeat(1000).as_bytes());
+        });
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        while server.open_connections() == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let admitted = Instant::now();
+        // The client neither reads nor closes; the server drops it all the same, once its
+        // writes have made no progress for the write timeout.
+        while server.open_connections() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.open_connections(), 0);
+        assert!(
+            admitted.elapsed() >= timeouts.write,
+            "{:?}",
+            admitted.elapsed()
+        );
+        let mut other = connect(&server);
+        let (status, _) = exchange(&mut other, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        drop(stuck);
+        sender.join().unwrap();
         server.shutdown();
     }
 
@@ -1747,6 +2054,9 @@ mod tests {
             (1000, 4, 1_000_000, 1000),
             (1000, 4, 1024, 1024 - 4 - FILE_DESCRIPTOR_RESERVE as usize),
             (1000, 4, 10, 1),
+            (1000, 2, 64, 48),
+            (1000, 2, 16, 1),
+            (1000, 2, 100, 75),
             (5, 1, u64::MAX, 5),
         ];
         for (requested, threads, limit, allowed) in cases {

@@ -456,7 +456,10 @@ fn keep_alive_close_http10_and_pipelining() {
     for _ in 0..2 {
         kept.write_all(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             .unwrap();
-        assert_eq!(kept.read_reply(false).unwrap().status, 200);
+        let reply = kept.read_reply(false).unwrap();
+        assert_eq!(reply.status, 200);
+        // HTTP/1.0 closes by default, so a persistent answer must say it is one.
+        assert_eq!(reply.header("connection").as_deref(), Some("keep-alive"));
     }
 }
 

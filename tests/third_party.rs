@@ -1,0 +1,264 @@
+//! The server as other people's clients see it: Python `requests` with keep-alive and a read
+//! timeout, ApacheBench with keep-alive, and wrk. A missing tool skips its test, except under
+//! CI (`CI` set), where `.ci/run` installs them all and a missing one fails.
+//!
+//! Loopback only, fixed seeds and bounded counts; the deadlines only turn a stuck tool into a
+//! failed test, they assert nothing about speed.
+
+mod common;
+#[path = "../src/json.rs"]
+#[allow(dead_code)]
+mod json;
+
+use common::*;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Safety net for one tool run (each takes a second or two).
+const TOOL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a finished tool left behind.
+#[derive(Debug)]
+struct Finished {
+    success: bool,
+    stdout: String,
+    /// Shown (through `Debug`) when a test fails.
+    #[allow(dead_code)]
+    stderr: String,
+}
+
+/// Runs `command` to completion, killing it and failing the test if it outlives `deadline`.
+fn run_until(mut command: Command, deadline: Duration, why_it_might_hang: &str) -> Finished {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|pipe| Box::new(pipe) as _));
+    let stderr = drain(child.stderr.take().map(|pipe| Box::new(pipe) as _));
+    let give_up = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the tool") {
+            break Some(status);
+        }
+        if Instant::now() >= give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let finished = Finished {
+        success: status.is_some_and(|status| status.success()),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    assert!(
+        status.is_some(),
+        "{command:?} still running after {deadline:?} ({why_it_might_hang}): {finished:#?}"
+    );
+    finished
+}
+
+/// The number after `label` on the line that starts with it (after leading spaces), e.g.
+/// `Failed requests:        0`.
+fn number_after(output: &str, label: &str) -> Option<u64> {
+    output.lines().find_map(|line| {
+        line.trim_start()
+            .strip_prefix(label)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+fn stats_total(server: &Server) -> u64 {
+    let reply = get(server, "/stats", &[]).expect("/stats answered");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    json::decode(&reply.text())
+        .unwrap_or_else(|error| panic!("{error}: {}", reply.text()))
+        .get("total")
+        .and_then(json::Value::as_u64)
+        .expect("total in /stats")
+}
+
+/// Whether `python3` can import `module`; like `have_tool`, required under CI.
+fn have_python_module(module: &str) -> bool {
+    if !have_tool("python3") {
+        return false;
+    }
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the python module {module} is required under CI (.ci/run installs it)"
+        );
+        eprintln!("skipping: the python module {module} is not installed");
+    }
+    found
+}
+
+#[test]
+fn python_requests_with_keep_alive_and_a_read_timeout_matches_the_log() {
+    if !have_python_module("requests") {
+        return;
+    }
+    // Default weights: hangs (held 2 s) become read timeouts after 0.3 s; everything else is
+    // answered on the session's kept-alive connection.
+    let server = Server::start(
+        "python-requests",
+        &["--seed", "17", "--hang", "2s", "--no-log-file"],
+    );
+    let script = format!(
+        r#"
+import requests
+base = "http://127.0.0.1:{port}"
+session = requests.Session()
+session.trust_env = False  # no proxy from the environment: loopback only
+seen = {{}}
+for index in range(30):
+    request_id = "rq-%d" % index
+    try:
+        response = session.get(
+            base + "/getbalance",
+            headers={{"X-Request-Id": request_id, "Accept": "application/json"}},
+            timeout=(5, 0.3),
+        )
+    except requests.exceptions.ReadTimeout:
+        seen[request_id] = "timeout"
+        continue
+    seen[request_id] = str(response.status_code)
+    if response.status_code == 200:
+        statement = response.json()
+        assert "balance" in statement and "currency" in statement, statement
+    assert response.headers["Cache-Control"] == "no-store", response.headers
+logs = session.get(base + "/getlogs?request_id_prefix=rq-", timeout=10).json()
+logged = {{entry["request_id"]: entry["outcome"] for entry in logs["entries"]}}
+assert logged == seen, (logged, seen)
+timeouts = sum(1 for outcome in seen.values() if outcome == "timeout")
+assert 0 < timeouts < len(seen), seen
+# Keep-alive: a connection is only replaced after a timeout (requests drops it then).
+ports = {{entry["client"].rsplit(":", 1)[1] for entry in logs["entries"]}}
+assert len(ports) <= timeouts + 1, (len(ports), timeouts)
+print("ok", len(seen))
+"#,
+        port = server.address.port()
+    );
+    let mut command = Command::new("python3");
+    command.args(["-c", &script]);
+    let finished = run_until(command, TOOL_DEADLINE, "python requests");
+    assert!(finished.success, "{finished:#?}");
+    assert_eq!(finished.stdout.trim(), "ok 30", "{finished:#?}");
+}
+
+#[test]
+fn apache_bench_with_keep_alive_gets_every_health_check() {
+    if !have_tool("ab") {
+        return;
+    }
+    let server = Server::start("ab", &["--no-log-file"]);
+    let url = format!("http://{}/health", server.address);
+    let mut command = Command::new("ab");
+    command.args(["-q", "-n", "2000", "-c", "20", "-k", "-s", "10", &url]);
+    // ab sends HTTP/1.0 with `Connection: Keep-Alive` and keeps a connection only when the
+    // answer says `Connection: keep-alive`; otherwise it waits for the server to close it,
+    // which an idle keep-alive connection does only after 5 s, once per request.
+    let finished = run_until(
+        command,
+        TOOL_DEADLINE,
+        "does the server answer HTTP/1.0 keep-alive requests with 'Connection: keep-alive'?",
+    );
+    assert!(finished.success, "{finished:#?}");
+    let output = &finished.stdout;
+    assert_eq!(
+        number_after(output, "Complete requests:"),
+        Some(2000),
+        "{output}"
+    );
+    assert_eq!(
+        number_after(output, "Failed requests:"),
+        Some(0),
+        "{output}"
+    );
+    assert_eq!(
+        number_after(output, "Keep-Alive requests:"),
+        Some(2000),
+        "{output}"
+    );
+    assert_eq!(number_after(output, "Non-2xx responses:"), None, "{output}");
+}
+
+#[test]
+fn wrk_load_is_answered_and_every_request_is_logged() {
+    if !have_tool("wrk") {
+        return;
+    }
+    // Every request answers 200; the log goes to the default file in the server's directory.
+    let server = Server::start("wrk", &["--weights", "200=1", "--seed", "6"]);
+    let url = format!("http://{}/getbalance", server.address);
+    let mut command = Command::new("wrk");
+    command.args(["-t1", "-c20", "-d1s", "--timeout", "5s", &url]);
+    let finished = run_until(command, TOOL_DEADLINE, "wrk -d1s");
+    assert!(finished.success, "{finished:#?}");
+    let output = &finished.stdout;
+    // e.g. "  24540 requests in 1.00s, 24.82MB read"
+    let requests: u64 = output
+        .lines()
+        .find_map(|line| {
+            let (count, rest) = line.trim_start().split_once(' ')?;
+            rest.starts_with("requests in ")
+                .then(|| count.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no request count in {output}"));
+    assert!(requests > 0, "{output}");
+    // wrk prints these lines only when there were any.
+    assert!(!output.contains("Socket errors"), "{output}");
+    assert!(!output.contains("Non-2xx or 3xx responses"), "{output}");
+
+    // wrk stops with requests in flight: the server logged those too, wrk did not count them.
+    let total = stats_total(&server);
+    assert!(total >= requests, "/stats total {total} < wrk's {requests}");
+    let log_path = server.path("unreliable.log");
+    let directory = server.directory.clone();
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    // The final count, after any request still in a socket buffer at /stats time was logged.
+    let logged: u64 = stderr
+        .lines()
+        .find_map(|line| {
+            line.split_once(" after ")?
+                .1
+                .strip_suffix(" logged requests")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no final count in {stderr}"));
+    assert!(logged >= total, "{logged} logged < /stats total {total}");
+    let text = std::fs::read_to_string(&log_path).expect("log file");
+    assert_eq!(text.lines().count() as u64, logged);
+    assert!(
+        text.lines().all(|line| line.ends_with(" - 200 OK")),
+        "{}",
+        text.lines()
+            .find(|line| !line.ends_with(" - 200 OK"))
+            .unwrap()
+    );
+    let _ = std::fs::remove_dir_all(directory);
+}
