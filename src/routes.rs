@@ -110,7 +110,8 @@ pub fn respond(
         Method::Options if known || request.path == "*" => {
             return Ok(exchange.reply(out, 204, TEXT, &[ALLOW], b""));
         }
-        Method::Other => {
+        // This is not a proxy: CONNECT is as unknown here as a made-up method.
+        Method::Other | Method::Connect => {
             let body = format!("method '{}' is not implemented\n", request.method_text);
             return Ok(exchange.reply(out, 501, TEXT, &[], body.as_bytes()));
         }

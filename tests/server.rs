@@ -318,6 +318,14 @@ fn endpoints_and_methods() {
     .unwrap();
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD, OPTIONS"));
+    let connect = exchange(
+        &server,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(connect.status, 501);
+    let brew = exchange(&server, b"BREW /getbalance HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(brew.status, 501);
     let head = exchange(&server, b"HEAD /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length").as_deref(), Some("3"));
