@@ -13,81 +13,27 @@ mod json;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Safety net for one client run of a few hundred attempts (they take about a second).
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
-/// What a finished process left behind.
-#[derive(Debug)]
-struct Finished {
-    /// `None` when killed by a signal.
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn report(&self) -> json::Value {
-        json::decode(&self.stdout).unwrap_or_else(|error| {
-            panic!(
-                "stdout is not one JSON document ({error}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-}
-
-/// Runs `command` to completion, killing it and failing the test if it outlives `deadline`.
-fn run_until(mut command: Command, deadline: Duration) -> Finished {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|pipe| Box::new(pipe) as _));
-    let stderr = drain(child.stderr.take().map(|pipe| Box::new(pipe) as _));
-    let give_up = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break Some(status);
-        }
-        if Instant::now() >= give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let finished = Finished {
-        code: status.and_then(|status| status.code()),
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    };
-    assert!(
-        status.is_some(),
-        "{command:?} still running after {deadline:?}: {finished:#?}"
-    );
-    finished
+/// The client's `--json` report of a finished run.
+fn json_report(finished: &Finished) -> json::Value {
+    json::decode(&finished.stdout).unwrap_or_else(|error| {
+        panic!(
+            "stdout is not one JSON document ({error}):\n{}\nstderr:\n{}",
+            finished.stdout, finished.stderr
+        )
+    })
 }
 
 /// `unreliable ARGS`.
 fn unreliable(args: &[&str]) -> Finished {
     let mut command = Command::new(binary());
     command.args(args);
-    run_until(command, RUN_DEADLINE)
+    run_until(command, RUN_DEADLINE, "the client run")
 }
 
 /// `unreliable client --host 127.0.0.1 --port PORT ARGS`.
@@ -109,7 +55,7 @@ fn client_script(args: &[&str], deadline: Duration) -> Finished {
     command
         .args(args)
         .env("PATH", std::env::join_paths(path).expect("PATH"));
-    run_until(command, deadline)
+    run_until(command, deadline, "the client run")
 }
 
 /// The value at a dotted path such as `reconciliation.matched`.
@@ -224,7 +170,7 @@ fn counts_reconcile_exactly_with_the_server_log() {
         ],
     );
     assert_eq!(finished.code, Some(0), "{finished:#?}");
-    let report = finished.report();
+    let report = json_report(&finished);
     assert_eq!(text_at(&report, "verdict"), "pass");
     assert_eq!(count_at(&report, "requests.total"), 60);
     assert_reconciles_exactly(&report, &server);
@@ -265,7 +211,7 @@ fn timeouts_are_retried_and_each_attempt_has_its_own_entry() {
         ],
     );
     assert_eq!(finished.code, Some(0), "{finished:#?}");
-    let report = finished.report();
+    let report = json_report(&finished);
     assert_reconciles_exactly(&report, &server);
     assert_eq!(count_at(&report, "requests.total"), 30);
     assert!(count_at(&report, "attempts.total") > 30);
@@ -343,7 +289,7 @@ fn chi_square_in_the_report_equals_the_servers_stats() {
         ],
     );
     assert_eq!(finished.code, Some(0), "{finished:#?}");
-    let report = finished.report();
+    let report = json_report(&finished);
     assert_reconciles_exactly(&report, &server);
     let stats = server_stats(&server);
     assert_eq!(
@@ -399,7 +345,7 @@ fn tolerance_sets_the_exit_status() {
         ],
     );
     assert_eq!(within.code, Some(0), "{within:#?}");
-    let report = within.report();
+    let report = json_report(&within);
     assert_eq!(number_at(&report, "configuration.tolerance_points"), 25.0);
     assert!(items_at(&report, "tolerance_violations").is_empty());
     assert_eq!(text_at(&report, "verdict"), "pass");
@@ -445,7 +391,7 @@ fn tolerance_sets_the_exit_status() {
     };
     let violated = skewed_run("5");
     assert_eq!(violated.code, Some(1), "{violated:#?}");
-    let report = violated.report();
+    let report = json_report(&violated);
     assert_eq!(text_at(&report, "verdict"), "fail");
     assert_eq!(
         member(&report, "reconciliation.clean"),
@@ -461,7 +407,7 @@ fn tolerance_sets_the_exit_status() {
 
     let lenient = skewed_run("100");
     assert_eq!(lenient.code, Some(0), "{lenient:#?}");
-    assert!(items_at(&lenient.report(), "tolerance_violations").is_empty());
+    assert!(items_at(&json_report(&lenient), "tolerance_violations").is_empty());
 }
 
 /// Asserts `value` at `path` is an object with at least these members.
@@ -535,7 +481,7 @@ fn json_report_has_the_documented_fields() {
     );
     assert_eq!(finished.code, Some(0), "{finished:#?}");
     // One document and nothing else on stdout (the decoder rejects trailing text).
-    let report = finished.report();
+    let report = json_report(&finished);
     assert_members(
         &report,
         "",
@@ -868,7 +814,7 @@ fn client_script_runs_the_binary_on_path() {
     );
     assert_eq!(finished.code, Some(0), "{finished:#?}");
     assert!(!finished.stderr.contains("building"), "{finished:#?}");
-    let report = finished.report();
+    let report = json_report(&finished);
     assert_eq!(text_at(&report, "configuration.host"), "127.0.0.1");
     assert_eq!(count_at(&report, "configuration.port").to_string(), port);
     assert_eq!(count_at(&report, "requests.total"), 20);
@@ -912,7 +858,7 @@ fn client_script_passes_shellcheck() {
     }
     let mut command = Command::new("shellcheck");
     command.arg(repository_root().join("client.sh"));
-    let finished = run_until(command, STEP_TIMEOUT);
+    let finished = run_until(command, STEP_TIMEOUT, "client.sh");
     assert_eq!(finished.code, Some(0), "{finished:#?}");
 }
 
@@ -969,7 +915,7 @@ fn acceptance_run_of_ten_thousand_requests_reconciles_with_zero_mismatches() {
         deadline,
     );
     assert_eq!(finished.code, Some(0), "{}", finished.stderr);
-    let report = finished.report();
+    let report = json_report(&finished);
     assert_eq!(count_at(&report, "requests.total"), COUNT);
     assert_eq!(
         count_at(&report, "configuration.retries"),

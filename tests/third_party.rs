@@ -11,65 +11,11 @@ mod common;
 mod json;
 
 use common::*;
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Safety net for one tool run (each takes a second or two).
 const TOOL_DEADLINE: Duration = Duration::from_secs(30);
-
-/// What a finished tool left behind.
-#[derive(Debug)]
-struct Finished {
-    success: bool,
-    stdout: String,
-    /// Shown (through `Debug`) when a test fails.
-    #[allow(dead_code)]
-    stderr: String,
-}
-
-/// Runs `command` to completion, killing it and failing the test if it outlives `deadline`.
-fn run_until(mut command: Command, deadline: Duration, why_it_might_hang: &str) -> Finished {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|pipe| Box::new(pipe) as _));
-    let stderr = drain(child.stderr.take().map(|pipe| Box::new(pipe) as _));
-    let give_up = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the tool") {
-            break Some(status);
-        }
-        if Instant::now() >= give_up {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let finished = Finished {
-        success: status.is_some_and(|status| status.success()),
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    };
-    assert!(
-        status.is_some(),
-        "{command:?} still running after {deadline:?} ({why_it_might_hang}): {finished:#?}"
-    );
-    finished
-}
 
 /// The number after `label` on the line that starts with it (after leading spaces), e.g.
 /// `Failed requests:        0`.
@@ -164,7 +110,7 @@ print("ok", len(seen))
     let mut command = Command::new("python3");
     command.args(["-c", &script]);
     let finished = run_until(command, TOOL_DEADLINE, "python requests");
-    assert!(finished.success, "{finished:#?}");
+    assert_eq!(finished.code, Some(0), "{finished:#?}");
     assert_eq!(finished.stdout.trim(), "ok 30", "{finished:#?}");
 }
 
@@ -185,7 +131,7 @@ fn apache_bench_with_keep_alive_gets_every_health_check() {
         TOOL_DEADLINE,
         "does the server answer HTTP/1.0 keep-alive requests with 'Connection: keep-alive'?",
     );
-    assert!(finished.success, "{finished:#?}");
+    assert_eq!(finished.code, Some(0), "{finished:#?}");
     let output = &finished.stdout;
     assert_eq!(
         number_after(output, "Complete requests:"),
@@ -216,7 +162,7 @@ fn wrk_load_is_answered_and_every_request_is_logged() {
     let mut command = Command::new("wrk");
     command.args(["-t1", "-c20", "-d1s", "--timeout", "5s", &url]);
     let finished = run_until(command, TOOL_DEADLINE, "wrk -d1s");
-    assert!(finished.success, "{finished:#?}");
+    assert_eq!(finished.code, Some(0), "{finished:#?}");
     let output = &finished.stdout;
     // e.g. "  24540 requests in 1.00s, 24.82MB read"
     let requests: u64 = output
