@@ -14,9 +14,21 @@ mod json;
 use common::*;
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 /// Safety net for one client run of a few hundred attempts (they take about a second).
+/// The acceptance run takes the machine alone (write); every other test shares it (read). On two
+/// cores a neighbour test's load could otherwise delay an answer past the run's 200 ms timeout,
+/// which the reconciliation rightly reports as a mismatch.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+fn share_the_machine() -> RwLockReadGuard<'static, ()> {
+    MACHINE
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The client's `--json` report of a finished run.
@@ -152,6 +164,7 @@ fn assert_reconciles_exactly(report: &json::Value, server: &Server) {
 
 #[test]
 fn counts_reconcile_exactly_with_the_server_log() {
+    let _shared = share_the_machine();
     let server = Server::start("client-reconcile", &["--seed", "11", "--hang", "2s"]);
     let finished = run_client(
         &server,
@@ -189,6 +202,7 @@ fn counts_reconcile_exactly_with_the_server_log() {
 
 #[test]
 fn timeouts_are_retried_and_each_attempt_has_its_own_entry() {
+    let _shared = share_the_machine();
     // One worker, so attempt k is the server's request k and the run is a pure function of the
     // seed: with 20% hangs, 30 requests certainly include retried ones.
     let server = Server::start("client-retries", &["--seed", "5", "--hang", "2s"]);
@@ -266,6 +280,7 @@ fn timeouts_are_retried_and_each_attempt_has_its_own_entry() {
 
 #[test]
 fn chi_square_in_the_report_equals_the_servers_stats() {
+    let _shared = share_the_machine();
     // A fresh server and one client: the client's attempt counts are the server's counts, so
     // the same test on the same counts must give the same statistic and p-value, exactly.
     let server = Server::start(
@@ -320,6 +335,7 @@ fn chi_square_in_the_report_equals_the_servers_stats() {
 
 #[test]
 fn tolerance_sets_the_exit_status() {
+    let _shared = share_the_machine();
     // Within: a healthy server and a wide tolerance. One worker makes the attempts the server's
     // requests 1..n, so the counts are a pure function of the seed.
     let healthy = Server::start(
@@ -453,6 +469,7 @@ fn assert_row_fields(row: &json::Value) {
 
 #[test]
 fn json_report_has_the_documented_fields() {
+    let _shared = share_the_machine();
     let server = Server::start(
         "client-json",
         &["--seed", "8", "--hang", "2s", "--no-log-file"],
@@ -658,6 +675,7 @@ fn json_report_has_the_documented_fields() {
 
 #[test]
 fn busy_refusals_fail_the_run_and_are_explained() {
+    let _shared = share_the_machine();
     // The first worker keeps its keep-alive connection open for the run, so with a limit of two
     // connections some of the other five workers' connections are refused with 503. The
     // server answers those before reading the request and logs nothing.
@@ -698,6 +716,7 @@ fn busy_refusals_fail_the_run_and_are_explained() {
 
 #[test]
 fn an_unreachable_server_exits_3_with_a_clear_message() {
+    let _shared = share_the_machine();
     // A port that was just bound and closed again: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -728,6 +747,7 @@ fn an_unreachable_server_exits_3_with_a_clear_message() {
 
 #[test]
 fn bad_flags_exit_2_with_a_reason_and_a_usage_hint() {
+    let _shared = share_the_machine();
     let cases: [(&[&str], &str); 7] = [
         (&["client", "--bogus"], "--bogus"),
         (&["client", "--count"], "--count"),
@@ -758,6 +778,7 @@ fn bad_flags_exit_2_with_a_reason_and_a_usage_hint() {
 
 #[test]
 fn help_goes_to_stdout_with_exit_0_and_version_prints_the_version() {
+    let _shared = share_the_machine();
     for args in [
         &["client", "--help"][..],
         &["client", "-h"],
@@ -789,6 +810,7 @@ fn help_goes_to_stdout_with_exit_0_and_version_prints_the_version() {
 
 #[test]
 fn client_script_runs_the_binary_on_path() {
+    let _shared = share_the_machine();
     let server = Server::start(
         "client-script",
         &["--seed", "13", "--hang", "2s", "--no-log-file"],
@@ -823,6 +845,7 @@ fn client_script_runs_the_binary_on_path() {
 
 #[test]
 fn client_script_rejects_missing_and_bad_arguments() {
+    let _shared = share_the_machine();
     let cases: [&[&str]; 7] = [
         &[],
         &["127.0.0.1"],
@@ -853,6 +876,7 @@ fn client_script_rejects_missing_and_bad_arguments() {
 
 #[test]
 fn client_script_passes_shellcheck() {
+    let _shared = share_the_machine();
     if !have_tool("shellcheck") {
         return;
     }
@@ -864,6 +888,7 @@ fn client_script_passes_shellcheck() {
 
 #[test]
 fn demo_runs_end_to_end_and_passes() {
+    let _shared = share_the_machine();
     let finished = unreliable(&["demo", "--count", "50", "--seed", "1"]);
     assert_eq!(finished.code, Some(0), "{finished:#?}");
     assert!(
@@ -878,6 +903,9 @@ fn demo_runs_end_to_end_and_passes() {
 
 #[test]
 fn acceptance_run_of_ten_thousand_requests_reconciles_with_zero_mismatches() {
+    let _alone = MACHINE
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // The run: `client.sh 127.0.0.1 PORT --count 10000 --concurrency 64 --timeout 200ms`
     // against a default-weights server whose hangs (5 s) outlast the client's timeout.
     const COUNT: u64 = 10_000;
