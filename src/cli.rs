@@ -734,7 +734,7 @@ Options:
                           [default: timeout]
   --backoff DURATION      first retry delay; doubles per retry, full jitter [default: 100ms]
   --max-backoff DURATION  cap on the retry delay [default: 2s]
-  --interval DURATION     pause between a worker's requests [default: 0ms]
+  --interval DURATION     pause before each fresh request a worker takes [default: 0ms]
   --show-logs N|all|none  server log entries to show [default: 20]
   --json                  print one JSON document instead of the report
   --quiet                 no progress line

@@ -13,6 +13,16 @@
 //!   from the server's weights, so they stay out of the distribution tables and the chi-square.
 //! - An attempt that failed before its request was written ("not sent") has no server entry by
 //!   right. One that failed after (reset, closed) may or may not have one, and either is accepted.
+//! - A worker never sits idle through a backoff: a retry goes into the worker's own queue with
+//!   its due time (now + backoff), and the worker's loop sends the earliest due retry if one is
+//!   due, otherwise claims the next fresh logical request, and sleeps (until the earliest due
+//!   retry) only when no fresh request is left ([`next_step`]). So a backoff is a minimum pause:
+//!   a retry that falls due while its worker is busy goes out when that attempt ends. Attempts
+//!   of different logical requests interleave on a worker, also with `--concurrency 1`.
+//!   `--interval` pauses before each fresh request a worker claims (not its first); a retry
+//!   waits for its backoff instead.
+//! - An attempt's latency is its own exchange (connect, write, read); backoffs and the other
+//!   requests a worker serves meanwhile are in no latency, only in the run's wall time.
 
 use crate::chaos::{mix64, Outcome, Rng};
 use crate::cli::{ClientOptions, ShowLogs};
@@ -55,6 +65,10 @@ pub const SIGNIFICANCE: f64 = 0.05;
 pub const RUN_ID_DIGITS: usize = 8;
 /// Bytes asked for per `read` call.
 const READ_CHUNK: usize = 16 * 1024;
+/// How far past its deadline a read may block. It spares a `setsockopt` per attempt: the first
+/// read keeps the full timeout the socket already has when the time left is within this of it,
+/// as it is unless the thread was held up between starting the clock and reading.
+const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("unreliable-client/", env!("CARGO_PKG_VERSION"));
 
@@ -215,7 +229,26 @@ pub fn backoff_delay(
 
 /// `<run>-<request>-<attempt>`, the value of `X-Request-Id`.
 pub fn request_id(run_id: &str, request: u64, attempt: u32) -> String {
-    format!("{run_id}-{request}-{attempt}")
+    RequestId {
+        run_id,
+        request,
+        attempt,
+    }
+    .to_string()
+}
+
+/// An `X-Request-Id` that is written where it is needed rather than allocated per attempt.
+#[derive(Debug, Clone, Copy)]
+struct RequestId<'a> {
+    run_id: &'a str,
+    request: u64,
+    attempt: u32,
+}
+
+impl std::fmt::Display for RequestId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}-{}", self.run_id, self.request, self.attempt)
+    }
 }
 
 /// A fresh run id of [`RUN_ID_DIGITS`] hex digits from the clock and the process id.
@@ -249,12 +282,20 @@ fn strip_brackets(host: &str) -> &str {
         .unwrap_or(host)
 }
 
-/// The bytes of one `/getbalance` attempt.
-pub fn getbalance_request(host_header: &str, request_id: &str) -> String {
-    format!(
+/// Replaces `out` with the bytes of one `/getbalance` attempt; a worker reuses one `out`, so
+/// an attempt allocates nothing for its request.
+fn write_getbalance_request(
+    out: &mut String,
+    host_header: &str,
+    request_id: impl std::fmt::Display,
+) {
+    out.clear();
+    // Writing into a String cannot fail.
+    let _ = write!(
+        out,
         "GET /getbalance HTTP/1.1\r\nHost: {host_header}\r\nX-Request-Id: {request_id}\r\n\
          Accept: text/html\r\nUser-Agent: {USER_AGENT}\r\n\r\n"
-    )
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,6 +372,17 @@ impl ResponseAssembler {
             length_left: 0,
             decoder: None,
         }
+    }
+
+    /// Ready for the next response, keeping the buffers' capacity: a worker reuses one
+    /// assembler, so an attempt does not allocate one.
+    pub fn reset(&mut self) {
+        self.received = 0;
+        self.pending.clear();
+        self.head = None;
+        self.body.clear();
+        self.length_left = 0;
+        self.decoder = None;
     }
 
     /// Feeds newly read bytes; `Ok(Some)` once the response is complete.
@@ -485,13 +537,35 @@ fn describe_io_error(error: &io::Error) -> String {
     }
 }
 
-/// Reads until the assembler has a complete response or `deadline` passes.
+/// The read timeout to give the socket before a read with `remaining` left of an attempt's
+/// `timeout`, or `None` when its `current` one is right already. Within
+/// [`READ_TIMEOUT_SLACK`] of the start that is the whole timeout, so the common attempt (one
+/// read on a kept connection) makes no `setsockopt` call at all; a later read of the same
+/// attempt gets exactly what is left, so a slow response never overruns the deadline.
+fn read_timeout_change(
+    current: Option<Duration>,
+    remaining: Duration,
+    timeout: Duration,
+) -> Option<Duration> {
+    let wanted = if timeout.saturating_sub(remaining) <= READ_TIMEOUT_SLACK {
+        timeout
+    } else {
+        remaining
+    };
+    (current != Some(wanted) && !wanted.is_zero()).then_some(wanted)
+}
+
+/// Reads until the assembler has a complete response or `timeout` has passed since the call.
+/// `chunk` is the read buffer (a worker reuses one); `read_timeout` is the socket's current
+/// read timeout, changed only when it must be.
 fn receive(
     stream: &mut TcpStream,
     assembler: &mut ResponseAssembler,
-    deadline: Instant,
+    timeout: Duration,
+    chunk: &mut [u8],
+    read_timeout: &mut Option<Duration>,
 ) -> Result<Assembled, ReceiveFailure> {
-    let mut chunk = vec![0u8; READ_CHUNK];
+    let deadline = Instant::now() + timeout;
     let limit = assembler.max_bytes;
     let failure = |error: AssemblyError| ReceiveFailure::Transport(error.into_transport(limit));
     loop {
@@ -499,10 +573,13 @@ fn receive(
         if remaining.is_zero() {
             return Err(ReceiveFailure::Timeout);
         }
-        if let Err(error) = stream.set_read_timeout(Some(remaining)) {
-            return Err(ReceiveFailure::Transport(io_failure(&error)));
+        if let Some(wanted) = read_timeout_change(*read_timeout, remaining, timeout) {
+            if let Err(error) = stream.set_read_timeout(Some(wanted)) {
+                return Err(ReceiveFailure::Transport(io_failure(&error)));
+            }
+            *read_timeout = Some(wanted);
         }
-        match stream.read(&mut chunk) {
+        match stream.read(chunk) {
             Ok(0) => return assembler.finish_at_close().map_err(failure),
             Ok(read) => {
                 let result = assembler.push(&chunk[..read]);
@@ -513,6 +590,9 @@ fn receive(
                 }
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            // Only the deadline decides: a socket timeout set for an earlier read may be
+            // shorter than what is left, and the loop then sets the right one.
+            Err(error) if is_timeout(&error) && Instant::now() < deadline => {}
             Err(error) if is_timeout(&error) => return Err(ReceiveFailure::Timeout),
             Err(error) => return Err(ReceiveFailure::Transport(io_failure(&error))),
         }
@@ -532,6 +612,39 @@ struct Target {
 struct Connection {
     stream: TcpStream,
     last_used: Instant,
+    /// The socket's read timeout as last set, so it is set again only when it changes.
+    read_timeout: Option<Duration>,
+}
+
+impl Connection {
+    /// Takes over a connected stream; its write timeout is set here, once, since every
+    /// attempt on it has the same one.
+    fn new(stream: TcpStream, timeout: Duration) -> io::Result<Connection> {
+        stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        Ok(Connection {
+            stream,
+            last_used: Instant::now(),
+            read_timeout: None,
+        })
+    }
+}
+
+/// What one worker reuses from attempt to attempt, so that an attempt on a kept connection
+/// allocates nothing: the request text, the read buffer and the response assembler.
+struct Scratch {
+    request: String,
+    chunk: Vec<u8>,
+    assembler: ResponseAssembler,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            request: String::new(),
+            chunk: vec![0; READ_CHUNK],
+            assembler: ResponseAssembler::new(MAX_RESPONSE_BYTES, false),
+        }
+    }
 }
 
 /// Whether a connection last used at `last_used` may carry another request at `now`.
@@ -726,47 +839,104 @@ fn draw_progress(context: &RunContext<'_>, started: Instant) {
     }
 }
 
+/// A retry waiting in its worker's queue for its backoff to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingRetry {
+    /// When the backoff has passed: the retry may go out from then on.
+    due: Instant,
+    request: u64,
+    /// The attempt number it goes out as.
+    attempt: u32,
+}
+
+/// What a worker does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextStep {
+    /// Send the pending retry at this index of the queue.
+    Retry(usize),
+    /// Claim the next fresh logical request from the shared counter.
+    Fresh,
+    /// Nothing can go out before this instant.
+    SleepUntil(Instant),
+    /// No fresh request left and no retry pending.
+    Finished,
+}
+
+/// The worker's choice at `now`, given its queue of `pending` retries and whether fresh
+/// requests may be left. A due retry comes first (the earliest due, then the lowest request,
+/// so the choice is deterministic), which keeps the queue short and a retry's wait close to
+/// its backoff; else a fresh request, so the worker works through the backoff; it sleeps only
+/// when there is nothing else to do.
+fn next_step(pending: &[PendingRetry], fresh_left: bool, now: Instant) -> NextStep {
+    let earliest = pending
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, retry)| (retry.due, retry.request));
+    match earliest {
+        Some((index, retry)) if retry.due <= now => NextStep::Retry(index),
+        _ if fresh_left => NextStep::Fresh,
+        Some((_, retry)) => NextStep::SleepUntil(retry.due),
+        None => NextStep::Finished,
+    }
+}
+
 fn run_worker(context: &RunContext<'_>, worker: usize) -> Vec<AttemptRecord> {
     let options = context.options;
     let mut rng = Rng::with_seed(mix64(context.seed ^ worker as u64));
-    let mut connection = match context.first_connection.lock() {
+    let first = match context.first_connection.lock() {
         Ok(mut first) => first.take(),
         Err(_) => None,
-    }
-    .map(|stream| Connection {
-        stream,
-        last_used: Instant::now(),
-    });
+    };
+    // Should setting its write timeout fail, the first attempt simply opens another one.
+    let mut connection = first.and_then(|stream| Connection::new(stream, options.timeout).ok());
+    let mut scratch = Scratch::new();
     let mut records = Vec::new();
+    let mut pending: Vec<PendingRetry> = Vec::new();
+    let mut fresh_left = true;
     let mut first_request = true;
     loop {
-        let request = context.next_request.fetch_add(1, Ordering::Relaxed) + 1;
-        if request > options.count {
-            break;
-        }
-        if !first_request && !options.interval.is_zero() {
-            std::thread::sleep(options.interval);
-        }
-        first_request = false;
-        let mut attempt: u32 = 1;
-        loop {
-            let record = perform_attempt(context, &mut connection, request, attempt);
-            context.progress.record(&record.outcome);
-            let again =
-                attempt <= options.retries && is_retried(&record.outcome, &options.retry_on);
-            records.push(record);
-            if !again {
-                break;
+        let (request, attempt) = match next_step(&pending, fresh_left, Instant::now()) {
+            NextStep::Retry(index) => {
+                let retry = pending.swap_remove(index);
+                (retry.request, retry.attempt)
             }
-            std::thread::sleep(backoff_delay(
+            NextStep::Fresh => {
+                let request = context.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+                if request > options.count {
+                    fresh_left = false;
+                    continue;
+                }
+                if !first_request && !options.interval.is_zero() {
+                    std::thread::sleep(options.interval);
+                }
+                first_request = false;
+                (request, 1)
+            }
+            NextStep::SleepUntil(due) => {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                continue;
+            }
+            NextStep::Finished => break,
+        };
+        let record = perform_attempt(context, &mut connection, &mut scratch, request, attempt);
+        context.progress.record(&record.outcome);
+        let again = attempt <= options.retries && is_retried(&record.outcome, &options.retry_on);
+        records.push(record);
+        if again {
+            let delay = backoff_delay(
                 attempt,
                 options.backoff,
                 options.max_backoff,
                 rng.next_f64(),
-            ));
-            attempt = attempt.saturating_add(1);
+            );
+            pending.push(PendingRetry {
+                due: Instant::now() + delay,
+                request,
+                attempt: attempt.saturating_add(1),
+            });
+        } else {
+            context.progress.done.fetch_add(1, Ordering::Relaxed);
         }
-        context.progress.done.fetch_add(1, Ordering::Relaxed);
     }
     records
 }
@@ -774,12 +944,23 @@ fn run_worker(context: &RunContext<'_>, worker: usize) -> Vec<AttemptRecord> {
 fn perform_attempt(
     context: &RunContext<'_>,
     connection: &mut Option<Connection>,
+    scratch: &mut Scratch,
     request: u64,
     attempt: u32,
 ) -> AttemptRecord {
     let started = Instant::now();
-    let id = request_id(context.run_id, request, attempt);
-    let (outcome, sent) = exchange(context.target, context.options.timeout, connection, &id);
+    let id = RequestId {
+        run_id: context.run_id,
+        request,
+        attempt,
+    };
+    let (outcome, sent) = exchange(
+        context.target,
+        context.options.timeout,
+        connection,
+        scratch,
+        id,
+    );
     AttemptRecord {
         request,
         attempt,
@@ -795,15 +976,18 @@ fn exchange(
     target: &Target,
     timeout: Duration,
     connection: &mut Option<Connection>,
-    id: &str,
+    scratch: &mut Scratch,
+    id: RequestId<'_>,
 ) -> (AttemptOutcome, bool) {
     let reusable = connection
         .take()
         .filter(|open| is_fresh(open.last_used, Instant::now()));
-    let mut stream = match reusable {
-        Some(open) => open.stream,
-        None => match connect(target.address, timeout) {
-            Ok(stream) => stream,
+    let mut open = match reusable {
+        Some(open) => open,
+        None => match connect(target.address, timeout)
+            .and_then(|stream| Connection::new(stream, timeout))
+        {
+            Ok(open) => open,
             Err(error) if is_timeout(&error) => {
                 return (
                     AttemptOutcome::Transport(TransportError::ConnectTimeout),
@@ -813,22 +997,23 @@ fn exchange(
             Err(error) => return (AttemptOutcome::Transport(io_failure(&error)), false),
         },
     };
-    let request = getbalance_request(&target.host_header, id);
-    let written = stream
-        .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
-        .and_then(|()| stream.write_all(request.as_bytes()));
-    if let Err(error) = written {
+    write_getbalance_request(&mut scratch.request, &target.host_header, id);
+    if let Err(error) = open.stream.write_all(scratch.request.as_bytes()) {
         return (AttemptOutcome::Transport(io_failure(&error)), false);
     }
-    let deadline = Instant::now() + timeout;
-    let mut assembler = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
-    match receive(&mut stream, &mut assembler, deadline) {
+    scratch.assembler.reset();
+    let received = receive(
+        &mut open.stream,
+        &mut scratch.assembler,
+        timeout,
+        &mut scratch.chunk,
+        &mut open.read_timeout,
+    );
+    match received {
         Ok(response) => {
             if response.keep_alive && !response.trailing_bytes {
-                *connection = Some(Connection {
-                    stream,
-                    last_used: Instant::now(),
-                });
+                open.last_used = Instant::now();
+                *connection = Some(open);
             }
             (classify_status(response.status), true)
         }
@@ -867,7 +1052,9 @@ fn fetch_json_text(
         .and_then(|()| stream.write_all(request.as_bytes()))
         .map_err(|e| fail(describe_io_error(&e)))?;
     let mut assembler = ResponseAssembler::new(MAX_ADMIN_RESPONSE_BYTES, true);
-    let response = match receive(&mut stream, &mut assembler, Instant::now() + timeout) {
+    let mut chunk = vec![0; READ_CHUNK];
+    let received = receive(&mut stream, &mut assembler, timeout, &mut chunk, &mut None);
+    let response = match received {
         Ok(response) => response,
         Err(ReceiveFailure::Timeout) => {
             return Err(fail(format!(
@@ -1417,6 +1604,7 @@ pub struct Report {
     pub request_other: BTreeMap<String, u64>,
     pub mean_attempts: f64,
     pub expected_mean_attempts: f64,
+    /// Wall time of sending: from starting the workers until the last attempt is classified.
     pub elapsed: Duration,
     pub latency: Vec<LatencyRow>,
     pub reconciliation: Reconciliation,
@@ -1766,12 +1954,15 @@ pub fn write_text_report(
     };
     writeln!(
         text,
-        "  total time {}, {rate:.1} attempts/s",
+        "  wall time of all attempts {} (workers in parallel, backoffs included), {rate:.1} attempts/s",
         format_duration(report.elapsed)
     )?;
 
     writeln!(text)?;
-    writeln!(text, "Latency per attempt (ms)")?;
+    writeln!(
+        text,
+        "Latency per attempt (ms; its own connect, send and receive, no backoff)"
+    )?;
     writeln!(
         text,
         "  {:<24} {:>8} {:>10} {:>10} {:>10}",
@@ -1953,7 +2144,7 @@ fn milliseconds(duration: Duration) -> f64 {
 /// - rows are objects: `outcome`, `expected_probability`, `expected_count`, `actual_count`,
 ///   `actual_proportion`, `interval_low`, `interval_high` (95% Wilson interval, proportions).
 /// - `latency_ms`: array of `category`, `count`, `p50`, `p90`, `p99`.
-/// - `elapsed_seconds`, `attempts_per_second`.
+/// - `elapsed_seconds` (wall time of all attempts, backoffs included), `attempts_per_second`.
 /// - `reconciliation`: `server_entries`, `matched`, `not_sent`, `transport_logged`,
 ///   `transport_unlogged`, `transport_logged_outcomes` (server outcome → count for the logged
 ///   transport errors), `missing_on_server`, `unknown_to_client`, `duplicates` (arrays of
@@ -2314,7 +2505,14 @@ mod tests {
              Accept: text/html\r\nUser-Agent: unreliable-client/{}\r\n\r\n",
             env!("CARGO_PKG_VERSION")
         );
-        assert_eq!(getbalance_request("[::1]:8080", "ab-1-1"), expected);
+        let mut request = String::from("left over from the previous attempt");
+        let id = RequestId {
+            run_id: "ab",
+            request: 1,
+            attempt: 1,
+        };
+        write_getbalance_request(&mut request, "[::1]:8080", id);
+        assert_eq!(request, expected);
     }
 
     #[test]
@@ -2326,6 +2524,87 @@ mod tests {
             now
         ));
         assert!(is_fresh(now, now - Duration::from_secs(1)));
+    }
+
+    // ---- scheduling a worker -----------------------------------------------------------------
+
+    fn retry(due: Instant, request: u64, attempt: u32) -> PendingRetry {
+        PendingRetry {
+            due,
+            request,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn a_worker_sends_a_due_retry_first_then_fresh_work_and_sleeps_only_when_none_is_left() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let ms = Duration::from_millis;
+        let queue = [
+            retry(now + ms(30), 4, 2),
+            retry(now - ms(5), 7, 3),
+            retry(now - ms(20), 9, 2),
+            retry(now + ms(10), 2, 4),
+        ];
+        let cases: [(&[PendingRetry], bool, NextStep); 9] = [
+            // The earliest due retry wins, fresh requests left or not.
+            (&queue, true, NextStep::Retry(2)),
+            (&queue, false, NextStep::Retry(2)),
+            // Due exactly now counts as due.
+            (&[retry(now, 5, 2)], true, NextStep::Retry(0)),
+            // Equal due times: the lower request, whatever the queue order.
+            (
+                &[retry(now - ms(1), 8, 2), retry(now - ms(1), 3, 2)],
+                true,
+                NextStep::Retry(1),
+            ),
+            // Nothing due: fresh work instead of waiting out the backoff.
+            (&queue[..1], true, NextStep::Fresh),
+            (&[queue[0], queue[3]], true, NextStep::Fresh),
+            (&[], true, NextStep::Fresh),
+            // No fresh work left: sleep until the earliest retry falls due.
+            (
+                &[queue[0], queue[3]],
+                false,
+                NextStep::SleepUntil(now + ms(10)),
+            ),
+            (&[], false, NextStep::Finished),
+        ];
+        for (pending, fresh_left, expected) in cases {
+            assert_eq!(
+                next_step(pending, fresh_left, now),
+                expected,
+                "{pending:?} fresh left {fresh_left}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_read_timeout_is_set_only_when_it_changes() {
+        let timeout = Duration::from_millis(200);
+        let ms = Duration::from_millis;
+        let cases = [
+            // A new connection gets the whole timeout.
+            (None, timeout, Some(timeout)),
+            // The first read of an attempt: what is left is within the slack of the whole.
+            (Some(timeout), timeout, None),
+            (Some(timeout), timeout - READ_TIMEOUT_SLACK, None),
+            // A later read gets exactly what is left, so the deadline holds.
+            (Some(timeout), ms(150), Some(ms(150))),
+            (Some(ms(150)), ms(150), None),
+            (Some(ms(150)), ms(120), Some(ms(120))),
+            // The next attempt on the same connection restores the whole timeout once.
+            (Some(ms(120)), timeout, Some(timeout)),
+            // A socket timeout of zero would mean "block forever": never asked for.
+            (Some(ms(3)), Duration::ZERO, None),
+        ];
+        for (current, remaining, expected) in cases {
+            assert_eq!(
+                read_timeout_change(current, remaining, timeout),
+                expected,
+                "current {current:?}, remaining {remaining:?}"
+            );
+        }
     }
 
     // ---- assembling responses ---------------------------------------------------------------
@@ -2416,6 +2695,25 @@ mod tests {
 
         let closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
         assert!(!assemble(&[closing], false).unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn a_reset_assembler_reads_the_next_response_as_a_new_one_would() {
+        let responses: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno!",
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbad!",
+        ];
+        let mut reused = ResponseAssembler::new(MAX_RESPONSE_BYTES, true);
+        // Left mid-response by an attempt that timed out.
+        assert_eq!(reused.push(b"HTTP/1.1 200 OK\r\nContent-Le"), Ok(None));
+        for response in responses {
+            reused.reset();
+            let (head, tail) = response.split_at(20);
+            assert_eq!(reused.push(head), Ok(None));
+            let again = reused.push(tail).unwrap();
+            assert_eq!(again, assemble(&[response], true).unwrap());
+        }
     }
 
     #[test]
