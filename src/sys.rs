@@ -265,6 +265,59 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     Ok(current_open_file_limit()?.soft)
 }
 
+/// A global allocator for the unit tests that counts, per thread, the allocations made, so a
+/// test can prove a hot path allocates nothing while other tests run on other threads.
+#[cfg(test)]
+pub mod counting_allocator {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        // `const` and without a destructor: reading it never allocates or registers anything,
+        // which an allocator's own bookkeeping must not.
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub struct CountingAllocator;
+
+    fn count() {
+        // `try_with`: during thread teardown the slot may be gone; such allocations are not ours.
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+    }
+
+    // SAFETY: every method forwards to the system allocator with the caller's arguments
+    // unchanged; counting touches only a thread-local integer.
+    unsafe impl GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract for `alloc` is passed on as it is.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: `ptr` came from this allocator, which is the system one underneath.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as for `realloc`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAllocator = CountingAllocator;
+
+    /// Allocations (and reallocations) made by the calling thread so far.
+    pub fn allocations_on_this_thread() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
