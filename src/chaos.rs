@@ -61,21 +61,136 @@ const HOLDERS: [&str; 16] = [
 /// Only currencies with two minor digits, so every amount renders with two decimals.
 const CURRENCIES: [&str; 8] = ["USD", "EUR", "GBP", "CHF", "CAD", "AUD", "SEK", "NOK"];
 
-/// Transaction descriptions with the sign their amounts carry (true: money in).
-const DESCRIPTIONS: [(&str, bool); 12] = [
-    ("Salary payment", true),
-    ("Interest credit", true),
-    ("Card refund", true),
-    ("Incoming transfer", true),
-    ("Grocery store", false),
-    ("Monthly rent", false),
-    ("Electricity bill", false),
-    ("Coffee & bakery", false),
-    ("Card payment", false),
-    ("ATM withdrawal", false),
-    ("Outgoing transfer", false),
-    ("Streaming subscription", false),
+/// A transaction description: its text, the same text escaped for HTML, and the sign its amounts
+/// carry. The HTML form is written out here so no request escapes anything; a compile-time check
+/// below proves it is the escape of the text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Description {
+    pub text: &'static str,
+    pub html: &'static str,
+    /// true: money in.
+    pub money_in: bool,
+}
+
+const fn description(text: &'static str, html: &'static str, money_in: bool) -> Description {
+    Description {
+        text,
+        html,
+        money_in,
+    }
+}
+
+/// Transaction descriptions with the sign their amounts carry.
+const DESCRIPTIONS: [Description; 12] = [
+    description("Salary payment", "Salary payment", true),
+    description("Interest credit", "Interest credit", true),
+    description("Card refund", "Card refund", true),
+    description("Incoming transfer", "Incoming transfer", true),
+    description("Grocery store", "Grocery store", false),
+    description("Monthly rent", "Monthly rent", false),
+    description("Electricity bill", "Electricity bill", false),
+    description("Coffee & bakery", "Coffee &amp; bakery", false),
+    description("Card payment", "Card payment", false),
+    description("ATM withdrawal", "ATM withdrawal", false),
+    description("Outgoing transfer", "Outgoing transfer", false),
+    description("Streaming subscription", "Streaming subscription", false),
 ];
+
+/// The escape of one byte in HTML element content and quoted attribute values; `None` when the
+/// byte stands for itself.
+const fn html_escape_of(byte: u8) -> Option<&'static [u8]> {
+    match byte {
+        b'&' => Some(b"&amp;"),
+        b'<' => Some(b"&lt;"),
+        b'>' => Some(b"&gt;"),
+        b'"' => Some(b"&quot;"),
+        b'\'' => Some(b"&#39;"),
+        _ => None,
+    }
+}
+
+/// Whether `html` is exactly `text` escaped for HTML.
+const fn is_html_escape_of(text: &str, html: &str) -> bool {
+    let (text, html) = (text.as_bytes(), html.as_bytes());
+    let (mut at, mut html_at) = (0, 0);
+    while at < text.len() {
+        let single = [text[at]];
+        let expected: &[u8] = match html_escape_of(text[at]) {
+            Some(escape) => escape,
+            None => &single,
+        };
+        let mut index = 0;
+        while index < expected.len() {
+            if html_at >= html.len() || html[html_at] != expected[index] {
+                return false;
+            }
+            html_at += 1;
+            index += 1;
+        }
+        at += 1;
+    }
+    html_at == html.len()
+}
+
+/// Whether `text` can go into HTML and inside a JSON string as it is: no byte that HTML escapes,
+/// no quote, backslash or control character.
+const fn is_plain_text(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if html_escape_of(byte).is_some() || byte == b'\\' || byte < 0x20 || byte == 0x7F {
+            return false;
+        }
+        at += 1;
+    }
+    true
+}
+
+/// Whether `text` can go inside a JSON string as it is.
+const fn is_json_plain(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if byte == b'"' || byte == b'\\' || byte < 0x20 {
+            return false;
+        }
+        at += 1;
+    }
+    true
+}
+
+/// Fails the build if a fixed text needs escaping that the page writers do not do: holders and
+/// currencies go out as they are, descriptions as their checked HTML form or plain in JSON.
+const _: () = {
+    let mut index = 0;
+    while index < HOLDERS.len() {
+        assert!(is_plain_text(HOLDERS[index]), "a holder needs escaping");
+        index += 1;
+    }
+    index = 0;
+    while index < CURRENCIES.len() {
+        assert!(
+            is_plain_text(CURRENCIES[index]),
+            "a currency needs escaping"
+        );
+        index += 1;
+    }
+    index = 0;
+    while index < DESCRIPTIONS.len() {
+        let description = &DESCRIPTIONS[index];
+        assert!(
+            is_html_escape_of(description.text, description.html),
+            "a description's HTML form is not its escape"
+        );
+        assert!(
+            is_json_plain(description.text),
+            "a description needs JSON escaping"
+        );
+        index += 1;
+    }
+};
 
 /// Every way the server can answer `/getbalance`. Adding a fault kind means adding a variant here
 /// (and its name, status and text label); everything else iterates over [`Outcome::ALL`].
@@ -504,67 +619,82 @@ impl Chaos {
 
     /// The fake balance of the k-th request; its values vary per request and follow from the seed.
     /// Drawn from a stream of its own, so it never disturbs or correlates with the outcomes.
+    /// Plain data on the stack: making one allocates nothing.
     pub fn balance(&self, k: u64, unix_millis: u64) -> Balance {
         let mut rng = Rng::with_seed(stream_value(self.seed, BALANCE_STREAM_KEY, k));
-        let mut account_id = String::with_capacity(4 + ACCOUNT_DIGITS as usize);
-        account_id.push_str("ACC-");
         let account_number = rng.below(10u64.pow(ACCOUNT_DIGITS));
-        push_padded_digits(&mut account_id, account_number, ACCOUNT_DIGITS as usize);
         let holder = HOLDERS[rng.below(HOLDERS.len() as u64) as usize];
         let balance_span = (MAX_BALANCE_MINOR - MIN_BALANCE_MINOR) as u64 + 1;
         let balance_minor = MIN_BALANCE_MINOR + rng.below(balance_span) as i64;
         let currency = CURRENCIES[rng.below(CURRENCIES.len() as u64) as usize];
         let count = MIN_TRANSACTIONS + rng.below(MAX_TRANSACTIONS - MIN_TRANSACTIONS + 1);
-        let mut transactions: Vec<Transaction> = (0..count)
-            .map(|_| {
-                let age = 1 + rng.below(TRANSACTION_WINDOW_MILLIS);
-                let (description, money_in) =
-                    DESCRIPTIONS[rng.below(DESCRIPTIONS.len() as u64) as usize];
-                let magnitude = 1 + rng.below(MAX_TRANSACTION_MINOR) as i64;
-                Transaction {
-                    unix_millis: unix_millis.saturating_sub(age),
-                    description,
-                    amount_minor: if money_in { magnitude } else { -magnitude },
-                }
-            })
-            .collect();
-        // Newest first, as bank statements on screen usually are.
-        transactions.sort_by_key(|transaction| std::cmp::Reverse(transaction.unix_millis));
+        let mut transactions = [Transaction::EMPTY; MAX_TRANSACTIONS as usize];
+        for transaction in &mut transactions[..count as usize] {
+            let age = 1 + rng.below(TRANSACTION_WINDOW_MILLIS);
+            let description = &DESCRIPTIONS[rng.below(DESCRIPTIONS.len() as u64) as usize];
+            let magnitude = 1 + rng.below(MAX_TRANSACTION_MINOR) as i64;
+            *transaction = Transaction {
+                unix_millis: unix_millis.saturating_sub(age),
+                description,
+                amount_minor: if description.money_in {
+                    magnitude
+                } else {
+                    -magnitude
+                },
+            };
+        }
+        // Newest first, as bank statements on screen usually are. Unstable sorting works in
+        // place (a stable sort may allocate); equal times are as good as never drawn.
+        transactions[..count as usize]
+            .sort_unstable_by_key(|transaction| std::cmp::Reverse(transaction.unix_millis));
         Balance {
-            account_id,
+            account_number,
             holder,
             balance_minor,
             currency,
             as_of_unix_millis: unix_millis,
             transactions,
+            transaction_count: count as usize,
         }
     }
 }
 
 /// One fake transaction on the statement.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Transaction {
     pub unix_millis: u64,
-    pub description: &'static str,
+    pub description: &'static Description,
     /// Signed, in minor units (cents).
     pub amount_minor: i64,
+}
+
+impl Transaction {
+    /// Fills the unused places of [`Balance::transactions`].
+    const EMPTY: Transaction = Transaction {
+        unix_millis: 0,
+        description: &DESCRIPTIONS[0],
+        amount_minor: 0,
+    };
 }
 
 /// A fake account statement for the 200 answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Balance {
-    pub account_id: String,
+    /// Shown as `ACC-` and [`ACCOUNT_DIGITS`] digits.
+    pub account_number: u64,
     pub holder: &'static str,
     /// In minor units (cents); rendered with two decimals.
     pub balance_minor: i64,
     /// ISO 4217 code.
     pub currency: &'static str,
     pub as_of_unix_millis: u64,
-    pub transactions: Vec<Transaction>,
+    /// The first `transaction_count` are the statement, newest first.
+    transactions: [Transaction; MAX_TRANSACTIONS as usize],
+    transaction_count: usize,
 }
 
 /// Appends `value` in decimal with at least `width` digits, zero-padded.
-fn push_padded_digits(out: &mut String, value: u64, width: usize) {
+fn push_padded_digits(out: &mut Vec<u8>, value: u64, width: usize) {
     // u64::MAX has 20 digits.
     let mut reversed = [0u8; 20];
     let mut length = 0;
@@ -578,128 +708,101 @@ fn push_padded_digits(out: &mut String, value: u64, width: usize) {
         }
     }
     for _ in length..width {
-        out.push('0');
+        out.push(b'0');
     }
-    out.extend(
-        reversed[..length]
-            .iter()
-            .rev()
-            .map(|&digit| char::from(digit)),
-    );
+    out.extend(reversed[..length].iter().rev());
 }
 
-/// Minor units as a decimal amount with two places: `-1234` is `-12.34`, `5` is `0.05`.
-pub fn format_minor_units(amount_minor: i64) -> String {
-    let mut out = String::with_capacity(24);
+/// Appends minor units as a decimal amount with two places: `-1234` is `-12.34`, `5` is `0.05`.
+/// Digits, a dot and a sign need no escaping in HTML or JSON.
+fn push_minor_units(out: &mut Vec<u8>, amount_minor: i64) {
     if amount_minor < 0 {
-        out.push('-');
+        out.push(b'-');
     }
     let magnitude = amount_minor.unsigned_abs();
-    push_padded_digits(&mut out, magnitude / 100, 1);
-    out.push('.');
-    push_padded_digits(&mut out, magnitude % 100, 2);
-    out
+    push_padded_digits(out, magnitude / 100, 1);
+    out.push(b'.');
+    push_padded_digits(out, magnitude % 100, 2);
 }
 
-fn rfc3339(unix_millis: u64) -> String {
-    let mut out = String::with_capacity(24);
-    UtcTime::from_unix_millis(unix_millis).write_rfc3339(&mut out);
-    out
-}
-
-/// Escapes text for HTML element content and quoted attribute values.
-fn push_html_escaped(out: &mut Vec<u8>, text: &str) {
-    for byte in text.bytes() {
-        match byte {
-            b'&' => out.extend_from_slice(b"&amp;"),
-            b'<' => out.extend_from_slice(b"&lt;"),
-            b'>' => out.extend_from_slice(b"&gt;"),
-            b'"' => out.extend_from_slice(b"&quot;"),
-            b'\'' => out.extend_from_slice(b"&#39;"),
-            other => out.push(other),
-        }
-    }
-}
-
-/// Writes `text` as a JSON string. A local escaper rather than `crate::json` keeps this module
-/// self-contained; the values here are ASCII from fixed lists, digits and timestamps, so quoting,
-/// backslashes and control characters are all that can need escaping.
-fn push_json_string(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for byte in text.bytes() {
-        match byte {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x00..=0x1F => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(byte >> 4)]);
-                out.push(HEX[usize::from(byte & 0xF)]);
-            }
-            other => out.push(other),
-        }
-    }
-    out.push(b'"');
+/// Appends the RFC 3339 time: digits and `-:.TZ`, nothing to escape in HTML or JSON.
+fn push_rfc3339(out: &mut Vec<u8>, unix_millis: u64) {
+    out.extend_from_slice(&UtcTime::from_unix_millis(unix_millis).rfc3339_bytes());
 }
 
 impl Balance {
-    /// A small complete HTML page (HTML5, UTF-8, about 0.5 to 1.5 KB).
+    /// The statement's transactions, newest first.
+    pub fn transactions(&self) -> &[Transaction] {
+        &self.transactions[..self.transaction_count]
+    }
+
+    /// Appends `ACC-` and the zero-padded account number.
+    fn push_account_id(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"ACC-");
+        push_padded_digits(out, self.account_number, ACCOUNT_DIGITS as usize);
+    }
+
+    /// A small complete HTML page (HTML5, UTF-8, about 0.5 to 1.5 KB), appended to `out` with no
+    /// allocation beyond `out` growing. Every value is either plain by construction (digits,
+    /// times, the account id) or checked plain at compile time (holders, currencies), or written
+    /// in its pre-escaped form (descriptions).
     pub fn write_html(&self, out: &mut Vec<u8>) {
-        let html = |out: &mut Vec<u8>, text: &str| push_html_escaped(out, text);
         out.extend_from_slice(
             b"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Balance of ",
         );
-        html(out, &self.account_id);
+        self.push_account_id(out);
         out.extend_from_slice(b"</title>\n</head>\n<body>\n<h1>Account balance</h1>\n<dl>\n");
         out.extend_from_slice(b"<dt>Account</dt><dd id=\"account-id\">");
-        html(out, &self.account_id);
+        self.push_account_id(out);
         out.extend_from_slice(b"</dd>\n<dt>Holder</dt><dd id=\"holder\">");
-        html(out, self.holder);
+        out.extend_from_slice(self.holder.as_bytes());
         out.extend_from_slice(b"</dd>\n<dt>Balance</dt><dd><span id=\"balance\">");
-        html(out, &format_minor_units(self.balance_minor));
+        push_minor_units(out, self.balance_minor);
         out.extend_from_slice(b"</span> <span id=\"currency\">");
-        html(out, self.currency);
+        out.extend_from_slice(self.currency.as_bytes());
         out.extend_from_slice(b"</span></dd>\n<dt>As of</dt><dd id=\"as-of\">");
-        html(out, &rfc3339(self.as_of_unix_millis));
+        push_rfc3339(out, self.as_of_unix_millis);
         out.extend_from_slice(
             b"</dd>\n</dl>\n<table>\n<thead><tr><th>Date</th><th>Description</th><th>Amount</th></tr></thead>\n<tbody>\n",
         );
-        for transaction in &self.transactions {
+        for transaction in self.transactions() {
             out.extend_from_slice(b"<tr><td>");
-            html(out, &rfc3339(transaction.unix_millis));
+            push_rfc3339(out, transaction.unix_millis);
             out.extend_from_slice(b"</td><td>");
-            html(out, transaction.description);
+            out.extend_from_slice(transaction.description.html.as_bytes());
             out.extend_from_slice(b"</td><td>");
-            html(out, &format_minor_units(transaction.amount_minor));
+            push_minor_units(out, transaction.amount_minor);
             out.extend_from_slice(b"</td></tr>\n");
         }
         out.extend_from_slice(b"</tbody>\n</table>\n</body>\n</html>\n");
     }
 
-    /// A JSON object (amounts as strings with two decimals, so no float rounding).
+    /// A JSON object (amounts as strings with two decimals, so no float rounding), appended to
+    /// `out` with no allocation beyond `out` growing. Every string is plain by construction or
+    /// checked at compile time, so none needs escaping.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"account_id\":");
-        push_json_string(out, &self.account_id);
-        out.extend_from_slice(b",\"holder\":");
-        push_json_string(out, self.holder);
-        out.extend_from_slice(b",\"balance\":");
-        push_json_string(out, &format_minor_units(self.balance_minor));
-        out.extend_from_slice(b",\"currency\":");
-        push_json_string(out, self.currency);
-        out.extend_from_slice(b",\"as_of\":");
-        push_json_string(out, &rfc3339(self.as_of_unix_millis));
-        out.extend_from_slice(b",\"transactions\":[");
-        for (position, transaction) in self.transactions.iter().enumerate() {
+        out.extend_from_slice(b"{\"account_id\":\"");
+        self.push_account_id(out);
+        out.extend_from_slice(b"\",\"holder\":\"");
+        out.extend_from_slice(self.holder.as_bytes());
+        out.extend_from_slice(b"\",\"balance\":\"");
+        push_minor_units(out, self.balance_minor);
+        out.extend_from_slice(b"\",\"currency\":\"");
+        out.extend_from_slice(self.currency.as_bytes());
+        out.extend_from_slice(b"\",\"as_of\":\"");
+        push_rfc3339(out, self.as_of_unix_millis);
+        out.extend_from_slice(b"\",\"transactions\":[");
+        for (position, transaction) in self.transactions().iter().enumerate() {
             if position > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"at\":");
-            push_json_string(out, &rfc3339(transaction.unix_millis));
-            out.extend_from_slice(b",\"description\":");
-            push_json_string(out, transaction.description);
-            out.extend_from_slice(b",\"amount\":");
-            push_json_string(out, &format_minor_units(transaction.amount_minor));
-            out.push(b'}');
+            out.extend_from_slice(b"{\"at\":\"");
+            push_rfc3339(out, transaction.unix_millis);
+            out.extend_from_slice(b"\",\"description\":\"");
+            out.extend_from_slice(transaction.description.text.as_bytes());
+            out.extend_from_slice(b"\",\"amount\":\"");
+            push_minor_units(out, transaction.amount_minor);
+            out.extend_from_slice(b"\"}");
         }
         out.extend_from_slice(b"]}");
     }
@@ -1202,12 +1305,14 @@ mod tests {
             (i64::MIN, "-92233720368547758.08"),
         ];
         for (amount, text) in table {
-            assert_eq!(format_minor_units(amount), text);
+            let mut out = Vec::new();
+            push_minor_units(&mut out, amount);
+            assert_eq!(out, text.as_bytes());
         }
-        let mut padded = String::new();
+        let mut padded = Vec::new();
         push_padded_digits(&mut padded, 42, 8);
         push_padded_digits(&mut padded, u64::MAX, 3);
-        assert_eq!(padded, "0000004218446744073709551615");
+        assert_eq!(padded, b"0000004218446744073709551615");
     }
 
     const AS_OF: u64 = 1_729_727_731_705;
@@ -1224,7 +1329,8 @@ mod tests {
         let mut currencies_seen = std::collections::HashSet::new();
         for k in 1..=500 {
             let balance = chaos.balance(k, AS_OF);
-            let id = balance.account_id.as_bytes();
+            let mut id = Vec::new();
+            balance.push_account_id(&mut id);
             assert_eq!(id.len(), 12);
             assert!(id.starts_with(b"ACC-") && id[4..].iter().all(u8::is_ascii_digit));
             assert!(HOLDERS.contains(&balance.holder));
@@ -1232,20 +1338,20 @@ mod tests {
             assert!(CURRENCIES.contains(&balance.currency));
             currencies_seen.insert(balance.currency);
             assert_eq!(balance.as_of_unix_millis, AS_OF);
-            assert!((3..=5).contains(&balance.transactions.len()));
-            for pair in balance.transactions.windows(2) {
+            assert!((3..=5).contains(&balance.transactions().len()));
+            for pair in balance.transactions().windows(2) {
                 assert!(pair[0].unix_millis >= pair[1].unix_millis, "newest first");
             }
-            for transaction in &balance.transactions {
+            for transaction in balance.transactions() {
                 assert!(transaction.unix_millis < AS_OF);
                 assert!(AS_OF - transaction.unix_millis <= TRANSACTION_WINDOW_MILLIS);
                 let magnitude = transaction.amount_minor.unsigned_abs();
                 assert!((1..=MAX_TRANSACTION_MINOR).contains(&magnitude));
-                let money_in = DESCRIPTIONS
-                    .iter()
-                    .find(|(description, _)| *description == transaction.description)
-                    .map(|&(_, money_in)| money_in);
-                assert_eq!(money_in, Some(transaction.amount_minor > 0));
+                assert!(DESCRIPTIONS.contains(transaction.description));
+                assert_eq!(
+                    transaction.description.money_in,
+                    transaction.amount_minor > 0
+                );
             }
         }
         assert_eq!(currencies_seen.len(), CURRENCIES.len());
@@ -1255,28 +1361,35 @@ mod tests {
         assert!((1..=50).map(|k| chaos.outcome(k)).eq(before));
         // At the epoch there is no earlier time: transactions saturate at 0 instead of wrapping.
         let at_epoch = chaos.balance(1, 0);
-        assert!(at_epoch.transactions.iter().all(|t| t.unix_millis == 0));
+        assert!(at_epoch.transactions().iter().all(|t| t.unix_millis == 0));
     }
 
     fn sample_balance() -> Balance {
+        let described = |text: &str| {
+            DESCRIPTIONS
+                .iter()
+                .find(|description| description.text == text)
+                .unwrap()
+        };
+        let mut transactions = [Transaction::EMPTY; MAX_TRANSACTIONS as usize];
+        transactions[0] = Transaction {
+            unix_millis: AS_OF - 1_000,
+            description: described("Coffee & bakery"),
+            amount_minor: -5,
+        };
+        transactions[1] = Transaction {
+            unix_millis: 1_700_000_000_000,
+            description: described("Salary payment"),
+            amount_minor: 123_456,
+        };
         Balance {
-            account_id: "ACC-00012345".to_string(),
+            account_number: 12_345,
             holder: "Ada Quillfeather",
             balance_minor: -1_234,
             currency: "EUR",
             as_of_unix_millis: AS_OF,
-            transactions: vec![
-                Transaction {
-                    unix_millis: AS_OF - 1_000,
-                    description: "Coffee & bakery",
-                    amount_minor: -5,
-                },
-                Transaction {
-                    unix_millis: 1_700_000_000_000,
-                    description: "Salary payment",
-                    amount_minor: 123_456,
-                },
-            ],
+            transactions,
+            transaction_count: 2,
         }
     }
 
@@ -1300,12 +1413,31 @@ mod tests {
         }
         assert!(!page.contains("Coffee & bakery"));
         assert!(page.ends_with("</html>\n"));
-        let mut escaped = Vec::new();
-        push_html_escaped(&mut escaped, "<a href=\"x\">'&'</a>");
-        assert_eq!(
-            escaped,
-            b"&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;".to_vec()
-        );
+    }
+
+    #[test]
+    fn fixed_text_checks_accept_only_correct_escapes() {
+        assert!(is_html_escape_of(
+            "<a href=\"x\">'&'</a>",
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        ));
+        assert!(is_html_escape_of("", ""));
+        for (text, wrong) in [
+            ("a & b", "a & b"),
+            ("a & b", "a &amp; b "),
+            ("a & b", "a &amp;"),
+            ("<", "&gt;"),
+        ] {
+            assert!(!is_html_escape_of(text, wrong), "{text} {wrong}");
+        }
+        assert!(is_plain_text("Ada Quillfeather"));
+        for text in ["a&b", "a<b", "a\"b", "it's", "a\\b", "a\nb"] {
+            assert!(!is_plain_text(text), "{text}");
+        }
+        assert!(is_json_plain("Coffee & bakery"));
+        for text in ["a\"b", "a\\b", "a\u{1}b"] {
+            assert!(!is_json_plain(text), "{text}");
+        }
     }
 
     #[test]
@@ -1418,9 +1550,5 @@ mod tests {
                 String::from_utf8_lossy(&json)
             );
         }
-        let mut escaped = Vec::new();
-        push_json_string(&mut escaped, "a\"b\\c\n\u{1}");
-        assert_eq!(escaped, br#""a\"b\\c\u000a\u0001""#.to_vec());
-        assert!(is_well_formed_json(&escaped));
     }
 }

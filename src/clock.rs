@@ -158,8 +158,15 @@ impl UtcTime {
 
     /// RFC 3339, e.g. `2024-10-23T23:55:31.705Z`: always 24 bytes, three fractional digits.
     pub fn write_rfc3339(&self, out: &mut String) {
-        push_ascii(out, &self.date_time_bytes(b'T', b'.'));
-        out.push('Z');
+        push_ascii(out, &self.rfc3339_bytes());
+    }
+
+    /// The same RFC 3339 text as [`UtcTime::write_rfc3339`] as a fixed array, for writers that
+    /// append bytes and must not allocate: always 24 bytes.
+    pub fn rfc3339_bytes(&self) -> [u8; 24] {
+        let mut text = [b'Z'; 24];
+        text[..23].copy_from_slice(&self.date_time_bytes(b'T', b'.'));
+        text
     }
 
     /// The original tool's log style, e.g. `2024-10-23 23:55:31,705`: always 23 bytes.

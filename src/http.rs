@@ -1554,13 +1554,46 @@ fn write_head_start(out: &mut Vec<u8>, status: u16, content_type: &str, date: &[
 
 /// Appends the status line, `Date`, `Server`, `Content-Type`, `Content-Length`, `Connection`
 /// when closing, the extra headers and the body. 1xx and 204 get neither `Content-Length` nor a
-/// body (RFC 9110 §8.6, §15.3.5).
+/// body (RFC 9110 §8.6, §15.3.5). Allocates nothing beyond `out` growing.
 pub fn write_response(out: &mut Vec<u8>, response: &Response<'_>, date: &[u8; 29]) {
-    let bodiless = response.status < 200 || response.status == 204;
+    write_head(out, response, response.body.len(), date);
+    if !response.head_only && !is_bodiless(response.status) {
+        out.extend_from_slice(response.body);
+    }
+}
+
+/// The same response as [`write_response`], for a body the caller has already appended to `out`
+/// from `body_start` on: the body is generated in place instead of through a buffer of its own,
+/// and the head is put in front of it (one in-place rotation, no allocation beyond `out`
+/// growing). `response.body` is not used and should be empty.
+pub fn write_response_around_body(
+    out: &mut Vec<u8>,
+    body_start: usize,
+    response: &Response<'_>,
+    date: &[u8; 29],
+) {
+    debug_assert!(response.body.is_empty(), "the body is in `out`");
+    let body_start = body_start.min(out.len());
+    let body_length = out.len() - body_start;
+    write_head(out, response, body_length, date);
+    let head_length = out.len() - body_start - body_length;
+    out[body_start..].rotate_right(head_length);
+    if response.head_only || is_bodiless(response.status) {
+        out.truncate(body_start + head_length);
+    }
+}
+
+/// 1xx and 204 responses carry no body and no `Content-Length`.
+fn is_bodiless(status: u16) -> bool {
+    status < 200 || status == 204
+}
+
+/// Everything of [`write_response`] but the body, for a body of `body_length` bytes.
+fn write_head(out: &mut Vec<u8>, response: &Response<'_>, body_length: usize, date: &[u8; 29]) {
     write_head_start(out, response.status, response.content_type, date);
-    if !bodiless {
+    if !is_bodiless(response.status) {
         out.extend_from_slice(b"Content-Length: ");
-        write_decimal(out, response.body.len() as u64);
+        write_decimal(out, body_length as u64);
         out.extend_from_slice(b"\r\n");
     }
     if !response.keep_alive {
@@ -1573,9 +1606,6 @@ pub fn write_response(out: &mut Vec<u8>, response: &Response<'_>, date: &[u8; 29
         write_field(out, name, value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    if !response.head_only && !bodiless {
-        out.extend_from_slice(response.body);
-    }
 }
 
 /// Appends a head for a body of unknown length: `Transfer-Encoding: chunked` on HTTP/1.1, or no
@@ -2922,6 +2952,57 @@ mod tests {
         write_response(&mut out, &empty, DATE);
         assert!(out.ends_with(b"Content-Length: 0\r\nAllow: GET, HEAD\r\nX-Id: 7\r\n\r\n"));
         assert!(out.starts_with(b"HTTP/1.1 500 Internal Server Error\r\n"));
+    }
+
+    #[test]
+    fn a_body_written_in_place_gives_the_same_response() {
+        let base = Response {
+            status: 200,
+            content_type: "text/html",
+            extra_headers: &[("X-Id", "7")],
+            body: b"",
+            keep_alive: true,
+            request_minor_version: 1,
+            head_only: false,
+        };
+        let cases = [
+            (base, &b"<p>page</p>"[..]),
+            (base, b""),
+            (
+                Response {
+                    head_only: true,
+                    ..base
+                },
+                b"not sent",
+            ),
+            (
+                Response {
+                    status: 204,
+                    ..base
+                },
+                b"ignored",
+            ),
+            (
+                Response {
+                    keep_alive: false,
+                    request_minor_version: 0,
+                    ..base
+                },
+                &[b'z'; 3000][..],
+            ),
+        ];
+        for (response, body) in cases {
+            let mut expected = b"earlier".to_vec();
+            write_response(&mut expected, &Response { body, ..response }, DATE);
+            let mut out = b"earlier".to_vec();
+            let body_start = out.len();
+            out.extend_from_slice(body);
+            write_response_around_body(&mut out, body_start, &response, DATE);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&expected)
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::chaos::Outcome;
 use crate::clock::UtcTime;
 use crate::json::ObjectWriter;
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -514,7 +515,8 @@ pub fn write_entry_json(out: &mut String, entry: &Entry) {
 pub fn write_entry_text(out: &mut String, entry: &Entry) {
     UtcTime::from_unix_millis(entry.unix_millis).write_log_style(out);
     out.push_str(" - ");
-    out.push_str(&entry.client.ip().to_string());
+    // Formatted in place rather than through `to_string`: the writer formats every entry.
+    let _ = write!(out, "{}", entry.client.ip());
     out.push_str(" - ");
     out.push_str(entry.outcome.text_label());
 }

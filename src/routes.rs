@@ -90,6 +90,31 @@ impl Exchange<'_, '_> {
         http::write_response(out, &response, self.date);
         self.disposition()
     }
+
+    /// Like [`Exchange::reply`], for a body that `write_body` appends straight to `out` (no
+    /// buffer of its own, so nothing is allocated once `out` has grown to size).
+    fn reply_with(
+        &self,
+        out: &mut Vec<u8>,
+        status: u16,
+        content_type: &str,
+        extra_headers: &[(&str, &str)],
+        write_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Disposition {
+        let body_start = out.len();
+        write_body(out);
+        let response = Response {
+            status,
+            content_type,
+            extra_headers,
+            body: b"",
+            keep_alive: self.request.keep_alive,
+            request_minor_version: self.request.minor_version,
+            head_only: self.request.method == Method::Head,
+        };
+        http::write_response_around_body(out, body_start, &response, self.date);
+        self.disposition()
+    }
 }
 
 /// Handles one request: appends the response to `out`. A long answer (`/getlogs`) may write part
@@ -181,21 +206,20 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
     let mut entry_id_text = [0u8; 20];
     let entry_id = decimal(entry.id, &mut entry_id_text);
     let headers = [NO_STORE, ("X-Unreliable-Entry", entry_id)];
-    let mut body = Vec::with_capacity(1024);
-    let content_type = match entry.outcome {
-        Outcome::Timeout => return Disposition::Hang,
+    let status = entry.outcome.status().unwrap_or(500);
+    match entry.outcome {
+        Outcome::Timeout => Disposition::Hang,
         Outcome::Balance => {
+            // Plain data on the stack, written straight into `out`: the hot path allocates
+            // nothing.
             let balance = app.chaos.balance(entry.id, unix_millis);
             if wants_json {
-                balance.write_json(&mut body);
-                JSON
+                exchange.reply_with(out, status, JSON, &headers, |body| balance.write_json(body))
             } else {
-                balance.write_html(&mut body);
-                HTML
+                exchange.reply_with(out, status, HTML, &headers, |body| balance.write_html(body))
             }
         }
         Outcome::Forbidden | Outcome::ServerError => {
-            let status = entry.outcome.status().unwrap_or(500);
             let reason = http::reason_phrase(status);
             if wants_json {
                 let mut text = String::new();
@@ -204,17 +228,15 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
                 object.string("error", reason);
                 object.u64("entry", entry.id);
                 object.finish();
-                body.extend_from_slice(text.as_bytes());
-                JSON
+                exchange.reply(out, status, JSON, &headers, text.as_bytes())
             } else {
-                body.extend_from_slice(reason.as_bytes());
-                body.push(b'\n');
-                TEXT
+                exchange.reply_with(out, status, TEXT, &headers, |body| {
+                    body.extend_from_slice(reason.as_bytes());
+                    body.push(b'\n');
+                })
             }
         }
-    };
-    let status = entry.outcome.status().unwrap_or(500);
-    exchange.reply(out, status, content_type, &headers, &body)
+    }
 }
 
 /// Writes `value` in decimal into `buffer` and returns the digits.
@@ -571,6 +593,82 @@ mod tests {
             let error = parse_log_query(Some(query)).unwrap_err();
             assert!(error.contains(expected), "{query}: {error}");
         }
+    }
+
+    /// Answers each request in turn the way a worker does (parse, respond into a reused buffer).
+    fn answer_all(
+        app: &App,
+        requests: &[&[u8]],
+        out: &mut Vec<u8>,
+        dispositions: &mut Vec<Disposition>,
+    ) {
+        let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        dispositions.clear();
+        for request in requests {
+            let Ok(http::Parsed::Complete(head)) = http::parse_request(request) else {
+                panic!("bad test request {request:?}");
+            };
+            let exchange = Exchange {
+                request: &head,
+                peer,
+                started: Instant::now(),
+                date,
+            };
+            out.clear();
+            let disposition = respond(app, &exchange, out, &mut io::sink()).unwrap();
+            assert!(
+                disposition == Disposition::Hang || !out.is_empty(),
+                "{request:?}"
+            );
+            dispositions.push(disposition);
+        }
+    }
+
+    #[test]
+    fn balance_answers_and_their_log_entries_allocate_nothing_once_warm() {
+        use crate::chaos::Weights;
+        use crate::sys::counting_allocator::allocations_on_this_thread;
+        // A small ring, so the warm-up fills it and the measured requests also evict.
+        let app = App {
+            chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
+            log: Arc::new(RequestLog::new(16, false)),
+            started: Instant::now(),
+            hang: Duration::from_secs(1),
+        };
+        let requests: [&[u8]; 7] = [
+            b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /getbalance HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nX-Request-Id: run-1-1\r\n\r\n",
+            b"HEAD /getbalance?unusual=target HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"GET /getbalance HTTP/1.1\r\nHost: x\r\nX-Unreliable-Outcome: 403\r\n\r\n",
+            b"GET /getbalance HTTP/1.1\r\nHost: x\r\nX-Unreliable-Outcome: 500\r\n\r\n",
+            b"GET /getbalance HTTP/1.1\r\nHost: x\r\nX-Unreliable-Outcome: timeout\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ];
+        let mut out = Vec::new();
+        let mut dispositions = Vec::with_capacity(requests.len());
+        for _ in 0..32 {
+            answer_all(&app, &requests, &mut out, &mut dispositions);
+        }
+        let before = allocations_on_this_thread();
+        for _ in 0..100 {
+            answer_all(&app, &requests, &mut out, &mut dispositions);
+        }
+        let allocated = allocations_on_this_thread() - before;
+        assert_eq!(allocated, 0, "allocations in 700 answered requests");
+        assert_eq!(dispositions[5], Disposition::Hang);
+        assert_eq!(dispositions[6], Disposition::Close);
+        // The counter does count: the JSON error body is still built in a String.
+        let before = allocations_on_this_thread();
+        answer_all(
+            &app,
+            &[b"GET /getbalance HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nX-Unreliable-Outcome: 403\r\n\r\n"],
+            &mut out,
+            &mut dispositions,
+        );
+        assert!(allocations_on_this_thread() > before);
+        assert!(out.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
+        assert_eq!(app.log.counts().total, 132 * 6 + 1);
     }
 
     #[test]

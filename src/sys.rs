@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 /// Most readiness reports taken from the kernel by one [`Epoll::wait`]; more stay queued in the
@@ -20,13 +20,17 @@ const MAX_WAIT_MILLIS: u128 = i32::MAX as u128;
 // Values from the Linux UAPI headers; identical on x86_64 and aarch64.
 const EPOLL_CLOEXEC: i32 = 0o2_000_000;
 const EPOLL_CTL_ADD: i32 = 1;
+#[cfg(test)]
 const EPOLL_CTL_DEL: i32 = 2;
+const EPOLL_CTL_MOD: i32 = 3;
 const EPOLLIN: u32 = 0x001;
 const EPOLLERR: u32 = 0x008;
 const EPOLLHUP: u32 = 0x010;
 const EPOLLRDHUP: u32 = 0x2000;
 const EPOLLONESHOT: u32 = 1 << 30;
 const EINTR: i32 = 4;
+/// `recv` flag: return `EAGAIN` at once instead of waiting for data.
+const MSG_DONTWAIT: i32 = 0x40;
 const SIG_BLOCK: i32 = 0;
 /// Interrupt from the terminal (Ctrl-C).
 pub const SIGINT: i32 = 2;
@@ -92,12 +96,31 @@ extern "C" {
     fn epoll_ctl(epoll: i32, operation: i32, fd: i32, event: *mut RawEpollEvent) -> i32;
     fn epoll_wait(epoll: i32, events: *mut RawEpollEvent, max_events: i32, timeout: i32) -> i32;
     fn close(fd: i32) -> i32;
+    fn recv(fd: i32, buffer: *mut u8, length: usize, flags: i32) -> isize;
     fn sigemptyset(set: *mut SignalSet) -> i32;
     fn sigaddset(set: *mut SignalSet, signal: i32) -> i32;
     fn pthread_sigmask(how: i32, set: *const SignalSet, old: *mut SignalSet) -> i32;
     fn sigwait(set: *const SignalSet, signal: *mut i32) -> i32;
     fn getrlimit(resource: i32, limit: *mut ResourceLimit) -> i32;
     fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
+}
+
+/// Reads what has already arrived on a socket without waiting, whatever its blocking mode or
+/// read timeout: `WouldBlock` when nothing has. One `recv(MSG_DONTWAIT)`, where std would need
+/// two extra calls to switch the socket to nonblocking and back.
+pub fn receive_without_waiting(socket: &impl AsRawFd, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buffer` is live, writable memory of `buffer.len()` bytes for the whole call, and
+    // the descriptor is open while `socket` is borrowed.
+    let result = unsafe {
+        recv(
+            socket.as_raw_fd(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            MSG_DONTWAIT,
+        )
+    };
+    // A negative result is -1 with errno set; any other fits in usize.
+    usize::try_from(result).map_err(|_| io::Error::last_os_error())
 }
 
 /// One readiness report from [`Epoll::wait`].
@@ -128,6 +151,17 @@ impl Epoll {
 
     /// Watches `fd` for input and peer close; `oneshot` disarms it after one report.
     pub fn add(&self, fd: RawFd, token: u64, oneshot: bool) -> io::Result<()> {
+        self.control(EPOLL_CTL_ADD, fd, token, oneshot)
+    }
+
+    /// Changes the token and interest of a descriptor already added, and re-arms it: a
+    /// descriptor whose one-shot report has fired stays registered (disarmed), so watching it
+    /// again costs one call instead of a delete and an add.
+    pub fn modify(&self, fd: RawFd, token: u64, oneshot: bool) -> io::Result<()> {
+        self.control(EPOLL_CTL_MOD, fd, token, oneshot)
+    }
+
+    fn control(&self, operation: i32, fd: RawFd, token: u64, oneshot: bool) -> io::Result<()> {
         let mut interest = EPOLLIN | EPOLLRDHUP;
         if oneshot {
             interest |= EPOLLONESHOT;
@@ -137,13 +171,15 @@ impl Epoll {
             data: token,
         };
         // SAFETY: `event` is a valid epoll_event for the duration of the call; the kernel copies it.
-        let result = unsafe { epoll_ctl(self.fd, EPOLL_CTL_ADD, fd, &mut event) };
+        let result = unsafe { epoll_ctl(self.fd, operation, fd, &mut event) };
         if result < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     }
 
+    /// The server never needs it (closing a socket leaves the set); the tests check removal.
+    #[cfg(test)]
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         // A non-null event pointer keeps kernels before 2.6.9 happy; it is ignored otherwise.
         let mut unused = RawEpollEvent { events: 0, data: 0 };
@@ -265,6 +301,59 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     Ok(current_open_file_limit()?.soft)
 }
 
+/// A global allocator for the unit tests that counts, per thread, the allocations made, so a
+/// test can prove a hot path allocates nothing while other tests run on other threads.
+#[cfg(test)]
+pub mod counting_allocator {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        // `const` and without a destructor: reading it never allocates or registers anything,
+        // which an allocator's own bookkeeping must not.
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub struct CountingAllocator;
+
+    fn count() {
+        // `try_with`: during thread teardown the slot may be gone; such allocations are not ours.
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+    }
+
+    // SAFETY: every method forwards to the system allocator with the caller's arguments
+    // unchanged; counting touches only a thread-local integer.
+    unsafe impl GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's contract for `alloc` is passed on as it is.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: `ptr` came from this allocator, which is the system one underneath.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as for `realloc`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAllocator = CountingAllocator;
+
+    /// Allocations (and reallocations) made by the calling thread so far.
+    pub fn allocations_on_this_thread() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn oneshot_reports_once_and_delete_stops_reports() {
+    fn oneshot_reports_once_modify_rearms_and_delete_stops_reports() {
         let (mut client, server) = connected_pair();
         let epoll = Epoll::new().unwrap();
         epoll.add(server.as_raw_fd(), 7, true).unwrap();
@@ -334,9 +423,18 @@ mod tests {
             .wait(&mut events, Some(Duration::from_millis(20)))
             .unwrap();
         assert!(events.is_empty());
+        // Modifying a disarmed registration re-arms it, with the new token.
+        epoll.modify(server.as_raw_fd(), 9, true).unwrap();
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].token, 9);
 
         epoll.delete(server.as_raw_fd()).unwrap();
         assert!(epoll.delete(server.as_raw_fd()).is_err(), "already gone");
+        assert!(
+            epoll.modify(server.as_raw_fd(), 9, true).is_err(),
+            "only what was added can be modified"
+        );
         epoll.add(server.as_raw_fd(), 8, false).unwrap();
         epoll.wait(&mut events, WAIT).unwrap();
         assert_eq!(events[0].token, 8);
