@@ -202,9 +202,10 @@ record_machine() {
   fact load_average "$(cut -d' ' -f1-3 /proc/loadavg)"
   local cores
   cores=$(taskset -c "$SERVER_CORE" nproc)
-  # The server's default worker count, as in src/cli.rs: 32 per core it may run on, 16 to 256.
+  # The server's default worker count, as in src/cli.rs (WORKERS_PER_CORE, MIN_/MAX_DEFAULT_WORKERS):
+  # 8 per core it may run on, 8 to 256.
   fact server_cpus "$cores"
-  fact expected_workers "$(( cores * 32 < 16 ? 16 : cores * 32 > 256 ? 256 : cores * 32 ))"
+  fact expected_workers "$(( cores * 8 < 8 ? 8 : cores * 8 > 256 ? 256 : cores * 8 ))"
 }
 
 # ---------------------------------------------------------------- servers
