@@ -343,6 +343,20 @@ fn balance_is_html_by_default_and_json_on_request() {
         .unwrap()
         .starts_with("text/html"));
     assert!(html.text().contains("<html"));
+    // HEAD: the same head with the length of the page it would send, and no body, so the
+    // pipelined request after it is read at the right byte.
+    let mut client = server.connect();
+    client
+        .write_all(
+            b"HEAD /getbalance HTTP/1.1\r\nHost: t\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+    let head = client.read_reply(true).unwrap();
+    assert_eq!(head.status, 200);
+    let length: usize = head.header("content-length").unwrap().parse().unwrap();
+    assert!(length > 500, "{}", head.head);
+    let after = client.read_reply(false).unwrap();
+    assert_eq!((after.status, after.text().as_str()), (200, "ok\n"));
     let json_reply = get(&server, "/getbalance", &[("Accept", "application/json")]).unwrap();
     assert_eq!(
         json_reply.header("content-type").as_deref(),
