@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -1507,79 +1507,6 @@ fn server_is_running(server: &Server) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Running out of file descriptors
 
-/// A server started through `sh -c` (so a limit can be set first), killed on drop.
-struct WrappedServer {
-    child: Child,
-    address: std::net::SocketAddr,
-    directory: std::path::PathBuf,
-}
-
-impl WrappedServer {
-    fn start(name: &str, shell_prefix: &str, args: &str) -> WrappedServer {
-        let directory = scratch_directory(name);
-        let script = format!(
-            "{shell_prefix} exec '{}' serve --host 127.0.0.1 --port 0 {args}",
-            binary().display()
-        );
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .current_dir(&directory)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the server");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        let address = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        WrappedServer {
-            child,
-            address,
-            directory,
-        }
-    }
-
-    fn connect(&self) -> Client {
-        let stream = TcpStream::connect_timeout(&self.address, STEP_TIMEOUT).unwrap();
-        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-        Client::new(stream)
-    }
-
-    fn health(&self) -> u16 {
-        let mut client = self.connect();
-        client
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        client.read_reply(false).map_or(0, |reply| reply.status)
-    }
-
-    /// Kills the server and returns what it wrote to stderr.
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            let _ = pipe.read_to_string(&mut stderr);
-        }
-        stderr
-    }
-}
-
-impl Drop for WrappedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.directory);
-    }
-}
-
 /// 100 clients each send a keep-alive request and hold their connection until `release`; the
 /// statuses arrive on the channel as they come.
 fn hold_connections(
@@ -1626,10 +1553,9 @@ fn running_out_of_descriptors_is_survived_without_spinning() {
     if !have_tool("prlimit") {
         return;
     }
-    let server = WrappedServer::start("conformance-emfile", "", "--no-log-file --threads 2");
-    // `sh -c 'exec …'`: the shell's process is the server's.
+    let server = Server::start("conformance-emfile", &["--no-log-file", "--threads", "2"]);
     let pid = server.child.id();
-    assert_eq!(server.health(), 200);
+    assert_eq!(health(&server), 200);
     // Lower the running server's limit (below what it planned for at start) to a couple of
     // dozen connections, so accept itself fails with EMFILE.
     let limit = open_descriptors(pid) + 24;
@@ -1667,8 +1593,8 @@ fn running_out_of_descriptors_is_survived_without_spinning() {
         statuses.iter().all(|&status| status == Some(200)),
         "{statuses:?}"
     );
-    assert_eq!(server.health(), 200);
-    let stderr = server.stop();
+    assert_eq!(health(&server), 200);
+    let stderr = server.kill();
     assert!(stderr.contains("accept failed"), "{stderr}");
     // Reported at most about once a second, not once per attempt.
     assert!(stderr.lines().count() < 20, "{stderr}");
@@ -1676,12 +1602,12 @@ fn running_out_of_descriptors_is_survived_without_spinning() {
 
 #[test]
 fn a_small_descriptor_limit_at_start_caps_connections_with_503() {
-    let server = WrappedServer::start(
+    let server = Server::start_under(
         "conformance-ulimit",
         "ulimit -n 64 &&",
-        "--no-log-file --threads 2",
+        &["--no-log-file", "--threads", "2"],
     );
-    assert_eq!(server.health(), 200);
+    assert_eq!(health(&server), 200);
     let release = Arc::new(AtomicBool::new(false));
     let (clients, receiver) = hold_connections(server.address, &release);
     let first = settle(&receiver);
@@ -1703,9 +1629,9 @@ fn a_small_descriptor_limit_at_start_caps_connections_with_503() {
         "only {served} of 100 served under 64 descriptors: {first:?}"
     );
     wait_until("the server to serve again", STEP_TIMEOUT, || {
-        server.health() == 200
+        health(&server) == 200
     });
-    let stderr = server.stop();
+    let stderr = server.kill();
     assert!(stderr.contains("open-file limit (64)"), "{stderr}");
 }
 

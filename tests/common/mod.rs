@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long any single network step in a test may take before the test fails (not a timing
@@ -29,11 +30,13 @@ pub struct Server {
 
 /// A fresh, empty directory for one test's files.
 pub fn scratch_directory(name: &str) -> PathBuf {
+    // Tests run in parallel and may reuse a name: a counter keeps their directories apart.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let directory = std::env::temp_dir().join(format!(
         "unreliable-test-{}-{}-{}",
         name,
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).expect("create scratch directory");
@@ -44,10 +47,30 @@ impl Server {
     /// Starts `unreliable serve --host 127.0.0.1 --port 0 ARGS` in a scratch directory (so the
     /// default log file lands there) and waits for its `listening on` line.
     pub fn start(name: &str, args: &[&str]) -> Server {
-        let directory = scratch_directory(name);
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
-            .args(args)
+            .args(args);
+        Server::launch(name, command)
+    }
+
+    /// Like [`Server::start`], through `sh -c` with `shell_prefix` run first (e.g.
+    /// `ulimit -n 64 &&`). The shell `exec`s the server, so the child's pid is the server's.
+    pub fn start_under(name: &str, shell_prefix: &str, args: &[&str]) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "{shell_prefix} exec \"$0\" serve --host 127.0.0.1 --port 0 \"$@\""
+            ))
+            .arg(binary())
+            .args(args);
+        Server::launch(name, command)
+    }
+
+    fn launch(name: &str, mut command: Command) -> Server {
+        let directory = scratch_directory(name);
+        let mut child = command
             .current_dir(&directory)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -72,6 +95,17 @@ impl Server {
             directory,
             keep_directory: false,
         }
+    }
+
+    /// Kills the server (no clean shutdown) and returns what it wrote to stderr.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        stderr
     }
 
     pub fn connect(&self) -> Client {
