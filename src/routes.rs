@@ -117,6 +117,13 @@ impl Exchange<'_, '_> {
     }
 }
 
+/// Whether [`respond`] answers `request` quickly and entirely into `out`, never touching the
+/// stream: such a request can be answered by a thread that must not block or wait. `/getlogs`
+/// streams an answer of any size and `/stats` may run a Monte Carlo test, so they need a worker.
+pub fn answers_at_once(request: &RequestHead<'_>) -> bool {
+    !matches!(request.path, "/getlogs" | "/stats")
+}
+
 /// Handles one request: appends the response to `out`. A long answer (`/getlogs`) may write part
 /// of it to `stream` directly, leaving the rest in `out`.
 pub fn respond(

@@ -27,10 +27,12 @@ const EPOLLIN: u32 = 0x001;
 const EPOLLERR: u32 = 0x008;
 const EPOLLHUP: u32 = 0x010;
 const EPOLLRDHUP: u32 = 0x2000;
-const EPOLLONESHOT: u32 = 1 << 30;
+const EPOLLET: u32 = 1 << 31;
 const EINTR: i32 = 4;
-/// `recv` flag: return `EAGAIN` at once instead of waiting for data.
+/// `recv`/`send` flag: return `EAGAIN` at once instead of waiting.
 const MSG_DONTWAIT: i32 = 0x40;
+/// `send` flag: a peer that has gone away is an `EPIPE` error, not a SIGPIPE.
+const MSG_NOSIGNAL: i32 = 0x4000;
 const SIG_BLOCK: i32 = 0;
 /// Interrupt from the terminal (Ctrl-C).
 pub const SIGINT: i32 = 2;
@@ -97,6 +99,7 @@ extern "C" {
     fn epoll_wait(epoll: i32, events: *mut RawEpollEvent, max_events: i32, timeout: i32) -> i32;
     fn close(fd: i32) -> i32;
     fn recv(fd: i32, buffer: *mut u8, length: usize, flags: i32) -> isize;
+    fn send(fd: i32, buffer: *const u8, length: usize, flags: i32) -> isize;
     fn sigemptyset(set: *mut SignalSet) -> i32;
     fn sigaddset(set: *mut SignalSet, signal: i32) -> i32;
     fn pthread_sigmask(how: i32, set: *const SignalSet, old: *mut SignalSet) -> i32;
@@ -121,6 +124,32 @@ pub fn receive_without_waiting(socket: &impl AsRawFd, buffer: &mut [u8]) -> io::
     };
     // A negative result is -1 with errno set; any other fits in usize.
     usize::try_from(result).map_err(|_| io::Error::last_os_error())
+}
+
+/// Writes what fits into a socket's send buffer without waiting, whatever its blocking mode or
+/// write timeout: `WouldBlock` when nothing fits. One `send(MSG_DONTWAIT)`.
+pub fn send_without_waiting(socket: &impl AsRawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: `bytes` is live, readable memory of `bytes.len()` bytes for the whole call, and the
+    // descriptor is open while `socket` is borrowed.
+    let result = unsafe {
+        send(
+            socket.as_raw_fd(),
+            bytes.as_ptr(),
+            bytes.len(),
+            MSG_DONTWAIT | MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(result).map_err(|_| io::Error::last_os_error())
+}
+
+/// How a descriptor's readiness is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Once per change (new data, peer close): the reader must take everything that is there
+    /// (a short read means it did) or it hears nothing more. No re-arming between requests.
+    Edge,
+    /// For as long as input is waiting.
+    Level,
 }
 
 /// One readiness report from [`Epoll::wait`].
@@ -149,22 +178,22 @@ impl Epoll {
         Ok(Epoll { fd })
     }
 
-    /// Watches `fd` for input and peer close; `oneshot` disarms it after one report.
-    pub fn add(&self, fd: RawFd, token: u64, oneshot: bool) -> io::Result<()> {
-        self.control(EPOLL_CTL_ADD, fd, token, oneshot)
+    /// Watches `fd` for input and peer close.
+    pub fn add(&self, fd: RawFd, token: u64, watch: Watch) -> io::Result<()> {
+        self.control(EPOLL_CTL_ADD, fd, token, watch)
     }
 
-    /// Changes the token and interest of a descriptor already added, and re-arms it: a
-    /// descriptor whose one-shot report has fired stays registered (disarmed), so watching it
-    /// again costs one call instead of a delete and an add.
-    pub fn modify(&self, fd: RawFd, token: u64, oneshot: bool) -> io::Result<()> {
-        self.control(EPOLL_CTL_MOD, fd, token, oneshot)
+    /// Changes the token and the kind of watch of a descriptor already added. The kernel checks
+    /// readiness again, so input that arrived before the change is reported even under
+    /// [`Watch::Edge`]: one call instead of a delete and an add.
+    pub fn modify(&self, fd: RawFd, token: u64, watch: Watch) -> io::Result<()> {
+        self.control(EPOLL_CTL_MOD, fd, token, watch)
     }
 
-    fn control(&self, operation: i32, fd: RawFd, token: u64, oneshot: bool) -> io::Result<()> {
+    fn control(&self, operation: i32, fd: RawFd, token: u64, watch: Watch) -> io::Result<()> {
         let mut interest = EPOLLIN | EPOLLRDHUP;
-        if oneshot {
-            interest |= EPOLLONESHOT;
+        if watch == Watch::Edge {
+            interest |= EPOLLET;
         }
         let mut event = RawEpollEvent {
             events: interest,
@@ -382,7 +411,7 @@ mod tests {
     fn epoll_reports_data_then_peer_close() {
         let (mut client, mut server) = connected_pair();
         let epoll = Epoll::new().unwrap();
-        epoll.add(server.as_raw_fd(), 42, false).unwrap();
+        epoll.add(server.as_raw_fd(), 42, Watch::Level).unwrap();
         let mut events = Vec::new();
 
         epoll.wait(&mut events, Some(Duration::ZERO)).unwrap();
@@ -410,32 +439,64 @@ mod tests {
     }
 
     #[test]
-    fn oneshot_reports_once_modify_rearms_and_delete_stops_reports() {
-        let (mut client, server) = connected_pair();
+    fn edge_reports_each_arrival_once_and_modify_reports_waiting_input() {
+        let (mut client, mut server) = connected_pair();
         let epoll = Epoll::new().unwrap();
-        epoll.add(server.as_raw_fd(), 7, true).unwrap();
+        epoll.add(server.as_raw_fd(), 7, Watch::Edge).unwrap();
         client.write_all(b"hello").unwrap();
         let mut events = Vec::new();
         epoll.wait(&mut events, WAIT).unwrap();
         assert_eq!(events.len(), 1);
-        // Data is still unread, yet a disarmed registration stays quiet.
+        // Data is still unread, yet an edge watch reports it only once.
         epoll
             .wait(&mut events, Some(Duration::from_millis(20)))
             .unwrap();
         assert!(events.is_empty());
-        // Modifying a disarmed registration re-arms it, with the new token.
-        epoll.modify(server.as_raw_fd(), 9, true).unwrap();
+        // New input is a new edge.
+        client.write_all(b"!").unwrap();
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].token, 7);
+        // Modifying reports input that is already waiting, with the new token.
+        epoll.modify(server.as_raw_fd(), 9, Watch::Edge).unwrap();
         epoll.wait(&mut events, WAIT).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].token, 9);
+        let mut received = [0u8; 16];
+        assert_eq!(
+            receive_without_waiting(&server, &mut received).unwrap(),
+            6,
+            "everything waiting is taken in one short read"
+        );
+        assert_eq!(
+            receive_without_waiting(&server, &mut received)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(send_without_waiting(&server, b"back").unwrap(), 4);
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"back");
+
+        // A level watch keeps reporting until the input is read.
+        client.write_all(b"more").unwrap();
+        epoll.modify(server.as_raw_fd(), 11, Watch::Level).unwrap();
+        for _ in 0..2 {
+            epoll.wait(&mut events, WAIT).unwrap();
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].token, 11);
+        }
+        assert_eq!(server.read(&mut received).unwrap(), 4);
 
         epoll.delete(server.as_raw_fd()).unwrap();
         assert!(epoll.delete(server.as_raw_fd()).is_err(), "already gone");
         assert!(
-            epoll.modify(server.as_raw_fd(), 9, true).is_err(),
+            epoll.modify(server.as_raw_fd(), 9, Watch::Edge).is_err(),
             "only what was added can be modified"
         );
-        epoll.add(server.as_raw_fd(), 8, false).unwrap();
+        epoll.add(server.as_raw_fd(), 8, Watch::Level).unwrap();
+        client.write_all(b"x").unwrap();
         epoll.wait(&mut events, WAIT).unwrap();
         assert_eq!(events[0].token, 8);
         epoll.delete(server.as_raw_fd()).unwrap();
