@@ -6,6 +6,7 @@
 
 use crate::chaos::{Outcome, Weights};
 use crate::log::LogFormat;
+use crate::server::MAX_POLLERS;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ pub struct ServeOptions {
     pub log_format: LogFormat,
     pub log_capacity: usize,
     pub threads: usize,
+    pub pollers: usize,
     pub max_connections: usize,
 }
 
@@ -50,6 +52,7 @@ impl Default for ServeOptions {
             log_format: LogFormat::Text,
             log_capacity: 100_000,
             threads: default_threads(),
+            pollers: default_pollers(),
             max_connections: 10_000,
         }
     }
@@ -64,6 +67,13 @@ impl Default for ServeOptions {
 fn default_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
     (cores * WORKERS_PER_CORE).clamp(MIN_DEFAULT_WORKERS, MAX_DEFAULT_WORKERS)
+}
+
+/// One poller per core the process may run on (what `taskset` or a cgroup allows): a poller
+/// answers keep-alive requests by itself, so one per core lets them use every core without two
+/// event loops taking turns on one.
+fn default_pollers() -> usize {
+    std::thread::available_parallelism().map_or(1, |count| count.get().min(MAX_POLLERS))
 }
 
 /// How many server log entries the client shows after a run.
@@ -198,6 +208,7 @@ const SERVE_FLAGS: &[&str] = &[
     "--log-format",
     "--log-capacity",
     "--threads",
+    "--pollers",
     "--max-connections",
     "--help",
 ];
@@ -423,6 +434,7 @@ fn parse_serve(args: impl Iterator<Item = OsString>) -> Result<Command, CliError
             }
             "--log-capacity" => options.log_capacity = flag.number(NAME, 1, 100_000_000)?,
             "--threads" => options.threads = flag.number(NAME, 1, MAX_THREADS)?,
+            "--pollers" => options.pollers = flag.number(NAME, 1, MAX_POLLERS)?,
             "--max-connections" => options.max_connections = flag.number(NAME, 1, 1_000_000)?,
             _ => return Err(reader.error(format!("invalid option '{}'", flag.name))),
         }
@@ -711,7 +723,10 @@ Options:
   --log-format FORMAT     text (the original style) or json (one object per line)
                           [default: text]
   --log-capacity N        entries kept in memory for /getlogs [default: 100000]
-  --threads N             worker threads [default: 8 per core, 8 to 256]
+  --threads N             worker threads: new connections, bodies, /getlogs, /stats
+                          [default: 8 per core, 8 to 256]
+  --pollers N             threads that hold idle and hung connections and answer
+                          keep-alive requests [default: 1 per core, at most 64]
   --max-connections N     open connections at most; more get 503 [default: 10000]
   -h, --help              print this help
 
@@ -798,12 +813,14 @@ mod tests {
         assert_eq!(options.max_connections, 10_000);
         assert_eq!(options.weights, Weights::owner_default());
         assert!(options.threads >= MIN_DEFAULT_WORKERS && options.threads <= MAX_DEFAULT_WORKERS);
+        let cores = std::thread::available_parallelism().map_or(1, |count| count.get());
+        assert_eq!(options.pollers, cores.min(MAX_POLLERS));
     }
 
     #[test]
     fn serve_flags_take_values_both_ways() {
         let Ok(Command::Serve(options)) = parse_words(
-            "serve --host :: --port=0 --seed 42 --hang 250ms --no-log-file --log-format json --threads 4",
+            "serve --host :: --port=0 --seed 42 --hang 250ms --no-log-file --log-format json --threads 4 --pollers 3",
         ) else {
             panic!("did not parse");
         };
@@ -814,6 +831,7 @@ mod tests {
         assert_eq!(options.log_file, None);
         assert_eq!(options.log_format, LogFormat::Json);
         assert_eq!(options.threads, 4);
+        assert_eq!(options.pollers, 3);
     }
 
     #[test]
@@ -858,6 +876,8 @@ mod tests {
             ),
             ("serve --log-format xml", "expected 'text' or 'json'"),
             ("serve --threads 0", "invalid value '0' for '--threads'"),
+            ("serve --pollers 0", "invalid value '0' for '--pollers'"),
+            ("serve --pollers 65", "invalid value '65' for '--pollers'"),
             (
                 "serve --no-log-file=yes",
                 "option '--no-log-file' takes no value",

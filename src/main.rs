@@ -75,6 +75,7 @@ fn start_server(
     log: &Arc<RequestLog>,
     hang: Duration,
     threads: usize,
+    pollers: usize,
     max_connections: usize,
 ) -> Result<RunningServer, String> {
     let app = Arc::new(App {
@@ -86,6 +87,7 @@ fn start_server(
     let config = ServerConfig {
         listen,
         threads,
+        pollers,
         max_connections,
     };
     server::start(&config, app).map_err(|error| error.to_string())
@@ -122,6 +124,7 @@ fn serve(options: &ServeOptions) -> ExitCode {
         &log,
         options.hang,
         options.threads,
+        options.pollers,
         options.max_connections,
     ) {
         Ok(server) => server,
@@ -175,6 +178,8 @@ fn demo(mut options: DemoOptions) -> ExitCode {
         &log,
         options.hang,
         options.client.concurrency.clamp(4, cli::MAX_THREADS),
+        // One client's few connections: one event loop is plenty.
+        1,
         10_000,
     ) {
         Ok(server) => server,

@@ -108,14 +108,21 @@ const ENOBUFS: i32 = 105;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Worker threads: everything that may block.
     pub threads: usize,
+    /// Poller threads: each holds its share of the parked connections and answers their
+    /// keep-alive requests (1 to [`MAX_POLLERS`]).
+    pub pollers: usize,
     pub max_connections: usize,
 }
+
+/// The most poller threads: past this many cores the acceptor and the log are the limit.
+pub const MAX_POLLERS: usize = 64;
 
 /// Why the server could not start.
 #[derive(Debug)]
 pub enum ServerError {
-    /// Zero threads or zero connections were asked for.
+    /// Zero threads, pollers or connections were asked for.
     InvalidConfig(&'static str),
     Bind {
         address: SocketAddr,
@@ -177,7 +184,7 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
-    poller: Option<JoinHandle<()>>,
+    pollers: Vec<JoinHandle<()>>,
     /// `shutdown` ran; the drop that follows has nothing left to do.
     stopped: bool,
 }
@@ -187,6 +194,7 @@ impl std::fmt::Debug for RunningServer {
         f.debug_struct("RunningServer")
             .field("local_addr", &self.local_addr)
             .field("workers", &self.workers.len())
+            .field("pollers", &self.pollers.len())
             .field("max_connections", &self.shared.max_connections)
             .finish()
     }
@@ -204,6 +212,11 @@ fn start_with_timeouts(
 ) -> Result<RunningServer, ServerError> {
     if config.threads == 0 {
         return Err(ServerError::InvalidConfig("at least one thread is needed"));
+    }
+    if config.pollers == 0 || config.pollers > MAX_POLLERS {
+        return Err(ServerError::InvalidConfig(
+            "the poller count must be 1 to 64",
+        ));
     }
     if config.max_connections == 0 {
         return Err(ServerError::InvalidConfig(
@@ -234,11 +247,21 @@ fn start_with_timeouts(
             config.max_connections
         }
     };
-    let epoll = Epoll::new().map_err(ServerError::Poller)?;
-    let (wake_reader, wake_writer) = io::pipe().map_err(ServerError::Poller)?;
-    epoll
-        .add(wake_reader.as_raw_fd(), WAKE_TOKEN, Watch::Level)
-        .map_err(ServerError::Poller)?;
+    let mut inboxes = Vec::with_capacity(config.pollers);
+    let mut poller_ends = Vec::with_capacity(config.pollers);
+    for _ in 0..config.pollers {
+        let epoll = Epoll::new().map_err(ServerError::Poller)?;
+        let (wake_reader, wake_writer) = io::pipe().map_err(ServerError::Poller)?;
+        epoll
+            .add(wake_reader.as_raw_fd(), WAKE_TOKEN, Watch::Level)
+            .map_err(ServerError::Poller)?;
+        inboxes.push(Inbox {
+            parking: Mutex::new(Vec::new()),
+            wake_pending: AtomicBool::new(false),
+            wake_writer,
+        });
+        poller_ends.push((epoll, wake_reader));
+    }
 
     let shared = Arc::new(Shared {
         app,
@@ -250,24 +273,26 @@ fn start_with_timeouts(
         queue_ready: Condvar::new(),
         queue_length: AtomicUsize::new(0),
         sleeping_workers: AtomicUsize::new(0),
-        parking: Mutex::new(Vec::new()),
-        wake_pending: AtomicBool::new(false),
-        wake_writer,
+        inboxes,
+        next_poller: AtomicUsize::new(0),
     });
     let mut server = RunningServer {
         local_addr,
         shared: Arc::clone(&shared),
         acceptor: None,
         workers: Vec::with_capacity(config.threads),
-        poller: None,
+        pollers: Vec::with_capacity(config.pollers),
         stopped: false,
     };
     // The acceptor starts last, so no connection arrives before someone can serve it.
     let spawned = (|| {
-        let poller_shared = Arc::clone(&shared);
-        server.poller = Some(spawn_named("unreliable-poller".to_string(), move || {
-            run_poller(&poller_shared, &epoll, wake_reader)
-        })?);
+        for (index, (epoll, wake_reader)) in poller_ends.into_iter().enumerate() {
+            let poller_shared = Arc::clone(&shared);
+            server.pollers.push(spawn_named(
+                format!("unreliable-poller-{index}"),
+                move || run_poller(&poller_shared, index, &epoll, wake_reader),
+            )?);
+        }
         for index in 0..config.threads {
             let worker_shared = Arc::clone(&shared);
             server.workers.push(spawn_named(
@@ -351,15 +376,19 @@ impl RunningServer {
             let _queue = lock(&self.shared.queue);
             self.shared.queue_ready.notify_all();
         }
-        self.shared.wake_poller();
+        for inbox in &self.shared.inboxes {
+            inbox.wake();
+        }
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
-        if let Some(poller) = self.poller.take() {
+        for poller in self.pollers.drain(..) {
             let _ = poller.join();
         }
         lock(&self.shared.queue).clear();
-        lock(&self.shared.parking).clear();
+        for inbox in &self.shared.inboxes {
+            lock(&inbox.parking).clear();
+        }
         self.shared.queue_length.store(0, Ordering::Release);
     }
 }
@@ -394,6 +423,14 @@ struct Shared {
     /// Workers asleep on `queue_ready`; changed and read only under the `queue` lock, so an
     /// enqueue that sees none can skip the wake (a syscall) without losing one.
     sleeping_workers: AtomicUsize,
+    /// One per poller, indexed by [`Connection::poller`].
+    inboxes: Vec<Inbox>,
+    /// Round-robin share of new connections among the pollers.
+    next_poller: AtomicUsize,
+}
+
+/// How connections reach one poller.
+struct Inbox {
     /// Connections handed to the poller and not yet registered by it.
     parking: Mutex<Vec<Parked>>,
     /// A wake byte is in the pipe or about to be: further wakes can skip the write, which also
@@ -401,6 +438,15 @@ struct Shared {
     /// byte; cleared only by the poller, after it drained the pipe.
     wake_pending: AtomicBool,
     wake_writer: PipeWriter,
+}
+
+impl Inbox {
+    fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            // A failed write can only mean the poller is gone, which is shutdown.
+            let _ = (&self.wake_writer).write(&[1]);
+        }
+    }
 }
 
 /// A lock that survives a panic elsewhere: the data under these locks is always consistent
@@ -453,19 +499,21 @@ impl Shared {
         if self.is_shutting_down() {
             return;
         }
-        lock(&self.parking).push(Parked {
+        // The index is always in range (set from `next_poller` modulo the count).
+        let Some(inbox) = self.inboxes.get(connection.poller) else {
+            return;
+        };
+        lock(&inbox.parking).push(Parked {
             connection,
             kind,
             deadline,
         });
-        self.wake_poller();
+        inbox.wake();
     }
 
-    fn wake_poller(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            // A failed write can only mean the poller is gone, which is shutdown.
-            let _ = (&self.wake_writer).write(&[1]);
-        }
+    /// The poller a new connection will live in: its keep-alive requests are answered there.
+    fn assign_poller(&self) -> usize {
+        self.next_poller.fetch_add(1, Ordering::Relaxed) % self.inboxes.len()
     }
 }
 
@@ -508,6 +556,8 @@ struct Connection {
     /// The socket is in the poller's epoll set (its reports are ignored while a worker has it:
     /// the token is stale). Parking it again takes one call; closing the socket removes it.
     registered: bool,
+    /// The poller that holds this connection whenever it is parked.
+    poller: usize,
     /// A response the poller could not finish writing (the client is not reading): a worker
     /// writes the rest, waiting as long as a write may, then goes on as after any answer.
     unsent: Option<UnsentAnswer>,
@@ -523,10 +573,11 @@ struct UnsentAnswer {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) -> Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, poller: usize, slot: ConnectionSlot) -> Connection {
         Connection {
             stream,
             peer,
+            poller,
             buffer: vec![0; READ_BUFFER_INITIAL],
             filled: 0,
             request_started: None,
@@ -754,7 +805,7 @@ fn admit(
         return;
     }
     let slot = ConnectionSlot::take(&shared.open_connections);
-    shared.enqueue(Connection::new(stream, peer, slot));
+    shared.enqueue(Connection::new(stream, peer, shared.assign_poller(), slot));
 }
 
 /// Answers 503 without blocking the acceptor: whatever the client already sent is read first,
@@ -1349,7 +1400,10 @@ struct Poller<'a> {
     date: DateCache,
 }
 
-fn run_poller(shared: &Shared, epoll: &Epoll, wake_reader: PipeReader) {
+fn run_poller(shared: &Shared, index: usize, epoll: &Epoll, wake_reader: PipeReader) {
+    let Some(inbox) = shared.inboxes.get(index) else {
+        return;
+    };
     let mut poller = Poller {
         shared,
         epoll,
@@ -1363,7 +1417,7 @@ fn run_poller(shared: &Shared, epoll: &Epoll, wake_reader: PipeReader) {
     let mut events = Vec::with_capacity(MAX_EVENTS_PER_WAIT);
     let mut reporter = ErrorReporter::new();
     while !shared.is_shutting_down() {
-        std::mem::swap(&mut arrivals, &mut *lock(&shared.parking));
+        std::mem::swap(&mut arrivals, &mut *lock(&inbox.parking));
         for parked in arrivals.drain(..) {
             poller.register(parked);
         }
@@ -1387,7 +1441,7 @@ fn run_poller(shared: &Shared, epoll: &Epoll, wake_reader: PipeReader) {
                 // the flag set has already pushed its connection, and the flag is never left
                 // set with an empty pipe (which would silence every later wake).
                 let _ = (&wake_reader).read(&mut poller.scratch);
-                shared.wake_pending.swap(false, Ordering::AcqRel);
+                inbox.wake_pending.swap(false, Ordering::AcqRel);
             } else {
                 poller.handle(*event);
             }
@@ -1703,6 +1757,8 @@ mod tests {
         ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             threads,
+            // Two, so connections are shared among pollers as on any multi-core machine.
+            pollers: 2,
             max_connections,
         }
     }
@@ -2492,6 +2548,7 @@ mod tests {
             connection: Connection::new(
                 TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
                 listener.local_addr().unwrap(),
+                0,
                 ConnectionSlot::take(&counter),
             ),
             kind: ParkKind::Idle,
@@ -2527,6 +2584,7 @@ mod tests {
         let mut connection = Connection::new(
             TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
             listener.local_addr().unwrap(),
+            0,
             ConnectionSlot::take(&counter),
         );
         assert_eq!(connection.buffer.len(), READ_BUFFER_INITIAL);

@@ -518,10 +518,15 @@ fn hung_connections_cost_no_threads_and_do_not_block_others() {
             "30s",
             "--threads",
             "8",
+            "--pollers",
+            "3",
             "--no-log-file",
         ],
     );
     let threads_before = thread_count(server.child.id());
+    // main (waiting for a signal), the acceptor, the workers and the pollers; nothing per
+    // connection.
+    assert_eq!(threads_before, 1 + 1 + 8 + 3);
     let mut hung = Vec::new();
     for _ in 0..200 {
         let mut stream = server.connect();
