@@ -21,7 +21,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often the writer appends what has arrived: every entry reaches the file within about this.
-pub const WRITE_INTERVAL: Duration = Duration::from_millis(50);
+/// Short, because the writer shares the cores with the threads answering requests and preempts
+/// them while it formats: at 80k requests/s a 50 ms round is 4,000 entries and about 1.3 ms of
+/// work in one piece, which showed up as the p99. wrk -c64 on one core, p99 medians of 9 runs:
+/// 2.26 ms at 50 ms, 2.23 ms at 10 ms, 1.78 ms at 10 ms with the ring taken in [`WRITE_CHUNK`]s.
+pub const WRITE_INTERVAL: Duration = Duration::from_millis(10);
+/// Most entries the writer takes from the ring per lock: recording a request takes the same lock,
+/// so it is never held for long.
+pub const WRITE_CHUNK: usize = 256;
+/// The writer appends to the file once this much is formatted, even within a round.
+const WRITE_BUFFER: usize = 1 << 20;
 /// The most entries one `page` call inspects, so a reader never holds the lock for long.
 pub const MAX_SCAN_PER_PAGE: usize = 4096;
 
@@ -470,18 +479,26 @@ impl RequestLog {
     }
 
     /// Everything recorded since the last call, oldest first, for the file writer.
-    fn take_unwritten(&self) -> Vec<Entry> {
+    /// The next entries the file writer has not taken, oldest first: every entry that left
+    /// memory unwritten, then at most `limit` from the ring.
+    fn take_unwritten(&self, limit: usize) -> Vec<Entry> {
         let mut ring = self.lock();
         let mut batch = std::mem::take(&mut ring.evicted_unwritten);
+        // Entries only leave memory unwritten while the writer is behind, and then all of
+        // them up to the ring's first entry are in `batch`.
+        let before_ring = ring.first_id().saturating_sub(1);
+        ring.written_through = ring.written_through.max(before_ring);
         let start = ring.index_after(ring.written_through);
+        let evicted = batch.len();
         batch.extend(
             ring.entries
                 .iter()
                 .enumerate()
                 .skip(start)
+                .take(limit)
                 .map(|(index, stored)| ring.entry(index, stored)),
         );
-        ring.written_through = ring.counts.total;
+        ring.written_through += (batch.len() - evicted) as u64;
         batch
     }
 }
@@ -627,14 +644,21 @@ fn write_until_stopped(
                 *guard
             }
         };
-        for entry in log.take_unwritten() {
-            line.clear();
-            match format {
-                LogFormat::Text => write_entry_text(&mut line, &entry),
-                LogFormat::Json => write_entry_json(&mut line, &entry),
+        loop {
+            let batch = log.take_unwritten(WRITE_CHUNK);
+            for entry in &batch {
+                line.clear();
+                match format {
+                    LogFormat::Text => write_entry_text(&mut line, entry),
+                    LogFormat::Json => write_entry_json(&mut line, entry),
+                }
+                line.push('\n');
+                pending.extend_from_slice(line.as_bytes());
             }
-            line.push('\n');
-            pending.extend_from_slice(line.as_bytes());
+            // Whatever arrives meanwhile waits for the next round, so a round always ends.
+            if batch.len() < WRITE_CHUNK || pending.len() >= WRITE_BUFFER {
+                break;
+            }
         }
         match append(&mut file, &mut pending) {
             Ok(()) => reported_failure = false,
@@ -924,6 +948,45 @@ mod tests {
             .collect();
         assert_eq!(ids, (1..=1000).collect::<Vec<u64>>());
         let _ = std::fs::remove_dir_all(directory);
+    }
+
+    #[test]
+    fn unwritten_entries_are_taken_in_bounded_chunks_once_each() {
+        let log = RequestLog::new(100, true);
+        let taken = std::cell::RefCell::new(Vec::new());
+        let take = |limit| {
+            let batch = log.take_unwritten(limit);
+            taken
+                .borrow_mut()
+                .extend(batch.iter().map(|entry| entry.id));
+            batch.len()
+        };
+        assert_eq!(take(10), 0);
+        for index in 0..25 {
+            log.record(&new_entry(&format!("c-{index}")), cycle);
+        }
+        assert_eq!(take(10), 10);
+        assert_eq!(take(10), 10);
+        assert_eq!(take(10), 5);
+        assert_eq!(take(10), 0);
+        // 150 more into a ring of 100: ids 26..=75 leave memory before they are taken, and
+        // come first, whole, ahead of the chunk from the ring.
+        for index in 0..150 {
+            log.record(&new_entry(&format!("d-{index}")), cycle);
+        }
+        assert_eq!(take(30), 50 + 30);
+        while take(30) > 0 {}
+        assert_eq!(*taken.borrow(), (1..=175).collect::<Vec<u64>>());
+        // Behind again, with part of the ring already taken.
+        for index in 0..40 {
+            log.record(&new_entry(&format!("e-{index}")), cycle);
+        }
+        assert_eq!(take(15), 15);
+        for index in 0..90 {
+            log.record(&new_entry(&format!("f-{index}")), cycle);
+        }
+        while take(15) > 0 {}
+        assert_eq!(*taken.borrow(), (1..=305).collect::<Vec<u64>>());
     }
 
     #[test]
