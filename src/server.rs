@@ -1,16 +1,16 @@
-//! Connections: the accept loop, a fixed pool of worker threads, and one poller thread that parks
-//! idle keep-alive connections and hung requests so they cost a socket and not a thread, and
-//! answers keep-alive requests in place (no hand-off per request); workers do what may block.
+//! Connections: the accept loop, a fixed pool of worker threads, and one poller thread per core.
+//! The pollers hold idle, slow and hung connections, so those cost a socket and not a thread,
+//! and answer requests in place (no hand-off per request, nothing that waits); the workers do
+//! what may block: request bodies, streamed answers, refusals.
 //!
 //! Invariants: a fixed number of threads whatever the load; every socket has a deadline; accept
 //! errors are survived; past `max_connections` a new connection gets 503 and is closed; the count
 //! of open connections is kept by a drop guard, so it cannot drift.
 //!
 //! Every open connection is in exactly one place at a time: the worker queue, a worker's hands,
-//! or the poller (or the poller's incoming list). Workers never wait for a slow client longer than
-//! [`KEEP_ALIVE_LINGER`] between requests: a connection that goes quiet is handed to the poller.
-//! When it becomes readable again the poller answers what it can without blocking and returns
-//! the rest (bodies, streamed answers, full sockets) to the queue. No lock is held across I/O.
+//! or its poller (or that poller's inbox). A new connection starts in its poller. Workers never
+//! wait for a slow client longer than [`KEEP_ALIVE_LINGER`] between requests: a connection that
+//! goes quiet goes back to its poller. No lock is held across I/O.
 
 use crate::clock::{self, UtcTime};
 use crate::http::{
@@ -60,8 +60,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// that client's next request, and one sleeping thread per connection is what the scheduler
 /// then juggles); a parked connection's next requests are answered by the poller, whose one
 /// `epoll_wait` reports many ready connections, without any thread switch. Measured (before the
-/// poller answered in place, when it handed each ready connection back to a worker) with `wrk -t1 -c64` on
-/// one core (medians of 3): a 20 ms linger with 32 workers gave 65k req/s, 15.1 µs of CPU per
+/// poller answered in place, when it handed each ready connection back to a worker) with
+/// `wrk -t1 -c64` on one core (medians of 3): a 20 ms linger with 32 workers gave 65k req/s, 15.1 µs of CPU per
 /// request, 0.81 thread switches per request and a p99 of 8.6 ms (11 ms with 10,000 hung
 /// connections held); no linger with 8 workers 64k req/s, 15.5 µs, 0.49 switches and a p99 of
 /// 2.4 ms (5.0 ms with 10,000 hung). Throughput and CPU stay the same; the tail is what the
@@ -83,8 +83,8 @@ pub const FILE_DESCRIPTOR_RESERVE_MINIMUM: u64 = 16;
 /// Reads of up to [`READ_BUFFER_INITIAL`] bytes a hung connection gets per readiness report, so
 /// one flooding client cannot monopolise the poller (level-triggered epoll reports it again).
 pub const HUNG_READS_PER_EVENT: usize = 16;
-/// Requests the poller answers on one connection per readiness report before it hands a long
-/// pipeline to a worker, so one client cannot hold up the others.
+/// Requests the poller answers on one connection per turn; a long pipeline then waits for the
+/// other ready connections, so one client cannot hold up the others.
 pub const REQUESTS_PER_EVENT: usize = 16;
 /// A worker's response buffer above this capacity is given back after the response.
 pub const OUT_BUFFER_RETAINED: usize = 256 * 1024;
@@ -558,8 +558,8 @@ struct Connection {
     registered: bool,
     /// The poller that holds this connection whenever it is parked.
     poller: usize,
-    /// A response the poller could not finish writing (the client is not reading): a worker
-    /// writes the rest, waiting as long as a write may, then goes on as after any answer.
+    /// The rest of a response the send buffer could not take (the client is not reading fast
+    /// enough): the poller writes it as room opens up, then goes on as after any answer.
     unsent: Option<UnsentAnswer>,
     _slot: ConnectionSlot,
 }
@@ -805,7 +805,14 @@ fn admit(
         return;
     }
     let slot = ConnectionSlot::take(&shared.open_connections);
-    shared.enqueue(Connection::new(stream, peer, shared.assign_poller(), slot));
+    // Straight to a poller, which answers the first request like any other; a worker only
+    // gets the connection if it needs one. Its idle deadline runs until the first byte.
+    let connection = Connection::new(stream, peer, shared.assign_poller(), slot);
+    shared.park(
+        connection,
+        ParkKind::Idle,
+        Instant::now() + shared.timeouts.idle,
+    );
 }
 
 /// Answers 503 without blocking the acceptor: whatever the client already sent is read first,
@@ -870,24 +877,6 @@ fn run_worker(shared: &Shared) {
 /// (writes) at a time: a request head or body that stops arriving is parked in the poller with
 /// its deadline, so slow senders cost a socket, not a worker.
 fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection) -> Next {
-    if let Some(unsent) = connection.unsent.take() {
-        if ResponseWriter::new(shared, &mut connection.stream)
-            .write_all(&unsent.bytes)
-            .is_err()
-        {
-            return Next::Close;
-        }
-        let disposition = Some(unsent.disposition);
-        if let Some(next) = after_answer(
-            shared,
-            connection,
-            disposition,
-            unsent.keep_alive,
-            unsent.head_length,
-        ) {
-            return next;
-        }
-    }
     loop {
         if shared.is_shutting_down() {
             return Next::Close;
@@ -1284,6 +1273,10 @@ enum ParkKind {
     /// The last response is written and the write side shut: input is read and dropped until
     /// the client closes or the deadline does (a lingering close).
     Closing,
+    /// A response that did not fit in the send buffer: the rest goes out as room opens up, and
+    /// input waits. The deadline, moved on by every write that makes progress, closes a client
+    /// that stopped reading. No thread waits for it.
+    Sending,
 }
 
 impl ParkKind {
@@ -1294,6 +1287,7 @@ impl ParkKind {
         match self {
             ParkKind::Idle | ParkKind::PartialRequest | ParkKind::PartialBody => Watch::Edge,
             ParkKind::Hung | ParkKind::Closing => Watch::Level,
+            ParkKind::Sending => Watch::EdgeAndWritable,
         }
     }
 }
@@ -1398,6 +1392,9 @@ struct Poller<'a> {
     scratch: Vec<u8>,
     out: Vec<u8>,
     date: DateCache,
+    /// Connections that had more requests waiting when their turn ended: served again after the
+    /// next (non-waiting) poll, as no new report may come for input already read.
+    again: Vec<u64>,
 }
 
 fn run_poller(shared: &Shared, index: usize, epoll: &Epoll, wake_reader: PipeReader) {
@@ -1412,8 +1409,10 @@ fn run_poller(shared: &Shared, index: usize, epoll: &Epoll, wake_reader: PipeRea
         scratch: vec![0u8; READ_BUFFER_INITIAL],
         out: Vec::with_capacity(256),
         date: DateCache::new(),
+        again: Vec::new(),
     };
     let mut arrivals = Vec::new();
+    let mut again = Vec::new();
     let mut events = Vec::with_capacity(MAX_EVENTS_PER_WAIT);
     let mut reporter = ErrorReporter::new();
     while !shared.is_shutting_down() {
@@ -1430,6 +1429,11 @@ fn run_poller(shared: &Shared, index: usize, epoll: &Epoll, wake_reader: PipeRea
                 deadline.saturating_duration_since(now)
             })
             .min(POLL_WAIT_CAP);
+        let timeout = if poller.again.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
         if let Err(error) = epoll.wait(&mut events, Some(timeout)) {
             reporter.report("epoll wait failed", &error);
             thread::sleep(ACCEPT_RESOURCE_BACKOFF);
@@ -1445,6 +1449,16 @@ fn run_poller(shared: &Shared, index: usize, epoll: &Epoll, wake_reader: PipeRea
             } else {
                 poller.handle(*event);
             }
+        }
+        // After the reports, so a long pipeline takes its turn behind everyone else.
+        std::mem::swap(&mut again, &mut poller.again);
+        for token in again.drain(..) {
+            poller.handle(Event {
+                token,
+                readable: true,
+                writable: false,
+                closed: false,
+            });
         }
     }
     // Dropping the poller closes every parked connection.
@@ -1487,16 +1501,34 @@ impl Poller<'_> {
             return;
         };
         match parked.kind {
-            ParkKind::Idle | ParkKind::PartialRequest => {
+            ParkKind::Idle | ParkKind::PartialRequest | ParkKind::Sending => {
+                let watched = parked.kind.watch();
                 let shared = self.shared;
                 let (out, date) = (&mut self.out, &mut self.date);
                 // A bug in a handler costs its connection, not the poller and everything parked.
                 let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                    serve_in_place(shared, out, date, parked, event.closed)
+                    if parked.kind == ParkKind::Sending {
+                        resume_sending(shared, out, date, parked, event)
+                    } else {
+                        serve_in_place(shared, out, date, parked, event.closed)
+                    }
                 }));
                 match served {
-                    Ok(InPlace::Waiting) => {}
-                    Ok(InPlace::ToWorker) => self.hand_to_worker(token),
+                    Ok(InPlace::Waiting) => {
+                        self.watch_as(token, watched, Watch::Edge);
+                    }
+                    Ok(InPlace::ToWorker) => {
+                        // A worker's reads and writes must not wake this poller over and over.
+                        if self.watch_as(token, watched, Watch::Edge) {
+                            self.hand_to_worker(token);
+                        }
+                    }
+                    Ok(InPlace::Sending) => self.start_sending(token, watched),
+                    Ok(InPlace::Again) => {
+                        if self.watch_as(token, watched, Watch::Edge) {
+                            self.again.push(token);
+                        }
+                    }
                     Ok(InPlace::Drain(kind, deadline)) => {
                         self.start_draining(token, kind, deadline)
                     }
@@ -1520,6 +1552,41 @@ impl Poller<'_> {
             // Its watch stays in the set under the old token, whose reports are now ignored.
             parked.connection.readable = true;
             self.shared.enqueue(parked.connection);
+        }
+    }
+
+    /// Changes the connection's watch from `current` to `wanted` if they differ; `false` (and
+    /// the connection closed) if that failed.
+    fn watch_as(&mut self, token: u64, current: Watch, wanted: Watch) -> bool {
+        if current == wanted {
+            return true;
+        }
+        let Some(parked) = self.parked.get(token) else {
+            return false;
+        };
+        if self
+            .epoll
+            .modify(parked.connection.stream.as_raw_fd(), token, wanted)
+            .is_err()
+        {
+            self.parked.remove(token);
+            return false;
+        }
+        true
+    }
+
+    fn start_sending(&mut self, token: u64, current: Watch) {
+        let Some(parked) = self.parked.get_mut(token) else {
+            return;
+        };
+        let first_stall = parked.kind != ParkKind::Sending;
+        parked.kind = ParkKind::Sending;
+        if first_stall {
+            parked.deadline = Instant::now() + self.shared.timeouts.write;
+            let deadline = parked.deadline;
+            if self.watch_as(token, current, Watch::EdgeAndWritable) {
+                self.schedule(deadline, token);
+            }
         }
     }
 
@@ -1583,8 +1650,13 @@ enum InPlace {
     /// (its kind and deadline are updated).
     Waiting,
     /// Needs a thread that may block: a request with a body, a slow route, a request to refuse,
-    /// a long pipeline, or a response the client is not reading.
+    /// or a long pipeline.
     ToWorker,
+    /// Part of a response is still to be sent ([`Connection::unsent`]).
+    Sending,
+    /// It had its share ([`REQUESTS_PER_EVENT`]) and more may be waiting: another turn after
+    /// the other connections.
+    Again,
     /// A hang or a lingering close: from now on its input is drained until the deadline.
     Drain(ParkKind, Instant),
     Close,
@@ -1607,12 +1679,14 @@ fn serve_in_place(
     let mut answered = 0;
     let mut drained = false;
     loop {
+        if answered == REQUESTS_PER_EVENT {
+            return InPlace::Again;
+        }
         if connection.filled > 0 {
             match http::parse_request(&connection.buffer[..connection.filled]) {
                 Ok(Parsed::Partial) => {}
                 Ok(Parsed::Complete(head))
-                    if answered < REQUESTS_PER_EVENT
-                        && matches!(head.body, BodyFraming::None | BodyFraming::Length(0))
+                    if matches!(head.body, BodyFraming::None | BodyFraming::Length(0))
                         && routes::answers_at_once(&head) =>
                 {
                     answered += 1;
@@ -1639,27 +1713,18 @@ fn serve_in_place(
                             keep_alive,
                             head_length,
                         });
-                        return InPlace::ToWorker;
+                        return InPlace::Sending;
                     }
-                    match disposition {
-                        Disposition::KeepOpen if keep_alive => {
-                            connection.remove_after(0, head_length);
-                            connection.request_started = (connection.filled > 0).then(Instant::now);
-                            continue;
-                        }
-                        Disposition::KeepOpen | Disposition::Close => {
-                            let _ = connection.stream.shutdown(Shutdown::Write);
-                            return InPlace::Drain(
-                                ParkKind::Closing,
-                                Instant::now() + LINGERING_CLOSE,
-                            );
-                        }
-                        // A hang ends the pipeline: anything after this request is never
-                        // answered.
-                        Disposition::Hang => {
-                            return InPlace::Drain(ParkKind::Hung, Instant::now() + shared.app.hang)
-                        }
+                    if let Some(done) = after_answer_in_place(
+                        shared,
+                        connection,
+                        disposition,
+                        keep_alive,
+                        head_length,
+                    ) {
+                        return done;
                     }
+                    continue;
                 }
                 _ => return InPlace::ToWorker,
             }
@@ -1689,6 +1754,78 @@ fn serve_in_place(
         parked.deadline = connection.header_deadline(shared.timeouts.header);
     }
     InPlace::Waiting
+}
+
+/// What follows a response written in full; `None` to go on with the next request.
+fn after_answer_in_place(
+    shared: &Shared,
+    connection: &mut Connection,
+    disposition: Disposition,
+    keep_alive: bool,
+    head_length: usize,
+) -> Option<InPlace> {
+    match disposition {
+        Disposition::KeepOpen if keep_alive => {
+            connection.remove_after(0, head_length);
+            connection.request_started = (connection.filled > 0).then(Instant::now);
+            None
+        }
+        Disposition::KeepOpen | Disposition::Close => {
+            let _ = connection.stream.shutdown(Shutdown::Write);
+            Some(InPlace::Drain(
+                ParkKind::Closing,
+                Instant::now() + LINGERING_CLOSE,
+            ))
+        }
+        // A hang ends the pipeline: anything after this request is never answered.
+        Disposition::Hang => Some(InPlace::Drain(
+            ParkKind::Hung,
+            Instant::now() + shared.app.hang,
+        )),
+    }
+}
+
+/// Writes more of a response that did not fit, when the socket has room; once it is out, goes
+/// on as after any answer, with the requests that arrived meanwhile.
+fn resume_sending(
+    shared: &Shared,
+    out: &mut Vec<u8>,
+    date: &mut DateCache,
+    parked: &mut Parked,
+    event: Event,
+) -> InPlace {
+    let connection = &mut parked.connection;
+    let Some(unsent) = connection.unsent.as_mut() else {
+        return serve_in_place(shared, out, date, parked, event.closed);
+    };
+    // Input alone changes nothing: it waits until the response is out.
+    if !event.writable && !event.closed {
+        return InPlace::Sending;
+    }
+    let Ok(written) = send_without_waiting(&connection.stream, &unsent.bytes) else {
+        return InPlace::Close;
+    };
+    unsent.bytes.drain(..written);
+    if !unsent.bytes.is_empty() {
+        if written > 0 {
+            parked.deadline = Instant::now() + shared.timeouts.write;
+        }
+        return InPlace::Sending;
+    }
+    let Some(sent) = connection.unsent.take() else {
+        return InPlace::Close;
+    };
+    if let Some(done) = after_answer_in_place(
+        shared,
+        connection,
+        sent.disposition,
+        sent.keep_alive,
+        sent.head_length,
+    ) {
+        return done;
+    }
+    // Input that arrived while sending was reported and ignored: read it now.
+    serve_in_place(shared, out, date, parked, event.closed)
 }
 
 /// Writes as much of `bytes` as the socket takes now; how much that was.
@@ -2209,21 +2346,29 @@ mod tests {
     }
 
     #[test]
-    fn keep_alive_requests_are_answered_while_every_worker_is_stuck() {
+    fn clients_that_do_not_read_hold_no_thread() {
         let server = start_test_server(1, 64, Timeouts::STANDARD);
         let mut parked = connect(&server);
         let (status, _) =
             exchange(&mut parked, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(status, 200);
-        // The only worker ends up blocked writing to a client that never reads.
-        let stuck = connect(&server);
-        let mut writer = stuck.try_clone().unwrap();
+        // More clients than workers pipeline megabytes of answers and never read them.
         let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(8000));
-        let sender = thread::spawn(move || {
-            let _ = writer.write_all(request.repeat(1000).as_bytes());
-        });
-        wait_until_writes_stall(&server, &stuck);
-        // The parked connection's requests never needed a worker.
+        let stuck: Vec<_> = (0..3)
+            .map(|_| {
+                let stream = connect(&server);
+                let mut writer = stream.try_clone().unwrap();
+                let requests = request.repeat(1000);
+                let sender = thread::spawn(move || {
+                    let _ = writer.write_all(requests.as_bytes());
+                });
+                (stream, sender)
+            })
+            .collect();
+        for (stream, _) in &stuck {
+            wait_until_writes_stall(&server, stream);
+        }
+        // A parked connection, a new one, and a request only a worker answers: all served.
         for _ in 0..3 {
             let (status, _) = exchange(
                 &mut parked,
@@ -2232,9 +2377,16 @@ mod tests {
             .unwrap();
             assert_eq!(status, 200);
         }
+        let mut fresh = connect(&server);
+        let (status, _) = exchange(&mut fresh, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        let (status, _) = exchange(&mut fresh, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
         server.shutdown();
-        drop(stuck);
-        sender.join().unwrap();
+        for (stream, sender) in stuck {
+            drop(stream);
+            sender.join().unwrap();
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ const EPOLL_CTL_ADD: i32 = 1;
 const EPOLL_CTL_DEL: i32 = 2;
 const EPOLL_CTL_MOD: i32 = 3;
 const EPOLLIN: u32 = 0x001;
+const EPOLLOUT: u32 = 0x004;
 const EPOLLERR: u32 = 0x008;
 const EPOLLHUP: u32 = 0x010;
 const EPOLLRDHUP: u32 = 0x2000;
@@ -150,6 +151,9 @@ pub enum Watch {
     Edge,
     /// For as long as input is waiting.
     Level,
+    /// Like [`Watch::Edge`], and also when room opens up in the send buffer: for a response
+    /// that did not fit.
+    EdgeAndWritable,
 }
 
 /// One readiness report from [`Epoll::wait`].
@@ -158,6 +162,8 @@ pub struct Event {
     pub token: u64,
     /// Data (or EOF) can be read.
     pub readable: bool,
+    /// Room opened up in the send buffer (only under [`Watch::EdgeAndWritable`]).
+    pub writable: bool,
     /// The peer closed its side, or the socket has an error.
     pub closed: bool,
 }
@@ -191,10 +197,13 @@ impl Epoll {
     }
 
     fn control(&self, operation: i32, fd: RawFd, token: u64, watch: Watch) -> io::Result<()> {
-        let mut interest = EPOLLIN | EPOLLRDHUP;
-        if watch == Watch::Edge {
-            interest |= EPOLLET;
-        }
+        let interest = EPOLLIN
+            | EPOLLRDHUP
+            | match watch {
+                Watch::Edge => EPOLLET,
+                Watch::Level => 0,
+                Watch::EdgeAndWritable => EPOLLET | EPOLLOUT,
+            };
         let mut event = RawEpollEvent {
             events: interest,
             data: token,
@@ -257,6 +266,7 @@ impl Epoll {
             events.push(Event {
                 token,
                 readable: flags & EPOLLIN != 0,
+                writable: flags & EPOLLOUT != 0,
                 closed: flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) != 0,
             });
         }
@@ -424,6 +434,7 @@ mod tests {
             vec![Event {
                 token: 42,
                 readable: true,
+                writable: false,
                 closed: false
             }]
         );
@@ -507,11 +518,50 @@ mod tests {
     }
 
     #[test]
+    fn a_writable_watch_reports_when_a_full_send_buffer_drains() {
+        let (mut client, server) = connected_pair();
+        let epoll = Epoll::new().unwrap();
+        epoll
+            .add(server.as_raw_fd(), 5, Watch::EdgeAndWritable)
+            .unwrap();
+        let mut events = Vec::new();
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].writable && !events[0].readable, "{events:?}");
+        let chunk = [b'z'; 64 * 1024];
+        let mut sent = 0;
+        loop {
+            match send_without_waiting(&server, &chunk) {
+                Ok(count) => sent += count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert!(sent > 0);
+        epoll
+            .wait(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        assert!(events.is_empty(), "full: {events:?}");
+        let mut received = vec![0u8; sent];
+        client.read_exact(&mut received).unwrap();
+        epoll.wait(&mut events, WAIT).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].writable, "{events:?}");
+        // Back to a plain edge watch: room in the send buffer is no longer news.
+        epoll.modify(server.as_raw_fd(), 5, Watch::Edge).unwrap();
+        epoll
+            .wait(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
     fn wait_times_out_empty() {
         let epoll = Epoll::new().unwrap();
         let mut events = vec![Event {
             token: 1,
             readable: true,
+            writable: true,
             closed: true,
         }];
         let started = std::time::Instant::now();
