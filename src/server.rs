@@ -948,9 +948,26 @@ fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection)
             }
         };
         let next = match answered {
-            Some((disposition, (keep_alive, head_length))) => {
-                after_answer(shared, connection, disposition, keep_alive, head_length)
+            Some((Some((disposition, written)), (keep_alive, head_length)))
+                if written < worker.out.len() =>
+            {
+                return finish_in_poller(
+                    shared,
+                    worker,
+                    connection,
+                    written,
+                    disposition,
+                    keep_alive,
+                    head_length,
+                );
             }
+            Some((answer, (keep_alive, head_length))) => after_answer(
+                shared,
+                connection,
+                answer.map(|(disposition, _)| disposition),
+                keep_alive,
+                head_length,
+            ),
             None => wait_for_input(shared, worker, connection),
         };
         if let Some(next) = next {
@@ -1070,7 +1087,9 @@ fn wait_for_input(
     }
 }
 
-/// Runs the handler and sends its response; `None` when the connection failed.
+/// Runs the handler and sends its response: the part streamed by the handler waiting as long as a
+/// write may, the rest in `worker.out` without waiting. `None` when the connection failed;
+/// otherwise what the handler decided and how much of `worker.out` went out.
 fn answer(
     shared: &Shared,
     worker: &mut WorkerState,
@@ -1078,7 +1097,7 @@ fn answer(
     peer: SocketAddr,
     started: Option<Instant>,
     stream: &mut TcpStream,
-) -> Option<Disposition> {
+) -> Option<(Disposition, usize)> {
     worker.out.clear();
     let exchange = Exchange {
         request: head,
@@ -1088,10 +1107,28 @@ fn answer(
     };
     let mut writer = ResponseWriter::new(shared, stream);
     let disposition = routes::respond(&shared.app, &exchange, &mut worker.out, &mut writer).ok()?;
-    if !worker.out.is_empty() {
-        writer.write_all(&worker.out).ok()?;
-    }
-    Some(disposition)
+    let written = send_without_waiting(stream, &worker.out).ok()?;
+    Some((disposition, written))
+}
+
+/// Parks a connection whose response did not fit in the send buffer: its poller sends the rest
+/// of `worker.out` (from `written` on) as the client reads, then goes on as after any answer.
+fn finish_in_poller(
+    shared: &Shared,
+    worker: &WorkerState,
+    connection: &mut Connection,
+    written: usize,
+    disposition: Disposition,
+    keep_alive: bool,
+    head_length: usize,
+) -> Next {
+    connection.unsent = Some(UnsentAnswer {
+        bytes: worker.out[written..].to_vec(),
+        disposition,
+        keep_alive,
+        head_length,
+    });
+    Next::Park(ParkKind::Sending, Instant::now() + shared.timeouts.write)
 }
 
 /// Answers `status` with `reason` as a plain-text body, half-closes, and leaves the connection
@@ -1120,11 +1157,19 @@ fn refuse(
         },
         worker.date.current(),
     );
-    if ResponseWriter::new(shared, &mut connection.stream)
-        .write_all(&worker.out)
-        .is_err()
-    {
+    let Ok(written) = send_without_waiting(&connection.stream, &worker.out) else {
         return Next::Close;
+    };
+    if written < worker.out.len() {
+        return finish_in_poller(
+            shared,
+            worker,
+            connection,
+            written,
+            Disposition::Close,
+            false,
+            0,
+        );
     }
     let _ = connection.stream.shutdown(Shutdown::Write);
     lingering_close()
@@ -2427,6 +2472,45 @@ mod tests {
                 "response {index}: {}",
                 String::from_utf8_lossy(&body[..40.min(body.len())])
             );
+        }
+        sender.join().unwrap();
+        let (status, _) =
+            exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_workers_answer_that_does_not_fit_waits_in_the_poller() {
+        // Requests with bodies are answered by the (only) worker; once the client stops reading,
+        // the answer that does not fit goes to the poller and the worker is free again.
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let mut stream = connect(&server);
+        const REQUESTS: usize = 1000;
+        let padding = "p".repeat(7000);
+        let mut writer = stream.try_clone().unwrap();
+        let sender = thread::spawn(move || {
+            for index in 0..REQUESTS {
+                let request = format!(
+                    "POST /{index}/{padding} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                );
+                writer.write_all(request.as_bytes()).unwrap();
+            }
+        });
+        wait_until_writes_stall(&server, &stream);
+        let mut other = connect(&server);
+        let (status, _) = exchange(
+            &mut other,
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .unwrap();
+        assert_eq!(status, 405, "the worker is not stuck writing");
+        let mut pending = Vec::new();
+        for index in 0..REQUESTS {
+            let (status, body) = read_response(&mut stream, &mut pending).unwrap();
+            assert_eq!(status, 404);
+            let expected = format!("not found: /{index}/");
+            assert!(body.starts_with(expected.as_bytes()), "response {index}");
         }
         sender.join().unwrap();
         let (status, _) =
