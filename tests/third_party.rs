@@ -1,5 +1,5 @@
 //! The server as other people's clients see it: Python `requests` with keep-alive and a read
-//! timeout, ApacheBench with keep-alive, and wrk. A missing tool skips its test, except under
+//! timeout, ApacheBench with keep-alive, wrk, and slowhttptest's slow-read attack. A missing tool skips its test, except under
 //! CI (`CI` set), where `.ci/run` installs them all and a missing one fails.
 //!
 //! Loopback only, fixed seeds and bounded counts; the deadlines only turn a stuck tool into a
@@ -207,4 +207,82 @@ fn wrk_load_is_answered_and_every_request_is_logged() {
             .unwrap()
     );
     let _ = std::fs::remove_dir_all(directory);
+}
+
+/// `text` without terminal colour codes (`ESC [ ... letter`).
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for code in chars.by_ref() {
+                if code.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+#[test]
+fn slowhttptest_slow_readers_do_not_starve_other_clients() {
+    if !have_tool("slowhttptest") {
+        return;
+    }
+    // The slow-read attack as the tool makes it: 100 connections, 10 pipelined requests each for
+    // a 4 KB answer (a 404 echoes its path), read 32 bytes a second through a 512-byte window,
+    // for 6 seconds, against one worker. On loopback the kernel's send buffers take those 40 KB
+    // per connection; what happens when they are full is tested in src/server.rs
+    // (clients_that_do_not_read_hold_no_thread). Here: the tool's connections stay up without
+    // errors, and other clients, the worker-only /stats among them, are answered meanwhile.
+    let server = Server::start(
+        "slowread",
+        &[
+            "--weights",
+            "200=1",
+            "--seed",
+            "8",
+            "--threads",
+            "1",
+            "--no-log-file",
+        ],
+    );
+    let url = format!("http://{}/{}", server.address, "p".repeat(4000));
+    let mut command = Command::new("slowhttptest");
+    command.current_dir(&server.directory).args([
+        "-X", "-c", "100", "-r", "100", "-k", "10", "-w", "512", "-y", "1024", "-n", "1", "-z",
+        "32", "-l", "6", "-u", &url,
+    ]);
+    let attack = std::thread::spawn(move || run_until(command, TOOL_DEADLINE, "slowhttptest -l 6"));
+    // Once the connections are open and their answers have filled the buffers.
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..10 {
+        let balance =
+            get(&server, "/getbalance", &[]).expect("/getbalance answered during the attack");
+        assert_eq!(balance.status, 200);
+        // Only a worker answers /stats.
+        let stats = get(&server, "/stats", &[]).expect("/stats answered during the attack");
+        assert_eq!(stats.status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let finished = attack.join().expect("the attack thread");
+    assert_eq!(finished.code, Some(0), "{finished:#?}");
+    // Its own verdict, printed each second: all 100 connections up, and the server available.
+    let report = without_colours(&finished.stdout);
+    let last = |label: &str| {
+        report
+            .split(['\r', '\n'])
+            .rev()
+            .find_map(|line| line.trim().strip_prefix(label))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_else(|| panic!("no '{label}' in {report}"))
+    };
+    assert_eq!(last("connected:"), "100", "{report}");
+    assert_eq!(last("error:"), "0", "{report}");
+    assert_eq!(last("service available:"), "YES", "{report}");
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
 }
