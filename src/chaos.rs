@@ -695,22 +695,21 @@ pub struct Balance {
 
 /// Appends `value` in decimal with at least `width` digits, zero-padded.
 fn push_padded_digits(out: &mut Vec<u8>, value: u64, width: usize) {
-    // u64::MAX has 20 digits.
-    let mut reversed = [0u8; 20];
-    let mut length = 0;
+    // u64::MAX has 20 digits; the zeros already there are the padding. Written from the end and
+    // appended in one piece: every page has dozens of these.
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
     let mut rest = value;
     loop {
-        reversed[length] = b'0' + (rest % 10) as u8;
-        length += 1;
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    for _ in length..width {
-        out.push(b'0');
-    }
-    out.extend(reversed[..length].iter().rev());
+    let padded_start = start.min(digits.len().saturating_sub(width));
+    out.extend_from_slice(&digits[padded_start..]);
 }
 
 /// Appends minor units as a decimal amount with two places: `-1234` is `-12.34`, `5` is `0.05`.

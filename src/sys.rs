@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -241,12 +242,14 @@ impl Epoll {
                 i32::try_from(millis.min(MAX_WAIT_MILLIS)).unwrap_or(i32::MAX)
             }
         };
-        let mut raw = [RawEpollEvent { events: 0, data: 0 }; MAX_EVENTS_PER_WAIT];
+        // Left uninitialised: zeroing 3 KB per wait cost more than the wait's own bookkeeping
+        // when it reports one or two connections.
+        let mut raw = [MaybeUninit::<RawEpollEvent>::uninit(); MAX_EVENTS_PER_WAIT];
         // SAFETY: `raw` is writable for MAX_EVENTS_PER_WAIT entries, which is what the kernel is told.
         let count = unsafe {
             epoll_wait(
                 self.fd,
-                raw.as_mut_ptr(),
+                raw.as_mut_ptr().cast::<RawEpollEvent>(),
                 MAX_EVENTS_PER_WAIT as i32,
                 timeout_millis,
             )
@@ -260,6 +263,8 @@ impl Epoll {
         }
         let count = usize::try_from(count).unwrap_or(0).min(MAX_EVENTS_PER_WAIT);
         for entry in &raw[..count] {
+            // SAFETY: the kernel wrote the first `count` entries.
+            let entry = unsafe { entry.assume_init() };
             // Copies out of the (possibly packed) struct: no reference to an unaligned field.
             let flags = entry.events;
             let token = entry.data;
