@@ -332,56 +332,132 @@ fn scan_field_section(buf: &[u8], start: usize) -> Result<(usize, usize), Stop> 
     }
 }
 
-/// The (name, trimmed value) pairs of a field section already checked by `scan_field_section`.
-struct Fields<'b> {
-    rest: &'b [u8],
+/// The field lines of a header section that `scan_field_section` accepted, indexed once: the
+/// parser and the routes look fields up about ten times per request, and each lookup then
+/// compares names instead of scanning the section for line ends again.
+#[derive(Clone, Copy)]
+pub struct FieldTable<'b> {
+    section: &'b [u8],
+    spans: [FieldSpan; MAX_HEADER_FIELDS],
+    count: usize,
 }
 
-impl<'b> Iterator for Fields<'b> {
-    type Item = (&'b [u8], &'b [u8]);
+/// Where one field line's name and trimmed value are in the section.
+#[derive(Debug, Clone, Copy, Default)]
+struct FieldSpan {
+    name: (u16, u16),
+    value: (u16, u16),
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
+// Offsets into a section fit in u16.
+const _: () = assert!(MAX_HEADER_SECTION + 2 <= u16::MAX as usize);
+
+impl<'b> FieldTable<'b> {
+    /// Indexes a section that `scan_field_section` accepted (at most [`MAX_HEADER_FIELDS`]
+    /// lines, each ending in CRLF).
+    fn new(section: &'b [u8]) -> FieldTable<'b> {
+        let mut table = FieldTable {
+            section,
+            spans: [FieldSpan::default(); MAX_HEADER_FIELDS],
+            count: 0,
+        };
+        let mut position = 0;
+        while position < section.len() && table.count < MAX_HEADER_FIELDS {
+            let rest = &section[position..];
+            // After validation a CR only ever appears as part of a CRLF.
+            let line_end = rest
+                .iter()
+                .position(|&byte| byte == b'\r')
+                .unwrap_or(rest.len());
+            let line = &rest[..line_end];
+            let (name_end, value) = match line.iter().position(|&byte| byte == b':') {
+                Some(colon) => (colon, trimmed_range(line, colon + 1)),
+                None => (line_end, (line_end, line_end)),
+            };
+            let at = |offset: usize| (position + offset) as u16;
+            table.spans[table.count] = FieldSpan {
+                name: (at(0), at(name_end)),
+                value: (at(value.0), at(value.1)),
+            };
+            table.count += 1;
+            position += line_end + 2;
         }
-        // After validation a CR only ever appears as part of a CRLF.
-        let line_end = self
-            .rest
+        table
+    }
+
+    /// The (name, trimmed value) pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'b [u8], &'b [u8])> + '_ {
+        let section = self.section;
+        let slice = move |(start, end): (u16, u16)| {
+            section
+                .get(usize::from(start)..usize::from(end))
+                .unwrap_or(&[])
+        };
+        self.spans[..self.count]
             .iter()
-            .position(|&byte| byte == b'\r')
-            .unwrap_or(self.rest.len());
-        let line = &self.rest[..line_end];
-        self.rest = self.rest.get(line_end + 2..).unwrap_or(&[]);
-        match line.iter().position(|&byte| byte == b':') {
-            Some(colon) => Some((&line[..colon], trim_whitespace(&line[colon + 1..]))),
-            None => Some((line, &[])),
-        }
+            .map(move |span| (slice(span.name), slice(span.value)))
+    }
+
+    /// How many field lines there are.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.count
     }
 }
 
-fn fields(section: &[u8]) -> Fields<'_> {
-    Fields { rest: section }
+impl std::fmt::Debug for FieldTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(name, value)| {
+                (
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(value),
+                )
+            }))
+            .finish()
+    }
 }
 
-fn find_field<'b>(section: &'b [u8], name: &str) -> Option<&'b [u8]> {
-    fields(section)
+/// The range of `line[from..]` without OWS at either end, as offsets into `line`.
+fn trimmed_range(line: &[u8], from: usize) -> (usize, usize) {
+    let mut start = from.min(line.len());
+    let mut end = line.len();
+    while start < end && is_whitespace(line[start]) {
+        start += 1;
+    }
+    while end > start && is_whitespace(line[end - 1]) {
+        end -= 1;
+    }
+    (start, end)
+}
+
+fn find_field<'b>(section: &FieldTable<'b>, name: &str) -> Option<&'b [u8]> {
+    section
+        .iter()
         .find(|(field_name, _)| field_name.eq_ignore_ascii_case(name.as_bytes()))
         .map(|(_, value)| value)
 }
 
 /// The values of every field named `name`, in order.
-fn field_values<'b, 'n>(section: &'b [u8], name: &'n str) -> impl Iterator<Item = &'b [u8]> + 'n
+fn field_values<'b, 'n>(
+    section: &'n FieldTable<'b>,
+    name: &'n str,
+) -> impl Iterator<Item = &'b [u8]> + 'n
 where
     'b: 'n,
 {
-    fields(section)
+    section
+        .iter()
         .filter(move |(field_name, _)| field_name.eq_ignore_ascii_case(name.as_bytes()))
         .map(|(_, value)| value)
 }
 
 /// The non-empty, trimmed elements of a comma-separated list (RFC 9110 §5.6.1: recipients
 /// ignore empty elements), across all of its field lines.
-fn list_elements<'b, 'n>(section: &'b [u8], name: &'n str) -> impl Iterator<Item = &'b [u8]> + 'n
+fn list_elements<'b, 'n>(
+    section: &'n FieldTable<'b>,
+    name: &'n str,
+) -> impl Iterator<Item = &'b [u8]> + 'n
 where
     'b: 'n,
 {
@@ -393,7 +469,7 @@ where
 
 /// The body length from every `Content-Length` field: `1*DIGIT`, where repeated fields or a
 /// comma list must all agree (RFC 9110 §8.6). `Ok(None)` when there is none.
-fn content_length(section: &[u8]) -> Result<Option<u64>, RequestError> {
+fn content_length(section: &FieldTable<'_>) -> Result<Option<u64>, RequestError> {
     let mut length = None;
     for value in field_values(section, "content-length") {
         for element in value.split(|&byte| byte == b',') {
@@ -425,7 +501,7 @@ enum TransferCodings {
 /// Parses `Transfer-Encoding = #transfer-coding` where
 /// `transfer-coding = token *( OWS ";" OWS transfer-parameter )` and
 /// `transfer-parameter = token BWS "=" BWS ( token / quoted-string )` (RFC 9110 §10.1.4).
-fn transfer_codings(section: &[u8]) -> Result<TransferCodings, RequestError> {
+fn transfer_codings(section: &FieldTable<'_>) -> Result<TransferCodings, RequestError> {
     let mut present = false;
     let mut codings = 0usize;
     let mut chunked_count = 0usize;
@@ -574,7 +650,7 @@ fn parameter_value_length(bytes: &[u8]) -> Option<usize> {
 
 /// `Connection = #connection-option` (RFC 9110 §7.6.1): whether `close` and `keep-alive` are
 /// among the options.
-fn connection_options(section: &[u8]) -> Result<(bool, bool), RequestError> {
+fn connection_options(section: &FieldTable<'_>) -> Result<(bool, bool), RequestError> {
     let mut close = false;
     let mut keep_alive = false;
     for option in list_elements(section, "connection") {
@@ -666,13 +742,13 @@ pub struct RequestHead<'b> {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent (ignored on HTTP/1.0, RFC 9110 §10.1.1).
     pub expect_continue: bool,
-    header_section: &'b [u8],
+    fields: FieldTable<'b>,
 }
 
 impl<'b> RequestHead<'b> {
     /// The value of the first field named `name` (case-insensitive), without surrounding whitespace.
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
-        find_field(self.header_section, name)
+        find_field(&self.fields, name)
     }
 }
 
@@ -822,12 +898,12 @@ fn scan_request(buf: &[u8]) -> Result<RequestHead<'_>, Stop> {
     let method = Method::from_token(method_bytes);
     let (path, query) = split_target(method, target)?;
 
-    let header_section = &buf[line.end..section_end];
+    let fields = FieldTable::new(&buf[line.end..section_end]);
     let minor_version = line.minor_version;
-    check_host(header_section, minor_version)?;
-    let body = request_framing(header_section, minor_version)?;
-    let (close, keep_alive_option) = connection_options(header_section)?;
-    let expect_continue = expects_continue(header_section)? && minor_version >= 1;
+    check_host(&fields, minor_version)?;
+    let body = request_framing(&fields, minor_version)?;
+    let (close, keep_alive_option) = connection_options(&fields)?;
+    let expect_continue = expects_continue(&fields)? && minor_version >= 1;
 
     Ok(RequestHead {
         method,
@@ -840,7 +916,7 @@ fn scan_request(buf: &[u8]) -> Result<RequestHead<'_>, Stop> {
         body,
         keep_alive: version_keeps_alive(minor_version, close, keep_alive_option),
         expect_continue,
-        header_section,
+        fields,
     })
 }
 
@@ -1042,7 +1118,7 @@ fn split_path_and_query(target: &str) -> Result<(&str, Option<&str>), RequestErr
 }
 
 /// RFC 9112 §3.2: exactly one `Host` on HTTP/1.1, never more than one, and a valid value.
-fn check_host(section: &[u8], minor_version: u8) -> Result<(), RequestError> {
+fn check_host(section: &FieldTable<'_>, minor_version: u8) -> Result<(), RequestError> {
     let mut hosts = field_values(section, "host");
     match (hosts.next(), hosts.next()) {
         (None, _) if minor_version >= 1 => Err(RequestError::MissingHost),
@@ -1055,7 +1131,10 @@ fn check_host(section: &[u8], minor_version: u8) -> Result<(), RequestError> {
 }
 
 /// RFC 9112 §6.1–6.3 for requests.
-fn request_framing(section: &[u8], minor_version: u8) -> Result<BodyFraming, RequestError> {
+fn request_framing(
+    section: &FieldTable<'_>,
+    minor_version: u8,
+) -> Result<BodyFraming, RequestError> {
     let has_transfer_encoding = find_field(section, "transfer-encoding").is_some();
     let has_content_length = find_field(section, "content-length").is_some();
     if has_transfer_encoding {
@@ -1082,7 +1161,7 @@ fn request_framing(section: &[u8], minor_version: u8) -> Result<BodyFraming, Req
 
 /// `Expect = #expectation` (RFC 9110 §10.1.1): only `100-continue` is known; anything else
 /// gets 417.
-fn expects_continue(section: &[u8]) -> Result<bool, RequestError> {
+fn expects_continue(section: &FieldTable<'_>) -> Result<bool, RequestError> {
     let mut expect_continue = false;
     for expectation in list_elements(section, "expect") {
         if !expectation.eq_ignore_ascii_case(b"100-continue") {
@@ -1666,13 +1745,13 @@ pub struct ResponseHead<'b> {
     pub body: ResponseFraming,
     /// Version default and `Connection`; always `false` for `UntilClose`.
     pub keep_alive: bool,
-    header_section: &'b [u8],
+    fields: FieldTable<'b>,
 }
 
 impl<'b> ResponseHead<'b> {
     /// The value of the first field named `name` (case-insensitive), trimmed.
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
-        find_field(self.header_section, name)
+        find_field(&self.fields, name)
     }
 }
 
@@ -1748,9 +1827,9 @@ pub fn parse_response(
         Err(Stop::Partial) => return Ok(Parsed::Partial),
         Err(Stop::Invalid(error)) => return Err(error.into()),
     };
-    let header_section = &buf[line_end..section_end];
-    let body = response_framing(header_section, minor_version, status, request_was_head)?;
-    let (close, keep_alive_option) = connection_options(header_section)?;
+    let fields = FieldTable::new(&buf[line_end..section_end]);
+    let body = response_framing(&fields, minor_version, status, request_was_head)?;
+    let (close, keep_alive_option) = connection_options(&fields)?;
     let keep_alive = body != ResponseFraming::UntilClose
         && version_keeps_alive(minor_version, close, keep_alive_option);
     Ok(Parsed::Complete(ResponseHead {
@@ -1758,7 +1837,7 @@ pub fn parse_response(
         head_length,
         body,
         keep_alive,
-        header_section,
+        fields,
     }))
 }
 
@@ -1845,7 +1924,7 @@ fn scan_status_line(buf: &[u8]) -> Result<Parsed<StatusLine<'_>>, ResponseError>
 
 /// RFC 9112 §6.3 for responses.
 fn response_framing(
-    section: &[u8],
+    section: &FieldTable<'_>,
     minor_version: u8,
     status: u16,
     request_was_head: bool,
@@ -1938,7 +2017,7 @@ mod tests {
         assert_eq!(head.header("USER-AGENT"), Some(&b"test/1"[..]));
         assert_eq!(head.header("x-empty"), Some(&b""[..]));
         assert_eq!(head.header("missing"), None);
-        assert_eq!(fields(head.header_section).count(), 3);
+        assert_eq!(head.fields.len(), 3);
     }
 
     #[test]
@@ -2593,10 +2672,7 @@ mod tests {
             request
         };
         let at_limit = build(MAX_HEADER_FIELDS);
-        assert_eq!(
-            fields(complete(&at_limit).header_section).count(),
-            MAX_HEADER_FIELDS
-        );
+        assert_eq!(complete(&at_limit).fields.len(), MAX_HEADER_FIELDS);
         let over = build(MAX_HEADER_FIELDS + 1);
         assert_eq!(error_of(&over), RequestError::TooManyHeaderFields);
         // As soon as the extra field begins.
@@ -2630,6 +2706,24 @@ mod tests {
     }
 
     #[test]
+    fn the_field_table_holds_names_and_trimmed_values_in_order() {
+        let section = b"A: b \r\nEmpty:\r\nBlank: \t \r\nX-Y:z\r\nPad:\t q r \t\r\n";
+        let table = FieldTable::new(section);
+        let pairs: Vec<(&[u8], &[u8])> = table.iter().collect();
+        let expected: [(&[u8], &[u8]); 5] = [
+            (b"A", b"b"),
+            (b"Empty", b""),
+            (b"Blank", b""),
+            (b"X-Y", b"z"),
+            (b"Pad", b"q r"),
+        ];
+        assert_eq!(pairs, expected);
+        assert_eq!(table.len(), 5);
+        assert_eq!(find_field(&table, "pad"), Some(&b"q r"[..]));
+        assert_eq!(FieldTable::new(b"").len(), 0);
+    }
+
+    #[test]
     fn header_lookup_finds_the_first_match() {
         let head = complete(
             b"GET / HTTP/1.1\r\nX-A: one\r\nHost: h\r\nx-a:two\r\nX-B:\t spaced \t\r\n\r\n",
@@ -2638,7 +2732,7 @@ mod tests {
         assert_eq!(head.header("X-b"), Some(&b"spaced"[..]));
         assert_eq!(head.header("x"), None);
         assert_eq!(head.header(""), None);
-        let names: Vec<&[u8]> = fields(head.header_section).map(|(name, _)| name).collect();
+        let names: Vec<&[u8]> = head.fields.iter().map(|(name, _)| name).collect();
         assert_eq!(names, [&b"X-A"[..], b"Host", b"x-a", b"X-B"]);
     }
 
@@ -3177,7 +3271,7 @@ mod tests {
             false,
         );
         assert_eq!(head.header("x-request-id"), Some(&b"42"[..]));
-        assert_eq!(fields(head.header_section).count(), 2);
+        assert_eq!(head.fields.len(), 2);
     }
 
     #[test]
@@ -3274,7 +3368,7 @@ mod tests {
             buf
         };
         assert_eq!(
-            fields(response(&build(MAX_HEADER_FIELDS), false).header_section).count(),
+            response(&build(MAX_HEADER_FIELDS), false).fields.len(),
             MAX_HEADER_FIELDS
         );
         assert_eq!(
