@@ -2434,6 +2434,23 @@ mod tests {
         }
     }
 
+    /// Reads `count` 404s whose bodies echo paths `/0/…`, `/1/…`, …: complete, in order, and no
+    /// more than that.
+    fn read_echoed_not_founds_in_order(stream: &mut TcpStream, count: usize) {
+        let mut pending = Vec::new();
+        for index in 0..count {
+            let (status, body) = read_response(stream, &mut pending).unwrap();
+            assert_eq!(status, 404, "response {index}");
+            let expected = format!("not found: /{index}/");
+            assert!(
+                body.starts_with(expected.as_bytes()),
+                "response {index}: {}",
+                String::from_utf8_lossy(&body[..40.min(body.len())])
+            );
+        }
+        assert!(pending.is_empty(), "more than {count} responses");
+    }
+
     #[test]
     fn a_pipeline_that_outgrows_the_send_buffer_is_answered_completely_in_order() {
         // Thousands of pipelined requests, read only after all are sent: the poller's writes
@@ -2462,17 +2479,7 @@ mod tests {
         });
         // Not read until the server's writes have stalled, so its send buffer is full.
         wait_until_writes_stall(&server, &stream);
-        let mut pending = Vec::new();
-        for index in 0..REQUESTS {
-            let (status, body) = read_response(&mut stream, &mut pending).unwrap();
-            assert_eq!(status, 404);
-            let expected = format!("not found: /{index}/");
-            assert!(
-                body.starts_with(expected.as_bytes()),
-                "response {index}: {}",
-                String::from_utf8_lossy(&body[..40.min(body.len())])
-            );
-        }
+        read_echoed_not_founds_in_order(&mut stream, REQUESTS);
         sender.join().unwrap();
         let (status, _) =
             exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -2505,13 +2512,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(status, 405, "the worker is not stuck writing");
-        let mut pending = Vec::new();
-        for index in 0..REQUESTS {
-            let (status, body) = read_response(&mut stream, &mut pending).unwrap();
-            assert_eq!(status, 404);
-            let expected = format!("not found: /{index}/");
-            assert!(body.starts_with(expected.as_bytes()), "response {index}");
-        }
+        read_echoed_not_founds_in_order(&mut stream, REQUESTS);
         sender.join().unwrap();
         let (status, _) =
             exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
