@@ -61,8 +61,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// then juggles); a parked connection's next requests are answered by the poller, whose one
 /// `epoll_wait` reports many ready connections, without any thread switch. Measured (before the
 /// poller answered in place, when it handed each ready connection back to a worker) with
-/// `wrk -t1 -c64` on one core (medians of 3): a 20 ms linger with 32 workers gave 65k req/s, 15.1 µs of CPU per
-/// request, 0.81 thread switches per request and a p99 of 8.6 ms (11 ms with 10,000 hung
+/// `wrk -t1 -c64` on one core (medians of 3): a 20 ms linger with 32 workers gave 65k req/s,
+/// 15.1 µs of CPU per request, 0.81 thread switches per request and a p99 of 8.6 ms (11 ms with 10,000 hung
 /// connections held); no linger with 8 workers 64k req/s, 15.5 µs, 0.49 switches and a p99 of
 /// 2.4 ms (5.0 ms with 10,000 hung). Throughput and CPU stay the same; the tail is what the
 /// blocking linger cost. A nonzero linger is still supported: the worker then blocks that long.
@@ -74,9 +74,11 @@ pub const ACCEPT_RESOURCE_BACKOFF: Duration = Duration::from_millis(20);
 pub const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest single epoll wait: the poller rechecks its state at least this often.
 pub const POLL_WAIT_CAP: Duration = Duration::from_secs(1);
-/// File descriptors kept aside from connections: listener, epoll, wake pipe, log file, stdio
-/// (about 8), the socket of a connection being turned away, and headroom.
+/// File descriptors kept aside from connections: listener, log file, stdio (about 5), the socket
+/// of a connection being turned away, and headroom.
 pub const FILE_DESCRIPTOR_RESERVE: u64 = 64;
+/// File descriptors each poller keeps open: its epoll instance and the two ends of its wake pipe.
+pub const POLLER_DESCRIPTORS: usize = 3;
 /// The least kept aside under a small open-file limit, where the full reserve (a quarter of the
 /// limit at most) would leave almost nothing for connections.
 pub const FILE_DESCRIPTOR_RESERVE_MINIMUM: u64 = 16;
@@ -110,8 +112,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Worker threads: everything that may block.
     pub threads: usize,
-    /// Poller threads: each holds its share of the parked connections and answers their
-    /// keep-alive requests (1 to [`MAX_POLLERS`]).
+    /// Poller threads: each holds its share of the connections and answers every request that
+    /// needs no worker (1 to [`MAX_POLLERS`]).
     pub pollers: usize,
     pub max_connections: usize,
 }
@@ -231,8 +233,9 @@ fn start_with_timeouts(
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let max_connections = match sys::raise_open_file_limit() {
         Ok(limit) => {
+            let kept_by_threads = config.threads + POLLER_DESCRIPTORS * config.pollers;
             let allowed =
-                connections_within_file_limit(config.max_connections, config.threads, limit);
+                connections_within_file_limit(config.max_connections, kept_by_threads, limit);
             if allowed < config.max_connections {
                 eprintln!(
                     "unreliable: warning: the open-file limit ({limit}) allows only {allowed} \
@@ -322,11 +325,12 @@ fn spawn_named(name: String, body: impl FnOnce() + Send + 'static) -> io::Result
         .spawn(body)
 }
 
-/// How many connections fit under the open-file limit `limit`, given what the threads and the
-/// process itself need; never more than asked for, never zero.
-fn connections_within_file_limit(requested: usize, threads: usize, limit: u64) -> usize {
+/// How many connections fit under the open-file limit `limit`, given what the threads (one per
+/// worker, [`POLLER_DESCRIPTORS`] per poller) and the process itself need; never more than asked
+/// for, never zero.
+fn connections_within_file_limit(requested: usize, kept_by_threads: usize, limit: u64) -> usize {
     // Under `ulimit -n 64` the full reserve would leave a single connection.
-    let reserve = (threads as u64)
+    let reserve = (kept_by_threads as u64)
         .saturating_add(FILE_DESCRIPTOR_RESERVE)
         .min((limit / 4).max(FILE_DESCRIPTOR_RESERVE_MINIMUM));
     let available = limit.saturating_sub(reserve).max(1);
