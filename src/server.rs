@@ -62,9 +62,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `epoll_wait` reports many ready connections, without any thread switch. Measured (before the
 /// poller answered in place, when it handed each ready connection back to a worker) with
 /// `wrk -t1 -c64` on one core (medians of 3): a 20 ms linger with 32 workers gave 65k req/s,
-/// 15.1 µs of CPU per request, 0.81 thread switches per request and a p99 of 8.6 ms (11 ms with 10,000 hung
-/// connections held); no linger with 8 workers 64k req/s, 15.5 µs, 0.49 switches and a p99 of
-/// 2.4 ms (5.0 ms with 10,000 hung). Throughput and CPU stay the same; the tail is what the
+/// 15.1 µs of CPU per request, 0.81 thread switches per request and a p99 of 8.6 ms (11 ms with
+/// 10,000 hung connections held); no linger with 8 workers 64k req/s, 15.5 µs, 0.49 switches and
+/// a p99 of 2.4 ms (5.0 ms with 10,000 hung). Throughput and CPU stay the same; the tail is what the
 /// blocking linger cost. A nonzero linger is still supported: the worker then blocks that long.
 pub const KEEP_ALIVE_LINGER: Duration = Duration::ZERO;
 /// Pause after an accept error that signals exhausted resources (files, buffers, memory), so the
