@@ -2397,10 +2397,6 @@ mod tests {
     #[test]
     fn clients_that_do_not_read_hold_no_thread() {
         let server = start_test_server(1, 64, Timeouts::STANDARD);
-        let mut parked = connect(&server);
-        let (status, _) =
-            exchange(&mut parked, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
         // More clients than workers pipeline megabytes of answers and never read them.
         let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(8000));
         let stuck: Vec<_> = (0..3)
@@ -2417,7 +2413,13 @@ mod tests {
         for (stream, _) in &stuck {
             wait_until_writes_stall(&server, stream);
         }
-        // A parked connection, a new one, and a request only a worker answers: all served.
+        // A kept-alive connection (opened only now: waiting for the stalls can outlast the idle
+        // timeout), a new one, and a request only a worker answers: all served.
+        let mut parked = connect(&server);
+        let (status, _) =
+            exchange(&mut parked, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        thread::sleep(LONGER_THAN_LINGER);
         for _ in 0..3 {
             let (status, _) = exchange(
                 &mut parked,
