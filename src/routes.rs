@@ -10,7 +10,6 @@ use crate::http::{self, Method, RequestHead, Response};
 use crate::json::ObjectWriter;
 use crate::log::{self, Filter, NewEntry, RequestLog};
 use crate::stats;
-use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +19,10 @@ pub const MAX_REQUEST_ID: usize = 200;
 /// `/getlogs` output is sent in chunks of about this many bytes, so a large log streams instead of
 /// being built as one string.
 pub const STREAM_CHUNK: usize = 32 * 1024;
+/// Most entries taken from the log per page while a `/getlogs` piece is formatted, so a piece
+/// (held in memory while a slow reader takes it) stays near [`STREAM_CHUNK`]: an entry's JSON is
+/// usually 300 to 600 bytes (a long request target can make one a few KiB).
+const PIECE_ENTRIES: u64 = 64;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
@@ -117,21 +120,28 @@ impl Exchange<'_, '_> {
     }
 }
 
-/// Whether [`respond`] answers `request` quickly and entirely into `out`, never touching the
-/// stream: such a request can be answered by a thread that must not block or wait. `/getlogs`
-/// streams an answer of any size and `/stats` may run a Monte Carlo test, so they need a worker.
+/// Whether [`respond`] answers `request` quickly: such a request can be answered by a thread
+/// that must not be held up. `/getlogs` formats an answer of any size and `/stats` may run a
+/// Monte Carlo test, so they need a worker.
 pub fn answers_at_once(request: &RequestHead<'_>) -> bool {
     !matches!(request.path, "/getlogs" | "/stats")
 }
 
-/// Handles one request: appends the response to `out`. A long answer (`/getlogs`) may write part
-/// of it to `stream` directly, leaving the rest in `out`.
-pub fn respond(
-    app: &App,
-    exchange: &Exchange<'_, '_>,
-    out: &mut Vec<u8>,
-    stream: &mut dyn Write,
-) -> io::Result<Disposition> {
+/// What [`respond`] decided.
+#[derive(Debug)]
+pub struct Answered {
+    pub disposition: Disposition,
+    /// The rest of a long answer (`/getlogs`), to be appended piece by piece after what is in
+    /// the caller's buffer has been sent.
+    pub rest: Option<LogStream>,
+}
+
+/// Handles one request: appends the response (or, for a long one, its first piece) to `out`.
+pub fn respond(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Answered {
+    let complete = |disposition| Answered {
+        disposition,
+        rest: None,
+    };
     let request = exchange.request;
     let known = matches!(
         request.path,
@@ -140,33 +150,36 @@ pub fn respond(
     match request.method {
         Method::Get | Method::Head => {}
         Method::Options if known || request.path == "*" => {
-            return Ok(exchange.reply(out, 204, TEXT, &[ALLOW], b""));
+            return complete(exchange.reply(out, 204, TEXT, &[ALLOW], b""));
         }
         // This is not a proxy: CONNECT is as unknown here as a made-up method.
         Method::Other | Method::Connect => {
             let body = format!("method '{}' is not implemented\n", request.method_text);
-            return Ok(exchange.reply(out, 501, TEXT, &[], body.as_bytes()));
+            return complete(exchange.reply(out, 501, TEXT, &[], body.as_bytes()));
         }
         _ if known => {
             let body = format!(
                 "method '{}' is not allowed on {}; use GET or HEAD\n",
                 request.method_text, request.path
             );
-            return Ok(exchange.reply(out, 405, TEXT, &[ALLOW], body.as_bytes()));
+            return complete(exchange.reply(out, 405, TEXT, &[ALLOW], body.as_bytes()));
         }
         _ => {}
     }
     match request.path {
-        "/getbalance" => Ok(get_balance(app, exchange, out)),
-        "/getlogs" => get_logs(app, exchange, out, stream),
-        "/stats" => Ok(get_stats(app, exchange, out)),
-        "/health" => Ok(exchange.reply(out, 200, TEXT, &[], b"ok\n")),
-        "/" => Ok(exchange.reply(out, 200, HTML, &[], INDEX_PAGE.as_bytes())),
+        "/getbalance" => complete(get_balance(app, exchange, out)),
+        "/getlogs" => {
+            let (disposition, rest) = get_logs(app, exchange, out);
+            Answered { disposition, rest }
+        }
+        "/stats" => complete(get_stats(app, exchange, out)),
+        "/health" => complete(exchange.reply(out, 200, TEXT, &[], b"ok\n")),
+        "/" => complete(exchange.reply(out, 200, HTML, &[], INDEX_PAGE.as_bytes())),
         path => {
             let mut body = String::from("not found: ");
             body.push_str(path);
             body.push_str("\nendpoints: /getbalance /getlogs /stats /health /\n");
-            Ok(exchange.reply(out, 404, TEXT, &[], body.as_bytes()))
+            complete(exchange.reply(out, 404, TEXT, &[], body.as_bytes()))
         }
     }
 }
@@ -388,11 +401,10 @@ fn get_logs(
     app: &App,
     exchange: &Exchange<'_, '_>,
     out: &mut Vec<u8>,
-    stream: &mut dyn Write,
-) -> io::Result<Disposition> {
+) -> (Disposition, Option<LogStream>) {
     let query = match parse_log_query(exchange.request.query) {
         Ok(query) => query,
-        Err(reason) => return Ok(bad_request(exchange, out, &reason)),
+        Err(reason) => return (bad_request(exchange, out, &reason), None),
     };
     let request = exchange.request;
     // HTTP/1.0 has no chunked coding: the body then ends when the connection closes.
@@ -405,11 +417,9 @@ fn get_logs(
         Disposition::Close
     };
     if request.method == Method::Head {
-        return Ok(disposition);
+        return (disposition, None);
     }
-
     let counts = app.log.counts();
-    let up_to = counts.total;
     let mut text = String::with_capacity(STREAM_CHUNK + 1024);
     {
         let mut object = ObjectWriter::new(&mut text);
@@ -419,66 +429,94 @@ fn get_logs(
         // The object stays open: the entries stream after it and the tail closes it by hand.
         object.key("entries").push('[');
     }
-    let mut filter = query.filter.clone();
-    let mut remaining = query.limit.unwrap_or(u64::MAX);
-    let mut returned: u64 = 0;
-    let mut last_returned_id = None;
-    while remaining > 0 && filter.since < up_to {
-        let max = usize::try_from(remaining.min(1024)).unwrap_or(1024);
-        let page = app.log.page(&filter, up_to, max);
-        if page.entries.is_empty() && page.scanned_through <= filter.since {
-            break;
-        }
-        for entry in &page.entries {
-            if returned > 0 {
-                text.push(',');
-            }
-            log::write_entry_json(&mut text, entry);
-            last_returned_id = Some(entry.id);
-            returned += 1;
-            remaining -= 1;
-            if text.len() >= STREAM_CHUNK {
-                emit(out, stream, &mut text, chunked)?;
-            }
-        }
-        filter.since = page.scanned_through;
-    }
-    // A full page resumes after its last entry; otherwise everything up to the snapshot was seen.
-    let next_since = match (last_returned_id, remaining == 0) {
-        (Some(id), true) => id,
-        (None, true) => query.filter.since,
-        (_, false) => up_to.max(query.filter.since),
+    let mut logs = LogStream {
+        since: query.filter.since,
+        filter: query.filter,
+        up_to: counts.total,
+        remaining: query.limit.unwrap_or(u64::MAX),
+        returned: 0,
+        last_returned_id: None,
+        exhausted: false,
+        chunked,
+        text,
     };
-    text.push_str("],\"returned\":");
-    text.push_str(&returned.to_string());
-    text.push_str(",\"next_since\":");
-    text.push_str(&next_since.to_string());
-    text.push_str("}\n");
-    emit(out, stream, &mut text, chunked)?;
-    if chunked {
-        http::write_last_chunk(out);
-    }
-    Ok(disposition)
+    let more = logs.next_piece(app, out);
+    (disposition, more.then_some(logs))
 }
 
-/// Moves `text` into `out` (as a chunk when chunked) and sends `out` once it is large.
-fn emit(
-    out: &mut Vec<u8>,
-    stream: &mut dyn Write,
-    text: &mut String,
+/// The rest of a `/getlogs` answer: where it stopped, so it goes on piece by piece as the client
+/// reads, instead of a thread waiting for a slow reader or the whole log built in memory.
+/// Entries recorded after the request are not included (`up_to`), so the answer ends.
+#[derive(Debug)]
+pub struct LogStream {
+    /// The `since` the request asked for.
+    since: u64,
+    /// Its filter, `since` moved past what was already scanned.
+    filter: Filter,
+    up_to: u64,
+    remaining: u64,
+    returned: u64,
+    last_returned_id: Option<u64>,
+    /// Nothing more can match (a page scanned nothing new).
+    exhausted: bool,
     chunked: bool,
-) -> io::Result<()> {
-    if chunked {
-        http::write_chunk(out, text.as_bytes());
-    } else {
-        out.extend_from_slice(text.as_bytes());
+    /// Formatted JSON not yet appended.
+    text: String,
+}
+
+impl LogStream {
+    /// Appends the next piece of the body (about [`STREAM_CHUNK`] bytes, chunk-framed on
+    /// HTTP/1.1) to `out`; after the last one (the closing tail and, chunked, the last chunk)
+    /// returns `false`.
+    pub fn next_piece(&mut self, app: &App, out: &mut Vec<u8>) -> bool {
+        while self.text.len() < STREAM_CHUNK && !self.is_complete() {
+            let max = usize::try_from(self.remaining.min(PIECE_ENTRIES)).unwrap_or(1);
+            let page = app.log.page(&self.filter, self.up_to, max);
+            if page.entries.is_empty() && page.scanned_through <= self.filter.since {
+                self.exhausted = true;
+                break;
+            }
+            for entry in &page.entries {
+                if self.returned > 0 {
+                    self.text.push(',');
+                }
+                log::write_entry_json(&mut self.text, entry);
+                self.last_returned_id = Some(entry.id);
+                self.returned += 1;
+                self.remaining -= 1;
+            }
+            self.filter.since = page.scanned_through;
+        }
+        let finished = self.is_complete();
+        if finished {
+            // A full page resumes after its last entry; otherwise everything up to the snapshot
+            // was seen.
+            let next_since = match (self.last_returned_id, self.remaining == 0) {
+                (Some(id), true) => id,
+                (None, true) => self.since,
+                (_, false) => self.up_to.max(self.since),
+            };
+            self.text.push_str("],\"returned\":");
+            self.text.push_str(&self.returned.to_string());
+            self.text.push_str(",\"next_since\":");
+            self.text.push_str(&next_since.to_string());
+            self.text.push_str("}\n");
+        }
+        if self.chunked {
+            http::write_chunk(out, self.text.as_bytes());
+            if finished {
+                http::write_last_chunk(out);
+            }
+        } else {
+            out.extend_from_slice(self.text.as_bytes());
+        }
+        self.text.clear();
+        !finished
     }
-    text.clear();
-    if out.len() >= STREAM_CHUNK {
-        stream.write_all(out)?;
-        out.clear();
+
+    fn is_complete(&self) -> bool {
+        self.exhausted || self.remaining == 0 || self.filter.since >= self.up_to
     }
-    Ok(())
 }
 
 fn get_stats(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Disposition {
@@ -623,7 +661,9 @@ mod tests {
                 date,
             };
             out.clear();
-            let disposition = respond(app, &exchange, out, &mut io::sink()).unwrap();
+            let answered = respond(app, &exchange, out);
+            assert!(answered.rest.is_none(), "{request:?}");
+            let disposition = answered.disposition;
             assert!(
                 disposition == Disposition::Hang || !out.is_empty(),
                 "{request:?}"
@@ -684,5 +724,92 @@ mod tests {
         assert_eq!(decimal(0, &mut buffer), "0");
         assert_eq!(decimal(1234567, &mut buffer), "1234567");
         assert_eq!(decimal(u64::MAX, &mut buffer), "18446744073709551615");
+    }
+
+    #[test]
+    fn a_long_log_answer_comes_in_pieces_that_add_up() {
+        use crate::chaos::Weights;
+        let app = App {
+            chaos: Chaos::new(3, Weights::owner_default()),
+            log: Arc::new(RequestLog::new(5000, false)),
+            started: Instant::now(),
+            hang: Duration::from_secs(1),
+        };
+        for index in 0..3000 {
+            let request_id = format!("piece-{index:0>100}");
+            app.log.record(
+                &NewEntry {
+                    unix_millis: 1_729_727_731_705,
+                    client: SocketAddr::from(([127, 0, 0, 1], 40000)),
+                    method: "GET",
+                    target: "/getbalance",
+                    request_id: Some(request_id.as_bytes()),
+                    duration_micros: 7,
+                    forced: false,
+                },
+                |k| app.chaos.outcome(k),
+            );
+        }
+        let expected_200 = app.log.counts().by_outcome[Outcome::Balance.index()];
+        let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
+        let cases: [(&[u8], bool, u64, u64); 2] = [
+            (
+                b"GET /getlogs?since=100&limit=2500 HTTP/1.1\r\nHost: x\r\n\r\n",
+                true,
+                2500,
+                2600,
+            ),
+            (
+                b"GET /getlogs?outcome=200 HTTP/1.0\r\n\r\n",
+                false,
+                expected_200,
+                3000,
+            ),
+        ];
+        for (request, chunked, returned, next_since) in cases {
+            let Ok(http::Parsed::Complete(head)) = http::parse_request(request) else {
+                panic!("bad test request");
+            };
+            let exchange = Exchange {
+                request: &head,
+                peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+                started: Instant::now(),
+                date,
+            };
+            let mut out = Vec::new();
+            let mut answered = respond(&app, &exchange, &mut out);
+            let mut pieces = 1;
+            while let Some(rest) = answered.rest.as_mut() {
+                pieces += 1;
+                if !rest.next_piece(&app, &mut out) {
+                    answered.rest = None;
+                }
+            }
+            assert!(pieces > 3, "{pieces} pieces");
+            let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let mut body = Vec::new();
+            if chunked {
+                let mut rest = &out[head_end..];
+                loop {
+                    let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                    let size = std::str::from_utf8(&rest[..line_end]).unwrap();
+                    let size = usize::from_str_radix(size, 16).unwrap();
+                    rest = &rest[line_end + 2..];
+                    if size == 0 {
+                        assert_eq!(rest, b"\r\n");
+                        break;
+                    }
+                    body.extend_from_slice(&rest[..size]);
+                    rest = &rest[size + 2..];
+                }
+            } else {
+                body.extend_from_slice(&out[head_end..]);
+            }
+            let logs = crate::json::decode(std::str::from_utf8(&body).unwrap().trim_end()).unwrap();
+            let number = |key: &str| logs.get(key).and_then(|value| value.as_u64());
+            assert_eq!(number("returned"), Some(returned));
+            assert_eq!(number("next_since"), Some(next_since));
+            assert_eq!(number("total"), Some(3000));
+        }
     }
 }

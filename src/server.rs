@@ -1,7 +1,7 @@
 //! Connections: the accept loop, a fixed pool of worker threads, and one poller thread per core.
 //! The pollers hold idle, slow and hung connections, so those cost a socket and not a thread,
 //! and answer requests in place (no hand-off per request, nothing that waits); the workers do
-//! what may block: request bodies, streamed answers, refusals.
+//! what may take a while: request bodies, `/getlogs` and `/stats`, refusals.
 //!
 //! Invariants: a fixed number of threads whatever the load; every socket has a deadline; accept
 //! errors are survived; past `max_connections` a new connection gets 503 and is closed; the count
@@ -17,7 +17,7 @@ use crate::http::{
     self, BodyFraming, ChunkedDecoder, Parsed, RequestHead, Response, MAX_BODY, MAX_HEADER_SECTION,
     MAX_REQUEST_LINE,
 };
-use crate::routes::{self, App, Disposition, Exchange};
+use crate::routes::{self, App, Disposition, Exchange, LogStream};
 use crate::sys::{self, Epoll, Event, Watch, MAX_EVENTS_PER_WAIT};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -571,6 +571,9 @@ struct Connection {
 /// The rest of a response and what was to happen after it.
 struct UnsentAnswer {
     bytes: Vec<u8>,
+    /// More of the body is still to be formatted (a long `/getlogs`), after `bytes`: a worker's
+    /// job, since it can take a while.
+    rest: Option<LogStream>,
     disposition: Disposition,
     keep_alive: bool,
     head_length: usize,
@@ -881,6 +884,12 @@ fn run_worker(shared: &Shared) {
 /// (writes) at a time: a request head or body that stops arriving is parked in the poller with
 /// its deadline, so slow senders cost a socket, not a worker.
 fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection) -> Next {
+    // Handed back by the poller to format the next pieces of a long answer.
+    if let Some(unsent) = connection.unsent.take() {
+        if let Some(next) = continue_answer(shared, worker, connection, unsent) {
+            return next;
+        }
+    }
     loop {
         if shared.is_shutting_down() {
             return Next::Close;
@@ -907,7 +916,7 @@ fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection)
                         &head,
                         connection.peer,
                         connection.request_started,
-                        &mut connection.stream,
+                        &connection.stream,
                     );
                     Some((disposition, facts))
                 }
@@ -930,7 +939,7 @@ fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection)
                         &head,
                         connection.peer,
                         connection.request_started,
-                        &mut connection.stream,
+                        &connection.stream,
                     );
                     Some((disposition, facts))
                 }
@@ -952,14 +961,12 @@ fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection)
             }
         };
         let next = match answered {
-            Some((Some((disposition, written)), (keep_alive, head_length)))
-                if written < worker.out.len() =>
-            {
+            Some((Some((disposition, Some(pending))), (keep_alive, head_length))) => {
                 return finish_in_poller(
                     shared,
                     worker,
                     connection,
-                    written,
+                    pending,
                     disposition,
                     keep_alive,
                     head_length,
@@ -1091,17 +1098,22 @@ fn wait_for_input(
     }
 }
 
-/// Runs the handler and sends its response: the part streamed by the handler waiting as long as a
-/// write may, the rest in `worker.out` without waiting. `None` when the connection failed;
-/// otherwise what the handler decided and how much of `worker.out` went out.
+/// What of an answer the send buffer did not take: `worker.out[written..]`, then `rest`.
+struct Pending {
+    written: usize,
+    rest: Option<LogStream>,
+}
+
+/// Runs the handler and sends its response without waiting. `None` when the connection failed;
+/// otherwise what the handler decided and, if the socket is full, what is still to be sent.
 fn answer(
     shared: &Shared,
     worker: &mut WorkerState,
     head: &RequestHead<'_>,
     peer: SocketAddr,
     started: Option<Instant>,
-    stream: &mut TcpStream,
-) -> Option<(Disposition, usize)> {
+    stream: &TcpStream,
+) -> Option<(Disposition, Option<Pending>)> {
     worker.out.clear();
     let exchange = Exchange {
         request: head,
@@ -1109,25 +1121,86 @@ fn answer(
         started: started.unwrap_or_else(Instant::now),
         date: worker.date.current(),
     };
-    let mut writer = ResponseWriter::new(shared, stream);
-    let disposition = routes::respond(&shared.app, &exchange, &mut worker.out, &mut writer).ok()?;
-    let written = send_without_waiting(stream, &worker.out).ok()?;
-    Some((disposition, written))
+    let answered = routes::respond(&shared.app, &exchange, &mut worker.out);
+    let pending = send_pieces(&shared.app, worker, stream, answered.rest).ok()?;
+    Some((answered.disposition, pending))
+}
+
+/// Sends `worker.out` and, for a long answer, the pieces after it, all without waiting: `None`
+/// once everything is out, or what is left when the socket is full.
+fn send_pieces(
+    app: &App,
+    worker: &mut WorkerState,
+    stream: &TcpStream,
+    mut rest: Option<LogStream>,
+) -> io::Result<Option<Pending>> {
+    loop {
+        let written = send_without_waiting(stream, &worker.out)?;
+        if written < worker.out.len() {
+            return Ok(Some(Pending { written, rest }));
+        }
+        let Some(logs) = rest.as_mut() else {
+            return Ok(None);
+        };
+        worker.out.clear();
+        if !logs.next_piece(app, &mut worker.out) {
+            rest = None;
+        }
+    }
+}
+
+/// Goes on with an answer the poller handed back for its next pieces.
+fn continue_answer(
+    shared: &Shared,
+    worker: &mut WorkerState,
+    connection: &mut Connection,
+    unsent: UnsentAnswer,
+) -> Option<Next> {
+    let UnsentAnswer {
+        bytes,
+        rest,
+        disposition,
+        keep_alive,
+        head_length,
+    } = unsent;
+    worker.out.clear();
+    worker.out.extend_from_slice(&bytes);
+    match send_pieces(&shared.app, worker, &connection.stream, rest) {
+        Err(_) => Some(Next::Close),
+        Ok(Some(pending)) => Some(finish_in_poller(
+            shared,
+            worker,
+            connection,
+            pending,
+            disposition,
+            keep_alive,
+            head_length,
+        )),
+        Ok(None) => after_answer(
+            shared,
+            connection,
+            Some(disposition),
+            keep_alive,
+            head_length,
+        ),
+    }
 }
 
 /// Parks a connection whose response did not fit in the send buffer: its poller sends the rest
-/// of `worker.out` (from `written` on) as the client reads, then goes on as after any answer.
+/// of `worker.out` as the client reads (handing it back to a worker for any further pieces),
+/// then goes on as after any answer.
 fn finish_in_poller(
     shared: &Shared,
     worker: &WorkerState,
     connection: &mut Connection,
-    written: usize,
+    pending: Pending,
     disposition: Disposition,
     keep_alive: bool,
     head_length: usize,
 ) -> Next {
     connection.unsent = Some(UnsentAnswer {
-        bytes: worker.out[written..].to_vec(),
+        bytes: worker.out[pending.written..].to_vec(),
+        rest: pending.rest,
         disposition,
         keep_alive,
         head_length,
@@ -1165,11 +1238,15 @@ fn refuse(
         return Next::Close;
     };
     if written < worker.out.len() {
+        let pending = Pending {
+            written,
+            rest: None,
+        };
         return finish_in_poller(
             shared,
             worker,
             connection,
-            written,
+            pending,
             Disposition::Close,
             false,
             0,
@@ -1188,7 +1265,8 @@ fn lingering_close() -> Next {
 
 /// Writes to a client, giving up when nothing could be written for [`Timeouts::write`] or at
 /// the next poll once the server shuts down. The socket's own timeout ([`WRITE_POLL`]) only
-/// bounds each wait, so a worker stuck on a stalled reader never holds up shutdown.
+/// bounds each wait, so a worker stuck on a stalled reader never holds up shutdown. Only
+/// `100 Continue` is written this way; answers are sent without waiting (see `send_pieces`).
 struct ResponseWriter<'a> {
     stream: &'a mut TcpStream,
     write_timeout: Duration,
@@ -1747,22 +1825,25 @@ fn serve_in_place(
                         started: connection.request_started.unwrap_or_else(Instant::now),
                         date: date.current(),
                     };
-                    let Ok(disposition) =
-                        routes::respond(&shared.app, &exchange, out, &mut NoStreaming)
-                    else {
-                        return InPlace::Close;
-                    };
+                    let answered = routes::respond(&shared.app, &exchange, out);
+                    let disposition = answered.disposition;
                     let Ok(written) = send_without_waiting(&connection.stream, out) else {
                         return InPlace::Close;
                     };
-                    if written < out.len() {
+                    if written < out.len() || answered.rest.is_some() {
                         connection.unsent = Some(UnsentAnswer {
                             bytes: out[written..].to_vec(),
+                            rest: answered.rest,
                             disposition,
                             keep_alive,
                             head_length,
                         });
-                        return InPlace::Sending;
+                        // Further pieces of a long answer are formatted by a worker.
+                        return if written < out.len() {
+                            InPlace::Sending
+                        } else {
+                            InPlace::ToWorker
+                        };
                     }
                     if let Some(done) = after_answer_in_place(
                         shared,
@@ -1861,6 +1942,10 @@ fn resume_sending(
         }
         return InPlace::Sending;
     }
+    if unsent.rest.is_some() {
+        // A worker formats the next pieces (`Connection::unsent` stays for it).
+        return InPlace::ToWorker;
+    }
     let Some(sent) = connection.unsent.take() else {
         return InPlace::Close;
     };
@@ -1889,20 +1974,6 @@ fn send_without_waiting(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
         }
     }
     Ok(written)
-}
-
-/// The stream handed to a route that answers entirely into its buffer
-/// ([`routes::answers_at_once`]); using it is a bug, which fails that request only.
-struct NoStreaming;
-
-impl Write for NoStreaming {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Reads and drops what a hung connection sent; `true` when it is finished (EOF or error).
@@ -2522,6 +2593,76 @@ mod tests {
         sender.join().unwrap();
         let (status, _) =
             exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_long_getlogs_answer_to_a_slow_reader_holds_no_worker() {
+        // 50,000 entries with long request ids: about 20 MB of JSON, more than the loopback
+        // buffers hold, so the answer stalls until the client reads.
+        const ENTRIES: u64 = 50_000;
+        let app = Arc::new(App {
+            chaos: Chaos::new(1, Weights::owner_default()),
+            log: Arc::new(RequestLog::new(ENTRIES as usize, false)),
+            started: Instant::now(),
+            hang: HANG,
+        });
+        let request_id = "r".repeat(200);
+        for _ in 0..ENTRIES {
+            app.log.record(
+                &crate::log::NewEntry {
+                    unix_millis: 1_729_727_731_705,
+                    client: "127.0.0.1:5000".parse().unwrap(),
+                    method: "GET",
+                    target: "/getbalance",
+                    request_id: Some(request_id.as_bytes()),
+                    duration_micros: 1,
+                    forced: false,
+                },
+                |k| app.chaos.outcome(k),
+            );
+        }
+        let server = start_with_timeouts(&config(1, 64), app, Timeouts::STANDARD).unwrap();
+        let mut slow = connect(&server);
+        slow.write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        wait_until_writes_stall(&server, &slow);
+        // The only worker is free while the answer waits for the reader.
+        let mut other = connect(&server);
+        let (status, _) = exchange(&mut other, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status, 200);
+        // Then the whole answer arrives, complete, and the connection goes on.
+        let mut received = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while !received.ends_with(b"\r\n0\r\n\r\n") {
+            let read = slow.read(&mut chunk).unwrap();
+            assert!(read > 0, "closed after {} bytes", received.len());
+            received.extend_from_slice(&chunk[..read]);
+        }
+        let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(received.starts_with(b"HTTP/1.1 200 "));
+        let mut body = Vec::new();
+        let mut rest = &received[head_end..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        let text = String::from_utf8(body).unwrap();
+        let logs = crate::json::decode(text.trim_end()).unwrap();
+        assert_eq!(logs.get("returned").and_then(|v| v.as_u64()), Some(ENTRIES));
+        assert_eq!(
+            logs.get("next_since").and_then(|v| v.as_u64()),
+            Some(ENTRIES)
+        );
+        let (status, _) = exchange(&mut slow, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(status, 200);
         server.shutdown();
     }
