@@ -995,36 +995,24 @@ fn after_answer(
     keep_alive: bool,
     head_length: usize,
 ) -> Option<Next> {
-    match disposition {
-        None => Some(Next::Close),
-        Some(Disposition::KeepOpen) if keep_alive => {
-            connection.remove_after(0, head_length);
-            if connection.filled == 0 {
-                connection.request_started = None;
-                if shared.others_waiting() {
-                    return Some(Next::Park(
-                        ParkKind::Idle,
-                        Instant::now() + shared.timeouts.idle,
-                    ));
-                }
-            } else {
-                connection.request_started = Some(Instant::now());
-                // A long pipeline must not keep everybody else waiting.
-                if shared.others_waiting() {
-                    return Some(Next::Requeue);
-                }
-            }
-            None
-        }
-        Some(Disposition::KeepOpen | Disposition::Close) => {
-            let _ = connection.stream.shutdown(Shutdown::Write);
-            Some(lingering_close())
-        }
-        // A hang ends the pipeline: anything after this request is never answered.
-        Some(Disposition::Hang) => {
-            Some(Next::Park(ParkKind::Hung, Instant::now() + shared.app.hang))
-        }
+    let Some(disposition) = disposition else {
+        return Some(Next::Close);
+    };
+    if let Some((kind, deadline)) =
+        settle_answer(shared, connection, disposition, keep_alive, head_length)
+    {
+        return Some(Next::Park(kind, deadline));
     }
+    // Others are waiting: an idle connection goes to the poller, and a long pipeline must not
+    // keep everybody else waiting.
+    if !shared.others_waiting() {
+        return None;
+    }
+    Some(if connection.filled == 0 {
+        Next::Park(ParkKind::Idle, Instant::now() + shared.timeouts.idle)
+    } else {
+        Next::Requeue
+    })
 }
 
 /// Reads more of a request, waiting at most the linger (with none: only what has arrived);
@@ -1845,14 +1833,10 @@ fn serve_in_place(
                             InPlace::ToWorker
                         };
                     }
-                    if let Some(done) = after_answer_in_place(
-                        shared,
-                        connection,
-                        disposition,
-                        keep_alive,
-                        head_length,
-                    ) {
-                        return done;
+                    if let Some((kind, deadline)) =
+                        settle_answer(shared, connection, disposition, keep_alive, head_length)
+                    {
+                        return InPlace::Drain(kind, deadline);
                     }
                     continue;
                 }
@@ -1886,14 +1870,16 @@ fn serve_in_place(
     InPlace::Waiting
 }
 
-/// What follows a response written in full; `None` to go on with the next request.
-fn after_answer_in_place(
+/// Applies a response written in full to its connection, for a worker and a poller alike:
+/// `None` to go on with the next request (its head dropped from the buffer), otherwise where the
+/// connection is drained from now on: a lingering close (the write side shut) or a hang.
+fn settle_answer(
     shared: &Shared,
     connection: &mut Connection,
     disposition: Disposition,
     keep_alive: bool,
     head_length: usize,
-) -> Option<InPlace> {
+) -> Option<(ParkKind, Instant)> {
     match disposition {
         Disposition::KeepOpen if keep_alive => {
             connection.remove_after(0, head_length);
@@ -1902,16 +1888,10 @@ fn after_answer_in_place(
         }
         Disposition::KeepOpen | Disposition::Close => {
             let _ = connection.stream.shutdown(Shutdown::Write);
-            Some(InPlace::Drain(
-                ParkKind::Closing,
-                Instant::now() + LINGERING_CLOSE,
-            ))
+            Some((ParkKind::Closing, Instant::now() + LINGERING_CLOSE))
         }
         // A hang ends the pipeline: anything after this request is never answered.
-        Disposition::Hang => Some(InPlace::Drain(
-            ParkKind::Hung,
-            Instant::now() + shared.app.hang,
-        )),
+        Disposition::Hang => Some((ParkKind::Hung, Instant::now() + shared.app.hang)),
     }
 }
 
@@ -1949,14 +1929,14 @@ fn resume_sending(
     let Some(sent) = connection.unsent.take() else {
         return InPlace::Close;
     };
-    if let Some(done) = after_answer_in_place(
+    if let Some((kind, deadline)) = settle_answer(
         shared,
         connection,
         sent.disposition,
         sent.keep_alive,
         sent.head_length,
     ) {
-        return done;
+        return InPlace::Drain(kind, deadline);
     }
     // Input that arrived while sending was reported and ignored: read it now.
     serve_in_place(shared, out, date, parked, event.closed)
