@@ -789,19 +789,11 @@ mod tests {
             let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
             let mut body = Vec::new();
             if chunked {
-                let mut rest = &out[head_end..];
-                loop {
-                    let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-                    let size = std::str::from_utf8(&rest[..line_end]).unwrap();
-                    let size = usize::from_str_radix(size, 16).unwrap();
-                    rest = &rest[line_end + 2..];
-                    if size == 0 {
-                        assert_eq!(rest, b"\r\n");
-                        break;
-                    }
-                    body.extend_from_slice(&rest[..size]);
-                    rest = &rest[size + 2..];
-                }
+                let progress = http::ChunkedDecoder::new(u64::MAX)
+                    .decode(&out[head_end..], Some(&mut body))
+                    .unwrap();
+                assert!(progress.finished);
+                assert_eq!(head_end + progress.consumed, out.len());
             } else {
                 body.extend_from_slice(&out[head_end..]);
             }

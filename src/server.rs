@@ -2067,6 +2067,12 @@ mod tests {
         }
     }
 
+    /// Sends `GET /health` on `stream` and checks that it is answered 200.
+    fn assert_healthy(stream: &mut TcpStream) {
+        let answer = exchange(stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(answer.map(|(status, _)| status), Some(200));
+    }
+
     fn exchange(stream: &mut TcpStream, request: &[u8]) -> Option<(u16, Vec<u8>)> {
         stream.write_all(request).unwrap();
         read_response(stream, &mut Vec::new())
@@ -2115,9 +2121,7 @@ mod tests {
         let server = start_test_server(1, 64, Timeouts::STANDARD);
         let mut stream = connect(&server);
         for _ in 0..3 {
-            let (status, _) =
-                exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            assert_eq!(status, 200);
+            assert_healthy(&mut stream);
         }
         stream
             .write_all(
@@ -2227,8 +2231,7 @@ mod tests {
         }
         thread::sleep(LONGER_THAN_LINGER);
         let mut other = connect(&server);
-        let (status, _) = exchange(&mut other, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut other);
         // The parked bodies resume where they stopped, and their pipelines go on.
         let rest: [&[u8]; 2] = [b"defghij", b"cde\r\n0\r\n\r\n"];
         for (stream, rest) in slow.iter_mut().zip(rest) {
@@ -2335,8 +2338,7 @@ mod tests {
             admitted.elapsed()
         );
         let mut other = connect(&server);
-        let (status, _) = exchange(&mut other, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut other);
         drop(stuck);
         sender.join().unwrap();
         server.shutdown();
@@ -2378,8 +2380,7 @@ mod tests {
         thread::sleep(Duration::from_millis(30));
         // One worker only: this answer proves the hung request is not holding it.
         let mut other = connect(&server);
-        let (status, _) = exchange(&mut other, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut other);
         assert!(started.elapsed() < HANG, "answered while the other hangs");
         // Input sent to a hung request is swallowed, and it ends closed without an answer.
         hung.write_all(b"more bytes").unwrap();
@@ -2428,9 +2429,7 @@ mod tests {
         let mut last_answer = started;
         while started.elapsed() < timeouts.idle * 3 {
             thread::sleep(timeouts.idle / 3);
-            let (status, _) =
-                exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            assert_eq!(status, 200);
+            assert_healthy(&mut stream);
             answered += 1;
             last_answer = Instant::now();
         }
@@ -2467,9 +2466,7 @@ mod tests {
         // A kept-alive connection (opened only now: waiting for the stalls can outlast the idle
         // timeout), a new one, and a request only a worker answers: all served.
         let mut parked = connect(&server);
-        let (status, _) =
-            exchange(&mut parked, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut parked);
         thread::sleep(LONGER_THAN_LINGER);
         for _ in 0..3 {
             let (status, _) = exchange(
@@ -2480,8 +2477,7 @@ mod tests {
             assert_eq!(status, 200);
         }
         let mut fresh = connect(&server);
-        let (status, _) = exchange(&mut fresh, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut fresh);
         let (status, _) = exchange(&mut fresh, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(status, 200);
         server.shutdown();
@@ -2514,9 +2510,7 @@ mod tests {
         // fill the socket, a worker finishes them, and the connection comes back to the poller.
         let server = start_test_server(1, 64, Timeouts::STANDARD);
         let mut stream = connect(&server);
-        let (status, _) =
-            exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut stream);
         thread::sleep(LONGER_THAN_LINGER);
         const REQUESTS: usize = 2000;
         // 404s echo the path: 14 MB of answers, more than loopback buffers hold.
@@ -2538,9 +2532,7 @@ mod tests {
         wait_until_writes_stall(&server, &stream);
         read_echoed_not_founds_in_order(&mut stream, REQUESTS);
         sender.join().unwrap();
-        let (status, _) =
-            exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut stream);
         server.shutdown();
     }
 
@@ -2571,9 +2563,7 @@ mod tests {
         assert_eq!(status, 405, "the worker is not stuck writing");
         read_echoed_not_founds_in_order(&mut stream, REQUESTS);
         sender.join().unwrap();
-        let (status, _) =
-            exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut stream);
         server.shutdown();
     }
 
@@ -2623,18 +2613,11 @@ mod tests {
         let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert!(received.starts_with(b"HTTP/1.1 200 "));
         let mut body = Vec::new();
-        let mut rest = &received[head_end..];
-        loop {
-            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
-            rest = &rest[line_end + 2..];
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&rest[..size]);
-            rest = &rest[size + 2..];
-        }
+        let progress = ChunkedDecoder::new(u64::MAX)
+            .decode(&received[head_end..], Some(&mut body))
+            .unwrap();
+        assert!(progress.finished);
+        assert_eq!(head_end + progress.consumed, received.len());
         let text = String::from_utf8(body).unwrap();
         let logs = crate::json::decode(text.trim_end()).unwrap();
         assert_eq!(logs.get("returned").and_then(|v| v.as_u64()), Some(ENTRIES));
@@ -2642,8 +2625,7 @@ mod tests {
             logs.get("next_since").and_then(|v| v.as_u64()),
             Some(ENTRIES)
         );
-        let (status, _) = exchange(&mut slow, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut slow);
         server.shutdown();
     }
 
@@ -2651,9 +2633,7 @@ mod tests {
     fn a_request_and_the_clients_close_arriving_together_are_answered() {
         let server = start_test_server(1, 64, Timeouts::STANDARD);
         let mut stream = connect(&server);
-        let (status, _) =
-            exchange(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut stream);
         thread::sleep(LONGER_THAN_LINGER);
         // Request and FIN in one go to a parked connection: the peer-closed report is the only
         // one it gets, so the request must be answered from it.
@@ -2741,11 +2721,8 @@ mod tests {
         }
         assert_eq!(server.open_connections(), 1);
         let mut again = connect(&server);
-        let (status, _) = exchange(&mut again, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
-        let (status, _) =
-            exchange(&mut second, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut again);
+        assert_healthy(&mut second);
         server.shutdown();
     }
 
@@ -2824,8 +2801,7 @@ mod tests {
         )
         .unwrap();
         let mut idle = connect(&server);
-        let (status, _) = exchange(&mut idle, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(status, 200);
+        assert_healthy(&mut idle);
         let mut hung = connect(&server);
         hung.write_all(b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
