@@ -723,8 +723,8 @@ Options:
   --log-format FORMAT     text (the original style) or json (one object per line)
                           [default: text]
   --log-capacity N        entries kept in memory for /getlogs [default: 100000]
-  --threads N             worker threads: requests with bodies, /getlogs, /stats
-                          [default: 8 per core, 8 to 256]
+  --threads N             worker threads: requests with bodies, /getlogs, /stats,
+                          refusals [default: 8 per core, 8 to 256]
   --pollers N             threads that hold idle and hung connections and answer
                           all other requests [default: 1 per core, at most 64]
   --max-connections N     open connections at most; more get 503 [default: 10000]

@@ -87,7 +87,7 @@ pub const FILE_DESCRIPTOR_RESERVE_MINIMUM: u64 = 16;
 pub const HUNG_READS_PER_EVENT: usize = 16;
 /// Requests the poller answers on one connection per turn; a long pipeline then waits for the
 /// other ready connections, so one client cannot hold up the others.
-pub const REQUESTS_PER_EVENT: usize = 16;
+pub const REQUESTS_PER_TURN: usize = 16;
 /// A worker's response buffer above this capacity is given back after the response.
 pub const OUT_BUFFER_RETAINED: usize = 256 * 1024;
 /// How long shutdown waits for the acceptor after waking it; past that it is left behind.
@@ -1769,7 +1769,7 @@ enum InPlace {
     ToWorker,
     /// Part of a response is still to be sent ([`Connection::unsent`]).
     Sending,
-    /// It had its share ([`REQUESTS_PER_EVENT`]) and more may be waiting: another turn after
+    /// It had its share ([`REQUESTS_PER_TURN`]) and more may be waiting: another turn after
     /// the other connections.
     Again,
     /// A hang or a lingering close: from now on its input is drained until the deadline.
@@ -1794,7 +1794,7 @@ fn serve_in_place(
     let mut answered = 0;
     let mut drained = false;
     loop {
-        if answered == REQUESTS_PER_EVENT {
+        if answered == REQUESTS_PER_TURN {
             return InPlace::Again;
         }
         if connection.filled > 0 {
