@@ -1683,7 +1683,7 @@ fn sigterm_with_connections_in_every_state_exits_promptly() {
         get(&server, "/stats", &[]).is_some_and(|reply| reply.text().contains("\"total\":2"))
     });
     let started = Instant::now();
-    let (status, stderr) = server.terminate();
+    let (status, stderr, _directory) = server.terminate();
     let took = started.elapsed();
     assert!(status.success(), "exit {status:?}: {stderr}");
     // A safety net far above the expected fraction of a second, below the 10 s socket timeouts

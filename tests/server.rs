@@ -175,8 +175,7 @@ fn the_log_file_has_one_line_per_request_after_sigterm() {
         balance_status(&server, &format!("f-{index}"));
     }
     let log_path = server.path("unreliable.log");
-    let directory = server.directory.clone();
-    let (status, stderr) = server.terminate();
+    let (status, stderr, _directory) = server.terminate();
     assert!(status.success(), "exit {status:?}: {stderr}");
     let text = std::fs::read_to_string(&log_path).expect("log file");
     let lines: Vec<&str> = text.lines().collect();
@@ -199,7 +198,6 @@ fn the_log_file_has_one_line_per_request_after_sigterm() {
         assert_eq!(parts[0].len(), 23, "{line}");
         assert_eq!(&parts[0][19..20], ",");
     }
-    let _ = std::fs::remove_dir_all(directory);
 }
 
 #[test]
@@ -224,10 +222,8 @@ fn json_log_format_writes_one_object_per_line_and_appends_across_restarts() {
         for index in 0..20 {
             balance_status(&server, &format!("r{round}-{index}\"\\\\"));
         }
-        let server_directory = server.directory.clone();
-        let (status, stderr) = server.terminate();
+        let (status, stderr, _directory) = server.terminate();
         assert!(status.success(), "{stderr}");
-        let _ = std::fs::remove_dir_all(server_directory);
     }
     let text = std::fs::read_to_string(&log_path).expect("log file");
     let lines: Vec<&str> = text.lines().collect();
@@ -236,7 +232,6 @@ fn json_log_format_writes_one_object_per_line_and_appends_across_restarts() {
         let entry = json::decode(line).unwrap_or_else(|error| panic!("{error}: {line}"));
         assert!(entry.get("outcome").and_then(json::Value::as_str).is_some());
     }
-    let _ = std::fs::remove_dir_all(directory);
 }
 
 #[test]

@@ -182,8 +182,7 @@ fn wrk_load_is_answered_and_every_request_is_logged() {
     let total = stats_total(&server);
     assert!(total >= requests, "/stats total {total} < wrk's {requests}");
     let log_path = server.path("unreliable.log");
-    let directory = server.directory.clone();
-    let (status, stderr) = server.terminate();
+    let (status, stderr, _directory) = server.terminate();
     assert!(status.success(), "{stderr}");
     // The final count, after any request still in a socket buffer at /stats time was logged.
     let logged: u64 = stderr
@@ -206,7 +205,6 @@ fn wrk_load_is_answered_and_every_request_is_logged() {
             .find(|line| !line.ends_with(" - 200 OK"))
             .unwrap()
     );
-    let _ = std::fs::remove_dir_all(directory);
 }
 
 /// `text` without terminal colour codes (`ESC [ ... letter`).
@@ -283,6 +281,6 @@ fn slowhttptest_slow_readers_do_not_starve_other_clients() {
     assert_eq!(last("connected:"), "100", "{report}");
     assert_eq!(last("error:"), "0", "{report}");
     assert_eq!(last("service available:"), "YES", "{report}");
-    let (status, stderr) = server.terminate();
+    let (status, stderr, _directory) = server.terminate();
     assert!(status.success(), "{stderr}");
 }

@@ -24,12 +24,36 @@ pub struct Server {
     pub child: Child,
     pub address: SocketAddr,
     pub seed: u64,
-    pub directory: PathBuf,
-    keep_directory: bool,
+    pub directory: Scratch,
+}
+
+/// A test's directory, removed when dropped: also when the test fails, so runs leave nothing
+/// behind in the temporary directory.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// A fresh, empty directory for one test's files.
-pub fn scratch_directory(name: &str) -> PathBuf {
+pub fn scratch_directory(name: &str) -> Scratch {
     // Tests run in parallel and may reuse a name: a counter keeps their directories apart.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let directory = std::env::temp_dir().join(format!(
@@ -40,7 +64,7 @@ pub fn scratch_directory(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).expect("create scratch directory");
-    directory
+    Scratch(directory)
 }
 
 impl Server {
@@ -93,7 +117,6 @@ impl Server {
             address: address.parse().expect("address"),
             seed: seed.parse().expect("seed"),
             directory,
-            keep_directory: false,
         }
     }
 
@@ -119,10 +142,9 @@ impl Server {
         Client::new(stream)
     }
 
-    /// Sends SIGTERM and waits for the exit status and stderr. The scratch directory stays for
-    /// the test to inspect (and remove).
-    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        self.keep_directory = true;
+    /// Sends SIGTERM and waits for the exit status and stderr. The scratch directory stays until
+    /// the returned guard is dropped, for the test to inspect.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String, Scratch) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -135,7 +157,9 @@ impl Server {
                 if let Some(mut pipe) = self.child.stderr.take() {
                     let _ = pipe.read_to_string(&mut stderr);
                 }
-                return (status, stderr);
+                // The server's own guard is left empty, so only the returned one removes it.
+                let directory = Scratch(std::mem::take(&mut self.directory.0));
+                return (status, stderr, directory);
             }
             assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
@@ -151,9 +175,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !self.keep_directory {
-            let _ = std::fs::remove_dir_all(&self.directory);
-        }
     }
 }
 
