@@ -42,6 +42,16 @@ def final_attempts(runs):
     return list(last.values())
 
 
+def steal_percent(run, clock_ticks):
+    """The larger share of the run's wall time that the hypervisor took from either core (the
+    server's or wrk's): time in which the guest's clock runs on and nothing in it does."""
+    wall_seconds = int(run["wall_us"]) / 1e6
+    if wall_seconds <= 0:
+        return 0.0
+    ticks = max(int(run["core_steal_ticks"]), int(run["client_core_steal_ticks"]))
+    return ticks / clock_ticks / wall_seconds * 100
+
+
 def summarise(runs, clock_ticks):
     """(phase, server) -> medians of the per-run figures."""
     groups = {}
@@ -54,6 +64,7 @@ def summarise(runs, clock_ticks):
             "errors": float(run["errors"]),
             "cpu_us": int(run["cpu_ticks"]) / clock_ticks * 1e6 / requests,
             "noise": float(run["noise_percent"]),
+            "steal": steal_percent(run, clock_ticks),
             "ctx": (int(run["ctx_voluntary"]) + int(run["ctx_involuntary"])) / requests,
             "ctx_involuntary": int(run["ctx_involuntary"]) / requests,
             "rss_mib": int(run["rss_peak_kib"]) / 1024,
@@ -93,10 +104,11 @@ def print_main_table(medians, facts, runs):
         f"-d{facts.get('duration')} --latency; medians of {facts.get('rounds')} rounds)\n"
     )
     print("| hung conns | server | req/s | p50 ms | p99 ms | errors | CPU µs/req | ctx sw/req "
-          "| peak RSS MiB | peak threads | noise % |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    names = ["rps", "p50", "p99", "errors", "cpu_us", "ctx", "rss_mib", "threads", "noise"]
-    digits = {"errors": 0, "threads": 0, "rss_mib": 1, "ctx": 3, "noise": 0}
+          "| peak RSS MiB | peak threads | noise % | steal % |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    names = ["rps", "p50", "p99", "errors", "cpu_us", "ctx", "rss_mib", "threads", "noise",
+             "steal"]
+    digits = {"errors": 0, "threads": 0, "rss_mib": 1, "ctx": 3, "noise": 0, "steal": 1}
     for phase in phases:
         rows = {server: medians.get((phase, server)) for server in ("unreliable", "nginx")}
         for server, row in rows.items():
@@ -105,7 +117,7 @@ def print_main_table(medians, facts, runs):
                 print(f"| {phase:,} | {server} | " + " | ".join(cells) + " |")
         if rows["unreliable"] and rows["nginx"]:
             u, n = rows["unreliable"], rows["nginx"]
-            cells = [ratio(u[name], n[name]) if name not in ("errors", "noise") else ""
+            cells = [ratio(u[name], n[name]) if name not in ("errors", "noise", "steal") else ""
                      for name in names]
             print(f"| {phase:,} | **unreliable / nginx** | " + " | ".join(cells) + " |")
     retried = len(runs) - len(final_attempts(runs))
@@ -113,10 +125,51 @@ def print_main_table(medians, facts, runs):
     print(f"noise %: the larger share of either core's time taken by anything but the server "
           f"under test (on its core) or wrk (on its core): other processes, hypervisor steal; "
           f"from /proc/stat, wrk's own CPU from bash `times`; a run above "
-          f"{facts.get('max_noise_percent')}% was repeated (at most {facts.get('noise_retries')} "
-          f"times, the last attempt counts): {retried} repeats this time. CPU µs/req is "
+          f"{facts.get('max_noise_percent')}% noise or {facts.get('max_steal_percent', '?')}% "
+          f"steal was repeated (at most {facts.get('noise_retries')} times, the last attempt "
+          f"counts): {retried} repeats this time. CPU µs/req is "
           f"utime+stime of the server's process(es) / requests wrk completed; nginx is master + "
-          f"worker. Ratios are unreliable / nginx: below 1x is better for everything but req/s.\n")
+          f"worker. steal %: the part of the noise that the hypervisor took (the larger of the "
+          f"two cores). Ratios are unreliable / nginx: below 1x is better for everything but "
+          f"req/s.\n")
+
+
+CALM_STEAL_PERCENT = 1.0
+
+
+def runs_text(count):
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
+def calm_p99(runs, clock_ticks, phase, server):
+    """(median p99, run count) over every attempt of (phase, server), retried ones included,
+    in which the hypervisor took under CALM_STEAL_PERCENT of both cores; (None, 0) if none."""
+    values = [float(run["p99_ms"]) for run in runs
+              if int(run["phase"]) == phase and run["server"] == server
+              and steal_percent(run, clock_ticks) < CALM_STEAL_PERCENT]
+    return (statistics.median(values), len(values)) if values else (None, 0)
+
+
+def print_p99_and_steal(runs, clock_ticks):
+    """Every wrk run's p99 beside the steal in it. At saturation a request's latency is set by
+    pauses, and a vCPU the hypervisor takes away is one: all 64 requests in flight wait it out."""
+    print("### p99 and hypervisor steal (every attempt, retried ones included)\n")
+    print("| hung conns | server | p99 ms (steal %) per run, by steal | median p99, runs with "
+          f"steal < {CALM_STEAL_PERCENT:g}% | median p99, the others |")
+    print("| ---: | --- | --- | ---: | ---: |")
+    keys = sorted({(int(run["phase"]), run["server"]) for run in runs},
+                  key=lambda key: (key[0], key[1] != "unreliable"))
+    for phase, server in keys:
+        pairs = sorted((steal_percent(run, clock_ticks), float(run["p99_ms"])) for run in runs
+                       if int(run["phase"]) == phase and run["server"] == server)
+        listed = ", ".join(f"{p99:.2f} ({steal:.1f})" for steal, p99 in pairs)
+        calm, count = calm_p99(runs, clock_ticks, phase, server)
+        others = [p99 for steal, p99 in pairs if steal >= CALM_STEAL_PERCENT]
+        calm_text = f"{calm:.2f} ({runs_text(count)})" if count else "no such run"
+        others_text = (f"{statistics.median(others):.2f} ({runs_text(len(others))})" if others
+                       else "no such run")
+        print(f"| {phase:,} | {server} | {listed} | {calm_text} | {others_text} |")
+    print()
 
 
 def print_syscalls(facts):
@@ -200,7 +253,7 @@ def verdict(ok):
     return "**met**" if ok else "**missed**"
 
 
-def print_targets(medians, facts, clients):
+def print_targets(medians, facts, clients, runs, clock_ticks):
     print("### Targets\n")
     print("| # | target | measured | verdict |")
     print("| --- | --- | --- | --- |")
@@ -225,7 +278,11 @@ def print_targets(medians, facts, clients):
               f"| {verdict(hung_u['rss_mib'] <= 64)} |")
         print(f"| 3c | {top:,} hung: ≥ 90% of the throughput | {hung_u['rps']:,.0f} of "
               f"{base_u['rps']:,.0f} = {kept:.0%} | {verdict(kept >= 0.9)} |")
-        print(f"| 3d | {top:,} hung: p99 ≤ 2 ms | {hung_u['p99']:.2f} ms "
+        calm, count = calm_p99(runs, clock_ticks, top, "unreliable")
+        calm_text = (f"; {calm:.2f} ms over the {runs_text(count)} with steal < "
+                     f"{CALM_STEAL_PERCENT:g}%"
+                     if count else f"; no run had steal < {CALM_STEAL_PERCENT:g}%")
+        print(f"| 3d | {top:,} hung: p99 ≤ 2 ms | {hung_u['p99']:.2f} ms (median){calm_text} "
               f"| {verdict(hung_u['p99'] <= 2.0)} |")
     memory = log_memory(facts)
     if memory:
@@ -296,7 +353,8 @@ def main():
         sys.exit(__doc__)
     work = pathlib.Path(sys.argv[1])
     runs, facts, clients = load(work)
-    medians = summarise(runs, int(facts.get("clock_ticks", "100")))
+    clock_ticks = int(facts.get("clock_ticks", "100"))
+    medians = summarise(runs, clock_ticks)
     print("## Results\n")
     print(f"- machine: {facts.get('cpu')}, nproc {facts.get('nproc')}, "
           f"{facts.get('memory_mib')} MiB, kernel {facts.get('kernel')}, {facts.get('os')}")
@@ -311,6 +369,7 @@ def main():
           f"nginx returns {facts.get('body_median')} B")
     print()
     print_main_table(medians, facts, runs)
+    print_p99_and_steal(runs, clock_ticks)
     print_syscalls(facts)
     memory = log_memory(facts)
     if memory:
@@ -324,7 +383,7 @@ def main():
         print(f"- {level.replace('held_at_end_', 'held at the end, ')}: {facts[level]}")
     print()
     print_client(client_rows(clients, facts))
-    print_targets(medians, facts, clients)
+    print_targets(medians, facts, clients, runs, clock_ticks)
     print_profiles(work)
 
 

@@ -875,14 +875,15 @@ fn client_script_rejects_missing_and_bad_arguments() {
 }
 
 #[test]
-fn client_script_passes_shellcheck() {
+fn shell_scripts_pass_shellcheck() {
     let _shared = share_the_machine();
     if !have_tool("shellcheck") {
         return;
     }
     let mut command = Command::new("shellcheck");
-    command.arg(repository_root().join("client.sh"));
-    let finished = run_until(command, STEP_TIMEOUT, "client.sh");
+    let root = repository_root();
+    command.args([root.join("client.sh"), root.join("bench/run.sh")]);
+    let finished = run_until(command, STEP_TIMEOUT, "shellcheck");
     assert_eq!(finished.code, Some(0), "{finished:#?}");
 }
 
