@@ -695,18 +695,26 @@ pub struct Balance {
 
 /// Appends `value` in decimal with at least `width` digits, zero-padded.
 fn push_padded_digits(out: &mut Vec<u8>, value: u64, width: usize) {
-    // u64::MAX has 20 digits; the zeros already there are the padding. Written from the end and
-    // appended in one piece: every page has dozens of these.
+    // u64::MAX has 20 digits; the zeros already there are the padding. Written from the end, two
+    // digits per division, and appended in one piece: every page has dozens of these.
     let mut digits = [b'0'; 20];
     let mut start = digits.len();
     let mut rest = value;
-    loop {
+    while rest >= 100 {
+        let pair = (rest % 100) as u8;
+        rest /= 100;
+        start -= 2;
+        digits[start] = b'0' + pair / 10;
+        digits[start + 1] = b'0' + pair % 10;
+    }
+    let last = rest as u8;
+    if last >= 10 {
+        start -= 2;
+        digits[start] = b'0' + last / 10;
+        digits[start + 1] = b'0' + last % 10;
+    } else {
         start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+        digits[start] = b'0' + last;
     }
     let padded_start = start.min(digits.len().saturating_sub(width));
     out.extend_from_slice(&digits[padded_start..]);
@@ -1312,6 +1320,19 @@ mod tests {
         push_padded_digits(&mut padded, 42, 8);
         push_padded_digits(&mut padded, u64::MAX, 3);
         assert_eq!(padded, b"0000004218446744073709551615");
+        // Every digit count and both parities, against std's formatting.
+        let mut value = 0u64;
+        loop {
+            for width in [0, 1, 2, 7, 20] {
+                let mut out = Vec::new();
+                push_padded_digits(&mut out, value, width);
+                assert_eq!(out, format!("{value:0width$}").as_bytes());
+            }
+            if value > u64::MAX / 7 {
+                break;
+            }
+            value = value * 7 + 3;
+        }
     }
 
     const AS_OF: u64 = 1_729_727_731_705;

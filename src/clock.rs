@@ -92,18 +92,21 @@ fn days_from_civil(year: u32, month: u8, day: u8) -> u64 {
     (era * DAYS_PER_ERA + day_of_era).saturating_sub(DAYS_FROM_YEAR_ZERO_MARCH_TO_EPOCH)
 }
 
-/// Fills `field` with the low decimal digits of `value`, zero-padded on the left (higher digits
-/// are dropped, which the clamping to [`MAX_UNIX_MILLIS`] makes unreachable).
-fn put_digits(field: &mut [u8], value: u32) {
-    let mut rest = value;
-    for slot in field.iter_mut().rev() {
-        *slot = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
+/// The two low decimal digits of `value`. Fixed-width fields are written pair by pair: one
+/// division per two digits, and no loop, since the server formats several times per request.
+/// Higher digits are dropped, which the clamping to [`MAX_UNIX_MILLIS`] makes unreachable.
+fn two_digits(value: u32) -> [u8; 2] {
+    let pair = value % 100;
+    [b'0' + (pair / 10) as u8, b'0' + (pair % 10) as u8]
 }
 
+/// Appends text that is ASCII by construction (every formatter here writes only digits and
+/// punctuation); anything else would be a bug and is left out rather than mangled.
 fn push_ascii(out: &mut String, bytes: &[u8]) {
-    out.extend(bytes.iter().map(|&byte| char::from(byte)));
+    debug_assert!(bytes.is_ascii());
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        out.push_str(text);
+    }
 }
 
 impl UtcTime {
@@ -143,17 +146,41 @@ impl UtcTime {
 
     /// `YYYY-MM-DD`, then `separator`, then `hh:mm:ss`, then `fraction_mark` and milliseconds.
     fn date_time_bytes(&self, separator: u8, fraction_mark: u8) -> [u8; 23] {
-        let mut text = *b"0000-00-00 00:00:00.000";
-        put_digits(&mut text[0..4], self.year);
-        put_digits(&mut text[5..7], u32::from(self.month));
-        put_digits(&mut text[8..10], u32::from(self.day));
-        text[10] = separator;
-        put_digits(&mut text[11..13], u32::from(self.hour));
-        put_digits(&mut text[14..16], u32::from(self.minute));
-        put_digits(&mut text[17..19], u32::from(self.second));
-        text[19] = fraction_mark;
-        put_digits(&mut text[20..23], u32::from(self.millisecond));
-        text
+        let [y0, y1] = two_digits(self.year / 100);
+        let [y2, y3] = two_digits(self.year);
+        let [mo0, mo1] = two_digits(u32::from(self.month));
+        let [d0, d1] = two_digits(u32::from(self.day));
+        let [h0, h1] = two_digits(u32::from(self.hour));
+        let [mi0, mi1] = two_digits(u32::from(self.minute));
+        let [s0, s1] = two_digits(u32::from(self.second));
+        let millisecond = u32::from(self.millisecond);
+        let [ms1, ms2] = two_digits(millisecond);
+        let ms0 = b'0' + (millisecond / 100 % 10) as u8;
+        [
+            y0,
+            y1,
+            y2,
+            y3,
+            b'-',
+            mo0,
+            mo1,
+            b'-',
+            d0,
+            d1,
+            separator,
+            h0,
+            h1,
+            b':',
+            mi0,
+            mi1,
+            b':',
+            s0,
+            s1,
+            fraction_mark,
+            ms0,
+            ms1,
+            ms2,
+        ]
     }
 
     /// RFC 3339, e.g. `2024-10-23T23:55:31.705Z`: always 24 bytes, three fractional digits.
@@ -179,12 +206,13 @@ impl UtcTime {
     pub fn http_date(&self) -> [u8; 29] {
         let mut date = *b"Thu, 01 Jan 1970 00:00:00 GMT";
         date[0..3].copy_from_slice(WEEKDAY_NAMES[usize::from(self.weekday % 7)]);
-        put_digits(&mut date[5..7], u32::from(self.day));
+        date[5..7].copy_from_slice(&two_digits(u32::from(self.day)));
         date[8..11].copy_from_slice(MONTH_NAMES[usize::from(self.month.clamp(1, 12) - 1)]);
-        put_digits(&mut date[12..16], self.year);
-        put_digits(&mut date[17..19], u32::from(self.hour));
-        put_digits(&mut date[20..22], u32::from(self.minute));
-        put_digits(&mut date[23..25], u32::from(self.second));
+        date[12..14].copy_from_slice(&two_digits(self.year / 100));
+        date[14..16].copy_from_slice(&two_digits(self.year));
+        date[17..19].copy_from_slice(&two_digits(u32::from(self.hour)));
+        date[20..22].copy_from_slice(&two_digits(u32::from(self.minute)));
+        date[23..25].copy_from_slice(&two_digits(u32::from(self.second)));
         date
     }
 }
@@ -362,6 +390,24 @@ mod tests {
             assert_eq!(rfc3339(unix_millis).len(), 24);
             assert_eq!(log_style(unix_millis).len(), 23);
             assert_eq!(http_date(unix_millis).len(), 29);
+            // The digits agree with std's formatting of the same fields.
+            let t = UtcTime::from_unix_millis(unix_millis);
+            let fields = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.millisecond
+            );
+            assert_eq!(rfc3339(unix_millis), fields);
+            let http = &http_date(unix_millis)[5..];
+            let expected_http = format!(
+                "{:02} {} {:04} {:02}:{:02}:{:02} GMT",
+                t.day,
+                String::from_utf8_lossy(MONTH_NAMES[usize::from(t.month - 1)]),
+                t.year,
+                t.hour,
+                t.minute,
+                t.second
+            );
+            assert_eq!(http, expected_http);
             unix_millis = unix_millis * 3 + 7;
         }
     }
