@@ -10,6 +10,7 @@
 use crate::chaos::Outcome;
 use crate::clock::UtcTime;
 use crate::json::ObjectWriter;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -59,7 +60,9 @@ pub struct Entry {
     /// IPv4-mapped IPv6 addresses are stored as IPv4, so `client=` filters match either way.
     pub client: SocketAddr,
     pub method: &'static str,
-    pub target: Box<str>,
+    /// Borrowed for the usual `/getbalance`, so most entries are taken out of memory (by the
+    /// file writer, by `/getlogs`) without an allocation.
+    pub target: Cow<'static, str>,
     pub outcome: Outcome,
     pub request_id: Option<Box<str>>,
     /// `None` for a timeout (nothing was answered).
@@ -298,7 +301,11 @@ impl Ring {
             } else {
                 "GET"
             },
-            target: text(self.target(stored)),
+            target: if stored.flags & FLAG_USUAL_TARGET != 0 {
+                Cow::Borrowed(USUAL_TARGET)
+            } else {
+                Cow::Owned(String::from_utf8_lossy(self.target(stored)).into_owned())
+            },
             outcome: Outcome::ALL
                 .get(usize::from(stored.outcome))
                 .copied()
