@@ -42,9 +42,6 @@ pub const HEAD_SLACK: usize = 1024;
 pub const HEAD_LIMIT: usize = MAX_REQUEST_LINE + MAX_HEADER_SECTION + HEAD_SLACK;
 /// Longest a write to a client may go without progress; a stalled reader loses its connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The socket write timeout: how long one blocked write waits before the worker rechecks
-/// [`WRITE_TIMEOUT`] and whether the server is shutting down.
-pub const WRITE_POLL: Duration = Duration::from_millis(250);
 /// Longest a closing connection is drained after its last response (RFC 9112 §9.6), so the
 /// client can read that response before the socket goes away.
 pub const LINGERING_CLOSE: Duration = Duration::from_secs(2);
@@ -574,9 +571,20 @@ struct UnsentAnswer {
     /// More of the body is still to be formatted (a long `/getlogs`), after `bytes`: a worker's
     /// job, since it can take a while.
     rest: Option<LogStream>,
-    disposition: Disposition,
-    keep_alive: bool,
-    head_length: usize,
+    then: AfterSent,
+}
+
+/// What a connection goes on with once its unsent bytes are out.
+#[derive(Debug, Clone, Copy)]
+enum AfterSent {
+    /// They were a response: the connection goes on as after any answer.
+    Answer {
+        disposition: Disposition,
+        keep_alive: bool,
+        head_length: usize,
+    },
+    /// They were `100 Continue`: the request's body is read next (by a worker).
+    Body,
 }
 
 impl Connection {
@@ -799,14 +807,9 @@ fn admit(
     out: &mut Vec<u8>,
     date: &mut DateCache,
 ) {
-    // Latency matters more than packet count for small responses.
+    // Latency matters more than packet count for small responses. No write timeout: nothing
+    // ever waits to write to a client (see `send_without_waiting`).
     let _ = stream.set_nodelay(true);
-    if stream
-        .set_write_timeout(Some(WRITE_POLL.min(shared.timeouts.write)))
-        .is_err()
-    {
-        return;
-    }
     if shared.open_connections.load(Ordering::Acquire) >= shared.max_connections {
         turn_away(&mut stream, scratch, out, date);
         return;
@@ -962,15 +965,12 @@ fn serve(shared: &Shared, worker: &mut WorkerState, connection: &mut Connection)
         };
         let next = match answered {
             Some((Some((disposition, Some(pending))), (keep_alive, head_length))) => {
-                return finish_in_poller(
-                    shared,
-                    worker,
-                    connection,
-                    pending,
+                let then = AfterSent::Answer {
                     disposition,
                     keep_alive,
                     head_length,
-                );
+                };
+                return finish_in_poller(shared, worker, connection, pending, then);
             }
             Some((answer, (keep_alive, head_length))) => after_answer(
                 shared,
@@ -1144,33 +1144,26 @@ fn continue_answer(
     connection: &mut Connection,
     unsent: UnsentAnswer,
 ) -> Option<Next> {
-    let UnsentAnswer {
-        bytes,
-        rest,
-        disposition,
-        keep_alive,
-        head_length,
-    } = unsent;
+    let UnsentAnswer { bytes, rest, then } = unsent;
     worker.out.clear();
     worker.out.extend_from_slice(&bytes);
     match send_pieces(&shared.app, worker, &connection.stream, rest) {
         Err(_) => Some(Next::Close),
-        Ok(Some(pending)) => Some(finish_in_poller(
-            shared,
-            worker,
-            connection,
-            pending,
-            disposition,
-            keep_alive,
-            head_length,
-        )),
-        Ok(None) => after_answer(
-            shared,
-            connection,
-            Some(disposition),
-            keep_alive,
-            head_length,
-        ),
+        Ok(Some(pending)) => Some(finish_in_poller(shared, worker, connection, pending, then)),
+        Ok(None) => match then {
+            AfterSent::Answer {
+                disposition,
+                keep_alive,
+                head_length,
+            } => after_answer(
+                shared,
+                connection,
+                Some(disposition),
+                keep_alive,
+                head_length,
+            ),
+            AfterSent::Body => None,
+        },
     }
 }
 
@@ -1182,16 +1175,12 @@ fn finish_in_poller(
     worker: &WorkerState,
     connection: &mut Connection,
     pending: Pending,
-    disposition: Disposition,
-    keep_alive: bool,
-    head_length: usize,
+    then: AfterSent,
 ) -> Next {
     connection.unsent = Some(UnsentAnswer {
         bytes: worker.out[pending.written..].to_vec(),
         rest: pending.rest,
-        disposition,
-        keep_alive,
-        head_length,
+        then,
     });
     Next::Park(ParkKind::Sending, Instant::now() + shared.timeouts.write)
 }
@@ -1230,15 +1219,12 @@ fn refuse(
             written,
             rest: None,
         };
-        return finish_in_poller(
-            shared,
-            worker,
-            connection,
-            pending,
-            Disposition::Close,
-            false,
-            0,
-        );
+        let then = AfterSent::Answer {
+            disposition: Disposition::Close,
+            keep_alive: false,
+            head_length: 0,
+        };
+        return finish_in_poller(shared, worker, connection, pending, then);
     }
     let _ = connection.stream.shutdown(Shutdown::Write);
     lingering_close()
@@ -1249,49 +1235,6 @@ fn refuse(
 /// reset that can destroy the response before the client has read it.
 fn lingering_close() -> Next {
     Next::Park(ParkKind::Closing, Instant::now() + LINGERING_CLOSE)
-}
-
-/// Writes to a client, giving up when nothing could be written for [`Timeouts::write`] or at
-/// the next poll once the server shuts down. The socket's own timeout ([`WRITE_POLL`]) only
-/// bounds each wait, so a worker stuck on a stalled reader never holds up shutdown. Only
-/// `100 Continue` is written this way; answers are sent without waiting (see `send_pieces`).
-struct ResponseWriter<'a> {
-    stream: &'a mut TcpStream,
-    write_timeout: Duration,
-    shutting_down: &'a AtomicBool,
-}
-
-impl<'a> ResponseWriter<'a> {
-    fn new(shared: &'a Shared, stream: &'a mut TcpStream) -> ResponseWriter<'a> {
-        ResponseWriter {
-            stream,
-            write_timeout: shared.timeouts.write,
-            shutting_down: &shared.shutting_down,
-        }
-    }
-}
-
-impl Write for ResponseWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let started = Instant::now();
-        loop {
-            match self.stream.write(bytes) {
-                Err(error) if is_timeout(&error) => {
-                    if started.elapsed() >= self.write_timeout
-                        || self.shutting_down.load(Ordering::Acquire)
-                    {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                other => return other,
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
 }
 
 /// A request body being read and thrown away; its head waits at the front of the buffer.
@@ -1331,18 +1274,29 @@ fn start_body(
         BodyFraming::None => BodyRemaining::Length(0),
         BodyFraming::Chunked => BodyRemaining::Chunked(ChunkedDecoder::new(MAX_BODY)),
     };
-    if expect_continue
-        && ResponseWriter::new(shared, &mut connection.stream)
-            .write_all(CONTINUE)
-            .is_err()
-    {
-        return Some(Next::Close);
-    }
     connection.body = Some(PendingBody {
         head_length,
         remaining,
         deadline: Instant::now() + shared.timeouts.body,
     });
+    if expect_continue {
+        // Sent without waiting like any answer: if a client that stopped reading left no room
+        // for it, the rest waits in the poller and no worker is held.
+        let Ok(written) = send_without_waiting(&connection.stream, CONTINUE) else {
+            return Some(Next::Close);
+        };
+        if written < CONTINUE.len() {
+            connection.unsent = Some(UnsentAnswer {
+                bytes: CONTINUE[written..].to_vec(),
+                rest: None,
+                then: AfterSent::Body,
+            });
+            return Some(Next::Park(
+                ParkKind::Sending,
+                Instant::now() + shared.timeouts.write,
+            ));
+        }
+    }
     None
 }
 
@@ -1388,8 +1342,8 @@ enum ParkKind {
     /// The last response is written and the write side shut: input is read and dropped until
     /// the client closes or the deadline does (a lingering close).
     Closing,
-    /// A response that did not fit in the send buffer: the rest goes out as room opens up, and
-    /// input waits. The deadline, moved on by every write that makes progress, closes a client
+    /// A response (or `100 Continue`) that did not fit in the send buffer: the rest goes out as
+    /// room opens up, and input waits. The deadline, moved on by every write that makes progress, closes a client
     /// that stopped reading. No thread waits for it.
     Sending,
 }
@@ -1822,9 +1776,11 @@ fn serve_in_place(
                         connection.unsent = Some(UnsentAnswer {
                             bytes: out[written..].to_vec(),
                             rest: answered.rest,
-                            disposition,
-                            keep_alive,
-                            head_length,
+                            then: AfterSent::Answer {
+                                disposition,
+                                keep_alive,
+                                head_length,
+                            },
                         });
                         // Further pieces of a long answer are formatted by a worker.
                         return if written < out.len() {
@@ -1929,13 +1885,18 @@ fn resume_sending(
     let Some(sent) = connection.unsent.take() else {
         return InPlace::Close;
     };
-    if let Some((kind, deadline)) = settle_answer(
-        shared,
-        connection,
-        sent.disposition,
-        sent.keep_alive,
-        sent.head_length,
-    ) {
+    let AfterSent::Answer {
+        disposition,
+        keep_alive,
+        head_length,
+    } = sent.then
+    else {
+        // `100 Continue` is out: a worker reads the body.
+        return InPlace::ToWorker;
+    };
+    if let Some((kind, deadline)) =
+        settle_answer(shared, connection, disposition, keep_alive, head_length)
+    {
         return InPlace::Drain(kind, deadline);
     }
     // Input that arrived while sending was reported and ignored: read it now.
@@ -2188,6 +2149,51 @@ mod tests {
         assert_eq!(status, 100);
         stream.write_all(b"body").unwrap();
         assert!(read_response(&mut stream, &mut pending).is_some());
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_100_continue_the_send_buffer_cut_short_is_finished_by_the_poller_then_the_body_read() {
+        // The connection as `start_body` leaves it when the socket took only part of `100
+        // Continue` (a client that stopped reading): its rest waits in the poller, no worker
+        // holds it, and once it is out the body is read and the request answered.
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        let head: &[u8] =
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n";
+        let slot = ConnectionSlot::take(&server.shared.open_connections);
+        let mut connection = Connection::new(stream, peer, 0, slot);
+        connection.buffer[..head.len()].copy_from_slice(head);
+        connection.filled = head.len();
+        connection.request_started = Some(Instant::now());
+        connection.body = Some(PendingBody {
+            head_length: head.len(),
+            remaining: BodyRemaining::Length(4),
+            deadline: Instant::now() + BODY_TIMEOUT,
+        });
+        const SENT: usize = 9;
+        connection.unsent = Some(UnsentAnswer {
+            bytes: CONTINUE[SENT..].to_vec(),
+            rest: None,
+            then: AfterSent::Body,
+        });
+        // A client may send the body without waiting for `100 Continue` (RFC 9110 §10.1.1): it is
+        // there before the poller's first look, and no later report of input will come.
+        client.write_all(b"body").unwrap();
+        server.shared.park(
+            connection,
+            ParkKind::Sending,
+            Instant::now() + WRITE_TIMEOUT,
+        );
+        let mut interim = vec![0u8; CONTINUE.len() - SENT];
+        client.read_exact(&mut interim).unwrap();
+        assert_eq!(interim, &CONTINUE[SENT..]);
+        let (status, _) = read_response(&mut client, &mut Vec::new()).unwrap();
+        assert_eq!(status, 405, "the request after its body, answered");
+        assert_healthy(&mut client);
         server.shutdown();
     }
 
