@@ -124,7 +124,7 @@ fn is_whitespace(byte: u8) -> bool {
 }
 
 /// Strips OWS (`*( SP / HTAB )`, RFC 9110 §5.6.3) from both ends.
-fn trim_whitespace(mut bytes: &[u8]) -> &[u8] {
+pub fn trim_whitespace(mut bytes: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = bytes {
         if !is_whitespace(*first) {
             break;

@@ -276,51 +276,69 @@ fn decimal(mut value: u64, buffer: &mut [u8; 20]) -> &str {
 /// Whether `Accept` ranks `application/json` above `text/html` (RFC 9110 §12.5.1: the most
 /// specific matching range gives a type its weight). Ties and no header mean HTML.
 fn prefers_json(accept: Option<&[u8]>) -> bool {
-    let Some(accept) = accept.and_then(|value| std::str::from_utf8(value).ok()) else {
+    let Some(accept) = accept else {
         return false;
     };
-    // What curl, ab and Python's clients send: a tie, so HTML, without parsing the list twice.
-    if accept == "*/*" {
-        return false;
-    }
-    let json = quality_of(accept, "application", "json");
-    let html = quality_of(accept, "text", "html");
+    let [json, html] = qualities(accept, [(b"application", b"json"), (b"text", b"html")]);
     json > html
 }
 
-/// The weight `accept` gives `kind/subtype`: 0 when no range matches.
-fn quality_of(accept: &str, kind: &str, subtype: &str) -> f64 {
-    let mut best: Option<(u8, f64)> = None;
-    for range in accept.split(',') {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim();
-        let Some((range_kind, range_subtype)) = media.split_once('/') else {
+/// The weight `accept` gives each `(type, subtype)`, in one pass over the list: that of the
+/// most specific range that matches it (the first of equals), 0 when none does. Bytes, not
+/// text: curl, ab and Python's clients send `*/*` on every request.
+fn qualities<const N: usize>(accept: &[u8], media: [(&[u8], &[u8]); N]) -> [f64; N] {
+    // (specificity, quality) of the best range so far, per media type.
+    let mut best: [Option<(u8, f64)>; N] = [None; N];
+    for range in accept.split(|&byte| byte == b',') {
+        let (media_range, parameters) = match range.iter().position(|&byte| byte == b';') {
+            Some(semicolon) => (&range[..semicolon], &range[semicolon + 1..]),
+            None => (range, &[][..]),
+        };
+        let media_range = http::trim_whitespace(media_range);
+        let Some(slash) = media_range.iter().position(|&byte| byte == b'/') else {
             continue;
         };
-        let specificity = if range_kind.eq_ignore_ascii_case(kind)
-            && range_subtype.eq_ignore_ascii_case(subtype)
-        {
-            2
-        } else if range_kind.eq_ignore_ascii_case(kind) && range_subtype == "*" {
-            1
-        } else if range_kind == "*" && range_subtype == "*" {
-            0
-        } else {
-            continue;
-        };
-        let mut quality = 1.0;
-        for parameter in parts {
-            if let Some((name, value)) = parameter.split_once('=') {
-                if name.trim().eq_ignore_ascii_case("q") {
-                    quality = value.trim().parse::<f64>().unwrap_or(0.0).clamp(0.0, 1.0);
-                }
+        let (range_kind, range_subtype) = (&media_range[..slash], &media_range[slash + 1..]);
+        // The q parameter is read only for a range that matches something.
+        let mut quality = None;
+        for ((kind, subtype), best) in media.iter().zip(best.iter_mut()) {
+            let specificity = if range_kind.eq_ignore_ascii_case(kind)
+                && range_subtype.eq_ignore_ascii_case(subtype)
+            {
+                2
+            } else if range_kind.eq_ignore_ascii_case(kind) && range_subtype == b"*" {
+                1
+            } else if range_kind == b"*" && range_subtype == b"*" {
+                0
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(seen, _)| specificity > seen) {
+                let quality = *quality.get_or_insert_with(|| quality_parameter(parameters));
+                *best = Some((specificity, quality));
             }
         }
-        if best.is_none_or(|(seen, _)| specificity > seen) {
-            best = Some((specificity, quality));
+    }
+    best.map(|found| found.map_or(0.0, |(_, quality)| quality))
+}
+
+/// The `q` among a media range's `;`-separated parameters (1 when absent, 0 when unreadable),
+/// within 0..=1.
+fn quality_parameter(parameters: &[u8]) -> f64 {
+    let mut quality = 1.0;
+    for parameter in parameters.split(|&byte| byte == b';') {
+        let Some(equals) = parameter.iter().position(|&byte| byte == b'=') else {
+            continue;
+        };
+        if http::trim_whitespace(&parameter[..equals]).eq_ignore_ascii_case(b"q") {
+            quality = std::str::from_utf8(http::trim_whitespace(&parameter[equals + 1..]))
+                .ok()
+                .and_then(|value| value.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                .clamp(0.0, 1.0);
         }
     }
-    best.map_or(0.0, |(_, quality)| quality)
+    quality
 }
 
 /// The parameters of `/getlogs`.
@@ -604,6 +622,12 @@ mod tests {
             (Some("application/json;q=0, */*"), false),
             (Some("APPLICATION/JSON"), true),
             (Some("application/json;q=abc"), false),
+            // One range weighs both types; the most specific match decides, the first of equals.
+            (Some("text/html;q=0.1, */*;q=0.5"), true),
+            (Some("*/*;q=0.8, text/html;q=0.9"), false),
+            (Some("text/*;q=0.5, application/json;q=0.4"), false),
+            (Some("application/json;q=0.5, application/json;q=0.1"), true),
+            (Some("*/*;q=0"), false),
         ];
         for (accept, expected) in cases {
             assert_eq!(

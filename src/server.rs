@@ -559,8 +559,9 @@ struct Connection {
     registered: bool,
     /// The poller that holds this connection whenever it is parked.
     poller: usize,
-    /// The rest of a response the send buffer could not take (the client is not reading fast
-    /// enough): the poller writes it as room opens up, then goes on as after any answer.
+    /// The rest of a response or of `100 Continue` the send buffer could not take (the client
+    /// is not reading fast enough): the poller writes it as room opens up, then goes on as its
+    /// [`AfterSent`] says.
     unsent: Option<UnsentAnswer>,
     _slot: ConnectionSlot,
 }
