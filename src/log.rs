@@ -514,11 +514,29 @@ impl RequestLog {
 pub fn write_entry_json(out: &mut String, entry: &Entry) {
     let mut object = ObjectWriter::new(out);
     object.u64("id", entry.id);
-    let mut time = String::with_capacity(24);
-    UtcTime::from_unix_millis(entry.unix_millis).write_rfc3339(&mut time);
-    object.string("time", &time);
-    object.string("client", &entry.client.to_string());
-    object.string("client_ip", &entry.client.ip().to_string());
+    // The time and the addresses are written straight into the object, quoted: digits and
+    // `-:.TZ[]%` need no escaping, and `/getlogs` writes up to a whole log of these.
+    let time = object.key("time");
+    time.push('"');
+    UtcTime::from_unix_millis(entry.unix_millis).write_rfc3339(time);
+    time.push('"');
+    let client = object.key("client");
+    client.push('"');
+    match entry.client {
+        SocketAddr::V4(v4) => {
+            push_ip(client, IpAddr::V4(*v4.ip()));
+            client.push(':');
+            let _ = write!(client, "{}", v4.port());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(client, "{}", entry.client);
+        }
+    }
+    client.push('"');
+    let client_ip = object.key("client_ip");
+    client_ip.push('"');
+    push_ip(client_ip, entry.client.ip());
+    client_ip.push('"');
     object.string("method", entry.method);
     object.string("path", &entry.target);
     object.string("outcome", entry.outcome.name());
@@ -968,6 +986,48 @@ mod tests {
             value.get("client").and_then(json::Value::as_str),
             Some("192.168.100.59:5000")
         );
+    }
+
+    #[test]
+    fn json_entries_write_times_and_addresses_as_display_does() {
+        let clients = [
+            "[::ffff:10.0.0.1]:1",
+            "255.255.255.255:65535",
+            "0.0.0.0:0",
+            "[::1]:8080",
+            "[2001:db8::ff00:42:8329]:443",
+            "[fe80::1%7]:9",
+        ];
+        for (index, client) in clients.into_iter().enumerate() {
+            let log = RequestLog::new(10, false);
+            let mut new = new_entry("x");
+            new.client = client.parse().unwrap();
+            new.unix_millis = 1_729_727_731_705 + index as u64 * 86_400_123;
+            log.record(&new, cycle);
+            let entry = log.page(&Filter::default(), 1, 1).entries.remove(0);
+            let mut json_text = String::new();
+            write_entry_json(&mut json_text, &entry);
+            let value = json::decode(&json_text).unwrap();
+            let field = |name: &str| {
+                value
+                    .get(name)
+                    .and_then(json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            assert_eq!(
+                field("client"),
+                Some(entry.client.to_string()),
+                "{json_text}"
+            );
+            assert_eq!(
+                field("client_ip"),
+                Some(entry.client.ip().to_string()),
+                "{json_text}"
+            );
+            let mut time = String::new();
+            UtcTime::from_unix_millis(entry.unix_millis).write_rfc3339(&mut time);
+            assert_eq!(field("time"), Some(time), "{json_text}");
+        }
     }
 
     #[test]
