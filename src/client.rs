@@ -3139,6 +3139,13 @@ mod tests {
             "probabilities":{"timeout":0.2,"403":0.2,"500":0.1,"200":0.5}}"#;
         let parsed = parse_server_stats(big, &json::decode(big).unwrap()).unwrap();
         assert_eq!(parsed.seed, Some(8_824_335_353_481_052_954));
+        // Both decode to the f64 2^53: only the digits tell them apart.
+        for seed in [1u64 << 53, (1 << 53) + 1] {
+            let text =
+                format!(r#"{{"seed":{seed},"weights":{{"timeout":1,"403":1,"500":1,"200":1}}}}"#);
+            let parsed = parse_server_stats(&text, &json::decode(&text).unwrap()).unwrap();
+            assert_eq!(parsed.seed, Some(seed), "{text}");
+        }
         let quoted =
             r#"{"seed":"18446744073709551615","weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
         let parsed = parse_server_stats(quoted, &json::decode(quoted).unwrap()).unwrap();

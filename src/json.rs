@@ -592,7 +592,8 @@ impl Parser<'_> {
     }
 }
 
-/// Largest integer below which every integer is an exact `f64`.
+/// 2^53: every integer below it is an exact `f64`. 2^53 itself is not trustworthy as a decoded
+/// value: `9007199254740993` rounds to it, so a number that decoded to 2^53 may have been either.
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
 
 impl Value {
@@ -619,7 +620,7 @@ impl Value {
     pub fn as_u64(&self) -> Option<u64> {
         match self {
             Value::Number(number)
-                if *number >= 0.0 && number.fract() == 0.0 && *number <= MAX_EXACT_INTEGER =>
+                if *number >= 0.0 && number.fract() == 0.0 && *number < MAX_EXACT_INTEGER =>
             {
                 Some(*number as u64)
             }
@@ -1011,7 +1012,10 @@ mod tests {
             ("1", Some(1)),
             ("0", Some(0)),
             ("-0", Some(0)),
-            ("9007199254740992", Some(1u64 << 53)),
+            ("9007199254740991", Some((1u64 << 53) - 1)),
+            // Both decode to 2^53, so neither can be told apart from the other.
+            ("9007199254740992", None),
+            ("9007199254740993", None),
             ("9007199254740994", None),
             ("-1", None),
             ("1.5", None),
