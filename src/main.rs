@@ -40,14 +40,8 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Help(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("unreliable {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
+        Command::Help(text) => print_text(&text),
+        Command::Version => print_text(&format!("unreliable {}\n", env!("CARGO_PKG_VERSION"))),
         Command::Serve(options) => serve(&options),
         Command::Client(options) => {
             let mut stdout = std::io::stdout().lock();
@@ -55,6 +49,26 @@ fn main() -> ExitCode {
         }
         Command::Demo(options) => demo(options),
     }
+}
+
+/// Writes help or version text. A reader that went away (`unreliable --help | head -1`) is no
+/// error, as for other command-line tools; any other failure to write is reported.
+fn print_text(text: &str) -> ExitCode {
+    match write_stdout(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("unreliable: error: cannot write to stdout: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `print!` without its panic when stdout is closed or full: the caller decides what that means.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
 }
 
 fn finish_client(result: Result<client::Verdict, client::ClientError>) -> ExitCode {
@@ -134,9 +148,13 @@ fn serve(options: &ServeOptions) -> ExitCode {
         }
     };
     let address = server.local_addr();
-    println!("listening on http://{address} seed={seed}");
-    // The line above is the contract with scripts that wait for it: make sure it left.
-    let _ = std::io::stdout().flush();
+    // The contract with scripts that wait for it, hence flushed. A server whose stdout is gone
+    // (a closed pipe, a full disk) still serves: the address is on stderr then.
+    if let Err(error) = write_stdout(&format!("listening on http://{address} seed={seed}\n")) {
+        eprintln!(
+            "unreliable: warning: cannot write to stdout ({error}); listening on http://{address} seed={seed}"
+        );
+    }
     eprintln!(
         "unreliable: weights {} hang {} log {}",
         options.weights,
@@ -192,19 +210,21 @@ fn demo(mut options: DemoOptions) -> ExitCode {
     options.client.host = address.ip().to_string();
     options.client.port = address.port();
     if !options.client.json {
-        println!(
-            "demo: server listening on http://{address} seed={seed} weights={} hang={}",
+        let preamble = format!(
+            "demo: server listening on http://{address} seed={seed} weights={} hang={}\n\
+             demo: unreliable client --host {} --port {} --count {} --concurrency {} --timeout {}\n\n",
             options.weights,
-            cli::show_duration(options.hang)
-        );
-        println!(
-            "demo: unreliable client --host {} --port {} --count {} --concurrency {} --timeout {}\n",
+            cli::show_duration(options.hang),
             options.client.host,
             options.client.port,
             options.client.count,
             options.client.concurrency,
             cli::show_duration(options.client.timeout)
         );
+        if let Err(error) = write_stdout(&preamble) {
+            server.shutdown();
+            return finish_client(Err(client::ClientError::Output(error)));
+        }
     }
     let result = {
         let mut stdout = std::io::stdout().lock();

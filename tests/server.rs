@@ -728,3 +728,93 @@ fn a_request_can_force_its_outcome_and_is_kept_out_of_the_test() {
         .collect();
     assert_eq!(forced_flags, vec![Some(true), Some(true), Some(false)]);
 }
+
+/// Starts the binary with a stdout whose reader is already gone, so every write to it fails
+/// with a broken pipe, and stderr piped.
+fn spawn_with_stdout_closed(args: &[&str]) -> std::process::Child {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    std::process::Command::new(binary())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary")
+}
+
+fn wait_with_deadline(mut child: std::process::Child, what: &str) -> (Option<i32>, String) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= give_up {
+            let _ = child.kill();
+            panic!("{what}: still running with its stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_closed_stdout_is_handled_without_a_panic() {
+    // Help and version, as `unreliable --help | head -0` gives them: a reader that left early is
+    // no error for such tools.
+    for args in [&["--help"][..], &["help", "serve"], &["--version"]] {
+        let (code, stderr) = wait_with_deadline(spawn_with_stdout_closed(args), "help");
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    // The demo cannot show its report: it says so and fails like the client does.
+    let (code, stderr) = wait_with_deadline(
+        spawn_with_stdout_closed(&["demo", "--count", "2", "--show-logs", "none"]),
+        "demo",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write the report"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // A server keeps serving, with its address on stderr instead.
+    let mut child = spawn_with_stdout_closed(&[
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-log-file",
+    ]);
+    let stderr = child.stderr.take().expect("stderr");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut first_line)
+        .expect("the server's first stderr line");
+    let address = first_line
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|address| address.parse::<std::net::SocketAddr>().ok());
+    let alive = child.try_wait().expect("wait").is_none();
+    let health = address.and_then(|address| {
+        let mut stream = std::net::TcpStream::connect_timeout(&address, STEP_TIMEOUT).ok()?;
+        stream.set_read_timeout(Some(STEP_TIMEOUT)).ok()?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).ok()?;
+        Some(answer)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "the server exited: {first_line}");
+    assert!(
+        first_line.contains("warning: cannot write to stdout"),
+        "{first_line}"
+    );
+    let health = health.unwrap_or_else(|| panic!("no answer at {address:?}: {first_line}"));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
