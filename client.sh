@@ -23,11 +23,21 @@ if ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)); then
     usage >&2
     exit 2
 fi
-if [[ -z $1 ]]; then
-    echo "$0: IP must not be empty" >&2
+if [[ -z $1 || $1 == -* ]]; then
+    echo "$0: IP comes first and must be an address or hostname, not '$1'" >&2
     usage >&2
     exit 2
 fi
+for option in "${@:3}"; do
+    case $option in
+    --host | --host=* | --port | --port=*)
+        # IP and PORT are the first two arguments; a second --host/--port would be a conflict.
+        echo "$0: give the address as IP PORT only, not also as '$option'" >&2
+        usage >&2
+        exit 2
+        ;;
+    esac
+done
 
 script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 

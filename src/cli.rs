@@ -303,10 +303,62 @@ struct FlagReader<I> {
     args: I,
     known: &'static [&'static [&'static str]],
     subcommand: &'static str,
+    /// Flags already given, with their values: each may appear once, since a second value
+    /// silently replacing the first (`client.sh IP PORT --port 9`) hides a mistake.
+    seen: Vec<Flag>,
+}
+
+impl<I> FlagReader<I> {
+    fn new(
+        args: I,
+        known: &'static [&'static [&'static str]],
+        subcommand: &'static str,
+    ) -> FlagReader<I> {
+        FlagReader {
+            args,
+            known,
+            subcommand,
+            seen: Vec::new(),
+        }
+    }
 }
 
 impl<I: Iterator<Item = OsString>> FlagReader<I> {
     fn next_flag(&mut self) -> Result<Option<Flag>, CliError> {
+        let Some(flag) = self.read_flag()? else {
+            return Ok(None);
+        };
+        if let Some(earlier) = self.seen.iter().find(|seen| seen.name == flag.name) {
+            let message = match (&earlier.value, &flag.value) {
+                (Some(first), Some(second)) => format!(
+                    "option '{}' is given twice ('{first}', then '{second}'); give it once",
+                    flag.name
+                ),
+                _ => format!("option '{}' is given twice; give it once", flag.name),
+            };
+            return Err(self.error(message));
+        }
+        let opposite = match flag.name.as_str() {
+            "--log-file" => Some("--no-log-file"),
+            "--no-log-file" => Some("--log-file"),
+            _ => None,
+        };
+        if let Some(opposite) =
+            opposite.filter(|name| self.seen.iter().any(|seen| seen.name == *name))
+        {
+            return Err(self.error(format!(
+                "options '{opposite}' and '{}' contradict each other; give one",
+                flag.name
+            )));
+        }
+        self.seen.push(Flag {
+            name: flag.name.clone(),
+            value: flag.value.clone(),
+        });
+        Ok(Some(flag))
+    }
+
+    fn read_flag(&mut self) -> Result<Option<Flag>, CliError> {
         let Some(arg) = self.args.next() else {
             return Ok(None);
         };
@@ -405,11 +457,7 @@ impl Flag {
 fn parse_serve(args: impl Iterator<Item = OsString>) -> Result<Command, CliError> {
     const NAME: &str = "serve";
     let mut options = ServeOptions::default();
-    let mut reader = FlagReader {
-        args,
-        known: &[SERVE_FLAGS],
-        subcommand: NAME,
-    };
+    let mut reader = FlagReader::new(args, &[SERVE_FLAGS], NAME);
     while let Some(flag) = reader.next_flag()? {
         match flag.name.as_str() {
             "--help" => return Ok(Command::Help(SERVE_HELP.into())),
@@ -471,11 +519,7 @@ fn weights(flag: &Flag, subcommand: &'static str) -> Result<Weights, CliError> {
 
 fn parse_client(args: impl Iterator<Item = OsString>) -> Result<Command, CliError> {
     let mut options = ClientOptions::default();
-    let mut reader = FlagReader {
-        args,
-        known: &[CLIENT_ADDRESS_FLAGS, CLIENT_RUN_FLAGS],
-        subcommand: "client",
-    };
+    let mut reader = FlagReader::new(args, &[CLIENT_ADDRESS_FLAGS, CLIENT_RUN_FLAGS], "client");
     while let Some(flag) = reader.next_flag()? {
         if flag.name == "--help" {
             return Ok(Command::Help(CLIENT_HELP.into()));
@@ -590,11 +634,7 @@ fn check_client(options: &ClientOptions, subcommand: &'static str) -> Result<(),
 fn parse_demo(args: impl Iterator<Item = OsString>) -> Result<Command, CliError> {
     const NAME: &str = "demo";
     let mut options = DemoOptions::default();
-    let mut reader = FlagReader {
-        args,
-        known: &[DEMO_SERVER_FLAGS, CLIENT_RUN_FLAGS],
-        subcommand: NAME,
-    };
+    let mut reader = FlagReader::new(args, &[DEMO_SERVER_FLAGS, CLIENT_RUN_FLAGS], NAME);
     while let Some(flag) = reader.next_flag()? {
         match flag.name.as_str() {
             "--help" => return Ok(Command::Help(DEMO_HELP.into())),
@@ -907,6 +947,25 @@ mod tests {
                 "--max-backoff (1s) is shorter than --backoff (3s)",
             ),
             ("demo --host 1.2.3.4", "invalid option '--host'"),
+            (
+                "client --host 127.0.0.1 --port 8080 --port 9",
+                "option '--port' is given twice ('8080', then '9'); give it once",
+            ),
+            (
+                "client --port=1 --count 5 --port 2",
+                "option '--port' is given twice ('1', then '2')",
+            ),
+            ("client --json --json", "option '--json' is given twice"),
+            ("serve --seed 1 --seed 1", "option '--seed' is given twice"),
+            ("demo --hang 1s --hang 2s", "option '--hang' is given twice"),
+            (
+                "serve --log-file a.log --no-log-file",
+                "options '--log-file' and '--no-log-file' contradict each other",
+            ),
+            (
+                "serve --no-log-file --log-file=a.log",
+                "options '--no-log-file' and '--log-file' contradict each other",
+            ),
         ];
         for (words, expected) in cases {
             let message = error_of(words);

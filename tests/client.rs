@@ -846,7 +846,7 @@ fn client_script_runs_the_binary_on_path() {
 #[test]
 fn client_script_rejects_missing_and_bad_arguments() {
     let _shared = share_the_machine();
-    let cases: [&[&str]; 7] = [
+    let cases: [&[&str]; 11] = [
         &[],
         &["127.0.0.1"],
         &["127.0.0.1", "http"],
@@ -854,6 +854,11 @@ fn client_script_rejects_missing_and_bad_arguments() {
         &["127.0.0.1", "65536"],
         &["127.0.0.1", "-5"],
         &["", "8080"],
+        // An option where the IP belongs, and a second address after IP PORT.
+        &["--count", "5"],
+        &["127.0.0.1", "8080", "--port", "9"],
+        &["127.0.0.1", "8080", "--count", "3", "--host=192.0.2.1"],
+        &["127.0.0.1", "8080", "--port=9"],
     ];
     for args in cases {
         let finished = client_script(args, STEP_TIMEOUT);
