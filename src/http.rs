@@ -765,6 +765,9 @@ pub enum RequestError {
     UnsupportedVersion,
     /// 414.
     RequestLineTooLong,
+    /// A method longer than the request-line limit: longer than any implemented, so 501
+    /// (RFC 9112 §3), not the 414 of a long target.
+    MethodTooLong,
     BareLineFeed,
     BareCarriageReturn,
     WhitespaceAfterStartLine,
@@ -811,7 +814,7 @@ impl RequestError {
             RequestError::HeaderSectionTooLarge
             | RequestError::TooManyHeaderFields
             | RequestError::TrailerTooLarge => 431,
-            RequestError::UnsupportedTransferCoding => 501,
+            RequestError::UnsupportedTransferCoding | RequestError::MethodTooLong => 501,
             RequestError::BodyTooLarge => 413,
             RequestError::ExpectationFailed => 417,
             _ => 400,
@@ -827,6 +830,7 @@ impl RequestError {
             RequestError::BadVersion => "malformed http version",
             RequestError::UnsupportedVersion => "http version not supported",
             RequestError::RequestLineTooLong => "request line too long",
+            RequestError::MethodTooLong => "method too long: not implemented",
             RequestError::BareLineFeed => "bare line feed",
             RequestError::BareCarriageReturn => "bare carriage return",
             RequestError::WhitespaceAfterStartLine => "whitespace after start line",
@@ -873,6 +877,17 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead<'_>>, RequestError
         Err(Stop::Partial) => Ok(Parsed::Partial),
         Err(Stop::Invalid(error)) => Err(error),
     }
+}
+
+/// Whether `input` (a request as it arrived, possibly incomplete or malformed) asks for `HEAD`,
+/// so that even a refusal of it carries no content (RFC 9110 §9.3.2): the method is the first
+/// token after the empty lines a request may start with.
+pub fn is_head_request(input: &[u8]) -> bool {
+    let mut rest = input;
+    while let Some(after) = rest.strip_prefix(b"\r\n") {
+        rest = after;
+    }
+    rest.starts_with(b"HEAD ")
 }
 
 /// Offsets of a request line within the buffer.
@@ -953,7 +968,16 @@ fn scan_request_line(buf: &[u8], start: usize) -> Result<RequestLine, Stop> {
             // Everything seen so far, except a CR that may begin the CRLF, belongs to the line.
             let trailing_carriage_return = usize::from(window.last() == Some(&b'\r'));
             if window.len() - start - trailing_carriage_return > MAX_REQUEST_LINE {
-                Err(RequestError::RequestLineTooLong.into())
+                // The method alone passes the limit: no target has been seen to be too long.
+                let method_length = window[start..]
+                    .iter()
+                    .take_while(|&&byte| is_token_char(byte))
+                    .count();
+                if method_length > MAX_REQUEST_LINE {
+                    Err(RequestError::MethodTooLong.into())
+                } else {
+                    Err(RequestError::RequestLineTooLong.into())
+                }
             } else {
                 Err(Stop::Partial)
             }
@@ -2469,6 +2493,28 @@ mod tests {
     }
 
     #[test]
+    fn head_requests_are_recognised_from_their_first_bytes() {
+        for (input, expected) in [
+            (&b"HEAD /health HTTP/1.1\r\n"[..], true),
+            (b"\r\n\r\nHEAD / HTTP/2.0\r\n", true),
+            (b"HEAD ", true),
+            (b"HEAD", false),
+            (b"HEADER / HTTP/1.1", false),
+            (b"head / HTTP/1.1", false),
+            (b"GET / HTTP/1.1", false),
+            (b"\nHEAD / HTTP/1.1", false),
+            (b"", false),
+        ] {
+            assert_eq!(
+                is_head_request(input),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
     fn statuses_and_reasons() {
         use RequestError as E;
         let cases = [
@@ -2477,6 +2523,7 @@ mod tests {
             (E::BadChunkSize, 400),
             (E::UnsupportedVersion, 505),
             (E::RequestLineTooLong, 414),
+            (E::MethodTooLong, 501),
             (E::HeaderSectionTooLarge, 431),
             (E::TooManyHeaderFields, 431),
             (E::TrailerTooLarge, 431),
@@ -2611,6 +2658,18 @@ mod tests {
         );
         partial.push(b'a');
         assert_eq!(error_of(&partial), RequestError::RequestLineTooLong);
+        // A method that alone passes the limit, arriving or complete, is one not implemented.
+        let mut long_method = vec![b'M'; MAX_REQUEST_LINE + 1];
+        assert_eq!(error_of(&long_method), RequestError::MethodTooLong);
+        long_method.extend_from_slice(b" /health HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(error_of(&long_method), RequestError::MethodTooLong);
+        // A method that stays within the limit leaves an overlong line to its target: 414.
+        let mut long_method_and_target = vec![b'M'; MAX_REQUEST_LINE - 1];
+        long_method_and_target.extend_from_slice(b" /health HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            error_of(&long_method_and_target),
+            RequestError::RequestLineTooLong
+        );
         // Leading empty lines do not count towards the line.
         let mut with_empty_lines = b"\r\n\r\n".to_vec();
         with_empty_lines.extend_from_slice(&at_limit);

@@ -745,6 +745,7 @@ fn write_short_response(
     date: &[u8; 29],
     status: u16,
     body: &[u8],
+    head_only: bool,
 ) {
     out.clear();
     http::write_response(
@@ -756,7 +757,7 @@ fn write_short_response(
             body,
             keep_alive: false,
             request_minor_version: 1,
-            head_only: false,
+            head_only,
         },
         date,
     );
@@ -838,7 +839,8 @@ fn turn_away(stream: &mut TcpStream, scratch: &mut [u8], out: &mut Vec<u8>, date
             Ok(_) => {}
         }
     }
-    write_short_response(stream, out, date.current(), 503, BUSY_BODY);
+    // Turned away before anything is read: whether it would have been HEAD is unknown.
+    write_short_response(stream, out, date.current(), 503, BUSY_BODY, false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1208,7 +1210,9 @@ fn refuse(
             body: &body,
             keep_alive: false,
             request_minor_version: 1,
-            head_only: false,
+            // Even a refused HEAD gets no content (RFC 9110 §9.3.2): a client that sent more
+            // would read it as the next response.
+            head_only: http::is_head_request(&connection.buffer[..connection.filled]),
         },
         worker.date.current(),
     );
@@ -1695,12 +1699,15 @@ impl Poller<'_> {
             if parked.kind == ParkKind::PartialRequest {
                 // Nonblocking: a client that stopped reading must not stall the poller.
                 if parked.connection.stream.set_nonblocking(true).is_ok() {
+                    let connection = &mut parked.connection;
+                    let head_only = http::is_head_request(&connection.buffer[..connection.filled]);
                     write_short_response(
-                        &mut parked.connection.stream,
+                        &mut connection.stream,
                         &mut self.out,
                         self.date.current(),
                         408,
                         b"request timeout\n",
+                        head_only,
                     );
                     parked.connection.shrink_for_parking(ParkKind::Closing);
                     self.register(Parked {
@@ -2666,6 +2673,22 @@ mod tests {
         assert_eq!(status, 408);
         assert!(started.elapsed() >= Duration::from_millis(250));
         assert!(closed_silently(&mut stream));
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_partial_head_request_gets_408_without_content() {
+        let server = start_test_server(1, 64, short_timeouts());
+        let mut stream = connect(&server);
+        stream.write_all(b"HEAD /health HTTP/1.1\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "content after the head: {text:?}"
+        );
         server.shutdown();
     }
 

@@ -1163,6 +1163,81 @@ fn smuggling_and_framing_cases_get_the_right_status_and_connection_fate() {
 }
 
 #[test]
+fn a_refused_head_request_gets_its_status_and_no_content() {
+    // RFC 9110 §9.3.2: no content in an answer to HEAD, refusals included; a client that sent
+    // more would otherwise read the reason text as the start of the next response. The same
+    // request as GET shows the reason text each refusal carries.
+    let server = Server::start("head-refusals", &["--no-log-file"]);
+    let long_target = format!("/{}", "a".repeat(MAX_REQUEST_LINE));
+    let many_fields = "X-Filler: 0123456789abcdef\r\n".repeat(MAX_HEADER_FIELDS + 1);
+    let cases: [(&str, String, u16); 8] = [
+        (
+            "expect",
+            "/health HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n".into(),
+            417,
+        ),
+        ("bad host", "/health HTTP/1.1\r\nHost: a b\r\n".into(), 400),
+        ("version", "/health HTTP/2.0\r\nHost: x\r\n".into(), 505),
+        (
+            "long target",
+            format!("{long_target} HTTP/1.1\r\nHost: x\r\n"),
+            414,
+        ),
+        (
+            "many fields",
+            format!("/health HTTP/1.1\r\nHost: x\r\n{many_fields}"),
+            431,
+        ),
+        (
+            "coding",
+            "/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n".into(),
+            501,
+        ),
+        (
+            "cl and te",
+            "/health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+                .into(),
+            400,
+        ),
+        (
+            "body too large",
+            format!(
+                "/health HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+                MAX_BODY + 1
+            ),
+            413,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, rest, status) in &cases {
+        for method in ["HEAD", "GET"] {
+            let mut client = server.connect();
+            let request = format!("\r\n{method} {rest}\r\n");
+            let _ = client.stream.write_all(request.as_bytes());
+            let bytes = match read_until_closed(&mut client.stream) {
+                Ok(bytes) => bytes,
+                Err(problem) => {
+                    failures.push(format!("{name} {method}: {problem}"));
+                    continue;
+                }
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            let head_end = find(&bytes, b"\r\n\r\n").map(|end| end + 4);
+            let content = head_end.map(|end| &bytes[end..]);
+            let status_ok = text.starts_with(&format!("HTTP/1.1 {status} "));
+            let content_ok = match method {
+                "HEAD" => content.is_some_and(<[u8]>::is_empty),
+                _ => content.is_some_and(|content| !content.is_empty()),
+            };
+            if !status_ok || !content_ok {
+                failures.push(format!("{name} {method}: {text:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
 fn expect_continue_comes_before_the_body_and_only_when_the_body_is_wanted() {
     let server = Server::start("conformance-expect", &["--no-log-file"]);
     // Accepted: 100 first, then the body is sent, then the final answer.
