@@ -750,7 +750,23 @@ impl<'b> RequestHead<'b> {
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
         find_field(&self.fields, name)
     }
+
+    /// The value of a field that holds a single value, like [`RequestHead::header`], or
+    /// `Err(RepeatedField)` when it is sent more than once: such a field is not a list that
+    /// could be combined (RFC 9110 §5.3), and taking either line would silently drop the other.
+    pub fn single_header(&self, name: &str) -> Result<Option<&'b [u8]>, RepeatedField> {
+        let mut values = field_values(&self.fields, name);
+        let first = values.next();
+        match values.next() {
+            Some(_) => Err(RepeatedField),
+            None => Ok(first),
+        }
+    }
 }
+
+/// A single-valued field was sent more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepeatedField;
 
 /// Why a request is refused. Each variant maps to one status and one short reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -193,12 +193,23 @@ fn bad_request(exchange: &Exchange<'_, '_>, out: &mut Vec<u8>, reason: &str) -> 
 
 fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Disposition {
     let request = exchange.request;
-    let request_id = request.header("x-request-id");
+    // Each names one thing: two ids or two forced outcomes are refused rather than one of them
+    // silently dropped from the log.
+    let (Ok(request_id), Ok(forced_name)) = (
+        request.single_header("x-request-id"),
+        request.single_header("x-unreliable-outcome"),
+    ) else {
+        return bad_request(
+            exchange,
+            out,
+            "x-request-id and x-unreliable-outcome may each be sent once",
+        );
+    };
     if request_id.is_some_and(|id| id.len() > MAX_REQUEST_ID) {
         let reason = format!("x-request-id is longer than {MAX_REQUEST_ID} bytes");
         return bad_request(exchange, out, &reason);
     }
-    let forced = match request.header("x-unreliable-outcome") {
+    let forced = match forced_name {
         None => None,
         Some(name) => match std::str::from_utf8(name).ok().and_then(Outcome::from_name) {
             Some(outcome) => Some(outcome),

@@ -710,6 +710,22 @@ fn a_request_can_force_its_outcome_and_is_kept_out_of_the_test() {
         "{}",
         bad.text()
     );
+    // A second id or forced outcome is refused, not dropped: neither line wins, nothing is logged.
+    for repeated in [
+        [
+            ("X-Unreliable-Outcome", "403"),
+            ("x-unreliable-outcome", "200"),
+        ],
+        [("X-Request-Id", "a"), ("X-REQUEST-ID", "b")],
+    ] {
+        let refused = get(&server, "/getbalance", &repeated).unwrap();
+        assert_eq!(refused.status, 400, "{repeated:?}");
+        assert!(
+            refused.text().contains("may each be sent once"),
+            "{}",
+            refused.text()
+        );
+    }
 
     let stats = decode(&get(&server, "/stats", &[]).unwrap());
     assert_eq!(number(&stats, "total"), 3);
