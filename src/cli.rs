@@ -794,7 +794,9 @@ Options:
   --timeout DURATION      read timeout per attempt, e.g. 250ms, 3s [default: 3s]
   --retries R             retries after a retried outcome [default: 3]
   --retry-on LIST         outcomes that are retried: timeout, 403, 500, 200 or none
-                          [default: timeout]
+                          [default: timeout]; transport errors (connection refused or
+                          reset, closed before or during the answer, malformed answer)
+                          are retried like timeouts, except with none: no retries at all
   --backoff DURATION      first retry delay; doubles per retry, full jitter [default: 100ms]
   --max-backoff DURATION  cap on the retry delay [default: 2s]
   --interval DURATION     pause before each fresh request a worker takes [default: 0ms]
@@ -803,6 +805,9 @@ Options:
   --quiet                 no progress line
   --tolerance PP          exit 1 when any 95% interval lies outside expected +/- PP points
   -h, --help              print this help
+
+After the run, GET /stats and each GET /getlogs page have a fixed timeout of 10s of their
+own, whatever --timeout is.
 
 Exit status: 0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable.
 ";
@@ -1002,6 +1007,15 @@ mod tests {
                 assert!(help.contains(flag), "{flag} is not in its help text");
             }
         }
+    }
+
+    #[test]
+    fn client_help_states_the_admin_timeout_the_client_uses() {
+        let stated = format!(
+            "fixed timeout of {}s",
+            crate::client::ADMIN_TIMEOUT.as_secs()
+        );
+        assert!(CLIENT_HELP.contains(&stated), "{stated:?} not in the help");
     }
 
     #[test]

@@ -9,8 +9,12 @@
 //! - An attempt's deadline covers reading the complete response (head and body) and starts once
 //!   the request is written; connecting has its own timeout of the same length.
 //! - Transport errors (refused, reset, closed, malformed, other I/O) are their own categories.
-//!   They are retried like a timeout and use up the same retry budget, but they are not draws
-//!   from the server's weights, so they stay out of the distribution tables and the chi-square.
+//!   They are retried like a timeout and use up the same retry budget whenever retries are on
+//!   (`--retry-on none` retries nothing), but they are not draws from the server's weights, so
+//!   they stay out of the distribution tables and the chi-square.
+//! - `/stats` and each `/getlogs` page after the run have their own fixed [`ADMIN_TIMEOUT`],
+//!   whatever `--timeout` is: that one is sized for a `/getbalance` answer, not for a log page
+//!   of up to [`MAX_ADMIN_RESPONSE_BYTES`].
 //! - An attempt that failed before its request was written ("not sent") has no server entry by
 //!   right. One that failed after (reset, closed) may or may not have one, and either is accepted.
 //! - A worker never sits idle through a backoff: a retry goes into the worker's own queue with
@@ -195,12 +199,14 @@ pub fn classify_status(status: u16) -> AttemptOutcome {
     }
 }
 
-/// Whether an attempt with this outcome is tried again (budget permitting).
+/// Whether an attempt with this outcome is tried again (budget permitting). A transport error
+/// got no answer at all, so it is retried like a timeout whenever retries are on; an empty
+/// `retry_on` (`--retry-on none`) means no retries of any kind, as documented.
 pub fn is_retried(outcome: &AttemptOutcome, retry_on: &[Outcome]) -> bool {
     match outcome {
         AttemptOutcome::Server(outcome) => retry_on.contains(outcome),
         AttemptOutcome::OtherStatus(_) => false,
-        AttemptOutcome::Transport(_) => true,
+        AttemptOutcome::Transport(_) => !retry_on.is_empty(),
     }
 }
 
@@ -2415,7 +2421,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_policy_follows_retry_on_and_always_retries_transport_errors() {
+    fn retry_policy_follows_retry_on_and_retries_transport_errors_unless_none() {
         let timeout_only = [Outcome::Timeout];
         let cases = [
             (AttemptOutcome::Server(Outcome::Timeout), true),
@@ -2436,6 +2442,19 @@ mod tests {
             &with_500
         ));
         assert!(!is_retried(&AttemptOutcome::Server(Outcome::Timeout), &[]));
+        // `--retry-on none`: nothing is retried, transport errors included.
+        for error in [
+            TransportError::ConnectionReset,
+            TransportError::ClosedBeforeResponse,
+            TransportError::Malformed("garbage".into()),
+        ] {
+            assert!(!is_retried(&AttemptOutcome::Transport(error), &[]));
+        }
+        // Retries on, for any outcome: transport errors are retried like timeouts.
+        assert!(is_retried(
+            &AttemptOutcome::Transport(TransportError::ConnectionRefused),
+            &[Outcome::ServerError]
+        ));
     }
 
     #[test]

@@ -964,3 +964,63 @@ fn acceptance_run_of_ten_thousand_requests_reconciles_with_zero_mismatches() {
     );
     assert_eq!(text_at(&report, "verdict"), "pass");
 }
+
+#[test]
+fn retry_on_none_retries_nothing_and_transport_errors_are_retried_otherwise() {
+    let _shared = share_the_machine();
+    // A `--hang` of 0 ms closes each hung request at once, so the client sees "closed before a
+    // response", a transport error, for about half of the attempts (seeded, one worker).
+    let server = Server::start(
+        "client-retry-on-none",
+        &[
+            "--seed",
+            "4",
+            "--hang",
+            "0ms",
+            "--weights",
+            "timeout=50,200=50",
+            "--no-log-file",
+        ],
+    );
+    let run = |retry_on: &str| {
+        let finished = run_client(
+            &server,
+            &[
+                "--count",
+                "20",
+                "--concurrency",
+                "1",
+                "--timeout",
+                "5s",
+                "--retry-on",
+                retry_on,
+                "--backoff",
+                "1ms",
+                "--max-backoff",
+                "1ms",
+                "--show-logs",
+                "none",
+                "--json",
+            ],
+        );
+        assert_eq!(finished.code, Some(0), "{finished:#?}");
+        json_report(&finished)
+    };
+    let none = run("none");
+    let closed = count_at(&none, "attempts.other.closed before a response");
+    assert!(closed > 0, "{:?}", member(&none, "attempts"));
+    // One attempt per request, the failed ones included: `none` means no retries at all.
+    assert_eq!(count_at(&none, "attempts.total"), 20);
+    assert_eq!(
+        count_at(&none, "requests.other.closed before a response"),
+        closed
+    );
+
+    // With retries on (here for 500s only), transport errors are retried like timeouts.
+    let retried = run("500");
+    assert!(
+        count_at(&retried, "attempts.total") > 20,
+        "{:?}",
+        member(&retried, "attempts")
+    );
+}
