@@ -117,9 +117,9 @@ impl ClientError {
 /// How a finished run came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Reconciled and within tolerance: exit 0.
+    /// Reconciled, judged on at least one draw, and within tolerance: exit 0.
     Pass,
-    /// A mismatch, or an interval outside the tolerance: exit 1.
+    /// A mismatch, no draw to judge, or an interval outside the tolerance: exit 1.
     Fail,
 }
 
@@ -1618,6 +1618,8 @@ pub struct Report {
     /// The server entries to show (already cut to `show_logs`).
     pub shown_entries: Vec<LogEntry>,
     pub tolerance_violations: Vec<Outcome>,
+    /// Why the verdict failed, one line each; empty when it passed.
+    pub verdict_reasons: Vec<String>,
     pub verdict: Verdict,
 }
 
@@ -1634,6 +1636,7 @@ fn build_report(
     let mut attempt_counts = [0u64; Outcome::COUNT];
     let mut attempt_other = BTreeMap::new();
     let mut transport_details = BTreeMap::new();
+    let mut transport_errors = 0u64;
     let mut finals: BTreeMap<u64, &AttemptOutcome> = BTreeMap::new();
     for attempt in attempts {
         match &attempt.outcome {
@@ -1641,6 +1644,7 @@ fn build_report(
             other => *attempt_other.entry(other.category()).or_insert(0) += 1,
         }
         if let AttemptOutcome::Transport(error) = &attempt.outcome {
+            transport_errors += 1;
             if let Some(detail) = error.detail() {
                 transport_details
                     .entry(error.name().to_string())
@@ -1680,7 +1684,28 @@ fn build_report(
         ShowLogs::Last(count) => count.min(fetched.entries.len()),
         ShowLogs::None => 0,
     };
-    let verdict = if reconciliation.is_clean() && tolerance_violations.is_empty() {
+    let mut verdict_reasons = Vec::new();
+    // Without a draw every interval is [0%, 100%] and the chi-square is trivially 0, so neither
+    // the fit nor the tolerance could fail: such a run proves nothing and must not pass.
+    if attempt_draws == 0 {
+        verdict_reasons.push(nothing_to_judge(
+            attempts.len() as u64,
+            transport_errors,
+            &attempt_other,
+        ));
+    }
+    if !reconciliation.is_clean() {
+        verdict_reasons.push("client and server logs disagree".to_string());
+    }
+    if let Some(tolerance) = options.tolerance {
+        for outcome in &tolerance_violations {
+            verdict_reasons.push(format!(
+                "{}: 95% interval outside expected ± {tolerance} points",
+                outcome.name()
+            ));
+        }
+    }
+    let verdict = if verdict_reasons.is_empty() {
         Verdict::Pass
     } else {
         Verdict::Fail
@@ -1714,7 +1739,32 @@ fn build_report(
         dropped_by_server: fetched.dropped,
         shown_entries: fetched.entries[fetched.entries.len() - shown..].to_vec(),
         tolerance_violations,
+        verdict_reasons,
         verdict,
+    }
+}
+
+/// Why a run whose attempts include no draw cannot be judged, naming what they ended in:
+/// `nothing to judge, all 20 attempts ended in transport errors: connection reset 20`.
+fn nothing_to_judge(attempts: u64, transport_errors: u64, other: &BTreeMap<String, u64>) -> String {
+    let kinds: Vec<String> = other
+        .iter()
+        .map(|(category, count)| format!("{category} {count}"))
+        .collect();
+    let kinds = kinds.join(", ");
+    match attempts {
+        0 => "nothing to judge, no attempt was made".into(),
+        1 if transport_errors == 1 => {
+            format!("nothing to judge, the only attempt ended in a transport error: {kinds}")
+        }
+        1 => format!("nothing to judge, the only attempt got no outcome of the weights: {kinds}"),
+        _ if transport_errors == attempts => {
+            format!("nothing to judge, all {attempts} attempts ended in transport errors: {kinds}")
+        }
+        _ => format!(
+            "nothing to judge, none of the {attempts} attempts got an outcome of the weights: \
+             {kinds}"
+        ),
     }
 }
 
@@ -1774,21 +1824,26 @@ pub fn format_log_entry(entry: &LogEntry) -> String {
     )
 }
 
-/// The sentence judging the chi-square p-value.
+/// The sentence judging the chi-square p-value, whole: the report prints it as it is.
 pub fn fit_sentence(fit: &GoodnessOfFit, draws: u64) -> String {
     if draws == 0 {
-        "no attempts reached an outcome, so there is nothing to judge".into()
+        "no attempt reached an outcome of the weights, so there is nothing to judge".into()
     } else if fit.p_value >= SIGNIFICANCE {
         format!(
-            "consistent with the configured weights (p = {:.3} >= {SIGNIFICANCE})",
+            "the mix is consistent with the configured weights (p = {:.3} >= {SIGNIFICANCE})",
             fit.p_value
         )
     } else {
         format!(
-            "unlikely under the configured weights (p = {:.3e})",
+            "the mix is unlikely under the configured weights (p = {:.3e})",
             fit.p_value
         )
     }
+}
+
+/// Whether the chi-square found the mix consistent with the weights; never without a draw.
+fn is_consistent(report: &Report) -> bool {
+    report.attempt_draws > 0 && report.fit.p_value >= SIGNIFICANCE
 }
 
 fn write_distribution(
@@ -1913,19 +1968,27 @@ pub fn write_text_report(
     for (category, detail) in &report.transport_details {
         writeln!(text, "  first {category}: {detail}")?;
     }
-    writeln!(
-        text,
-        "  chi-square {:.3}, {} degrees of freedom, p-value {:.4} ({})",
-        report.fit.statistic,
-        report.fit.degrees_of_freedom,
-        report.fit.p_value,
-        report.fit.method.name()
-    )?;
-    writeln!(
-        text,
-        "  the mix is {}",
-        fit_sentence(&report.fit, report.attempt_draws)
-    )?;
+    if report.attempt_draws == 0 {
+        // The first reason says what the attempts ended in instead.
+        let reason = report.verdict_reasons.first().map(String::as_str);
+        let sentence = fit_sentence(&report.fit, 0);
+        writeln!(text, "  no chi-square: there is no draw to test")?;
+        writeln!(text, "  {}", reason.unwrap_or(&sentence))?;
+    } else {
+        writeln!(
+            text,
+            "  chi-square {:.3}, {} degrees of freedom, p-value {:.4} ({})",
+            report.fit.statistic,
+            report.fit.degrees_of_freedom,
+            report.fit.p_value,
+            report.fit.method.name()
+        )?;
+        writeln!(
+            text,
+            "  {}",
+            fit_sentence(&report.fit, report.attempt_draws)
+        )?;
+    }
     if let Some(precision) = &report.precision {
         writeln!(
             text,
@@ -2067,21 +2130,13 @@ pub fn write_text_report(
     }
 
     writeln!(text)?;
-    let mut reasons = Vec::new();
-    if !reconciliation.is_clean() {
-        reasons.push("client and server logs disagree".to_string());
-    }
-    if let Some(tolerance) = options.tolerance {
-        for outcome in &report.tolerance_violations {
-            reasons.push(format!(
-                "{}: 95% interval outside expected ± {tolerance} points",
-                outcome.name()
-            ));
-        }
-    }
     match report.verdict {
         Verdict::Pass => writeln!(text, "verdict: PASS"),
-        Verdict::Fail => writeln!(text, "verdict: FAIL ({})", reasons.join("; ")),
+        Verdict::Fail => writeln!(
+            text,
+            "verdict: FAIL ({})",
+            report.verdict_reasons.join("; ")
+        ),
     }
 }
 
@@ -2143,7 +2198,8 @@ fn milliseconds(duration: Duration) -> f64 {
 /// - `attempts`: `total`, `counts` (outcome name → count), `other` (category → count, for other
 ///   statuses like `status 404` and transport errors like `connection refused`), `draws` (the
 ///   attempts that are outcomes), `rows` (see below), `chi_square` (`statistic`,
-///   `degrees_of_freedom`, `p_value`, `method`), `consistent` (p-value ≥ 0.05),
+///   `degrees_of_freedom`, `p_value`, `method`), `consistent` (p-value ≥ 0.05 and at least
+///   one draw; false without a draw, whose chi-square is a trivial 0 with p-value 1),
 ///   `precision_points` (± half-width of the largest outcome's interval, or null).
 /// - `requests`: `total`, `counts`, `other` (final outcomes), `draws`, `rows` (expected from the
 ///   retry theory), `mean_attempts`, `expected_mean_attempts`.
@@ -2159,6 +2215,8 @@ fn milliseconds(duration: Duration) -> f64 {
 /// - `logs`: the shown server entries: `id`, `time`, `client_ip`, `outcome`, `status` (or null),
 ///   `request_id` (or null).
 /// - `tolerance_violations`: outcome names whose interval lies outside expected ± tolerance.
+/// - `verdict_reasons`: why the verdict failed, one line each as in the text report (nothing
+///   to judge without a draw, logs that disagree, tolerance violations); empty on a pass.
 /// - `verdict`: `pass` or `fail`.
 pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut String) {
     let mut document = ObjectWriter::new(out);
@@ -2224,7 +2282,7 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
                 .string("method", report.fit.method.name());
             fit.finish();
         }
-        attempts.bool("consistent", report.fit.p_value >= SIGNIFICANCE);
+        attempts.bool("consistent", is_consistent(report));
         match &report.precision {
             Some(precision) => attempts.f64("precision_points", precision.half_width_points),
             None => attempts.null("precision_points"),
@@ -2328,6 +2386,7 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
         .map(|o| o.name().to_string())
         .collect();
     write_string_array(document.key("tolerance_violations"), &violations);
+    write_string_array(document.key("verdict_reasons"), &report.verdict_reasons);
     document.string(
         "verdict",
         match report.verdict {
@@ -2960,8 +3019,14 @@ mod tests {
     }
 
     fn synthetic_report(options: &ClientOptions) -> Report {
-        // 100 requests; request k's first attempt follows a fixed 20/20/10/50 cycle, and
-        // timeouts are retried once into a 200.
+        let attempts = synthetic_attempts();
+        let entries = faithful_entries(&attempts);
+        report_of(options, &attempts, entries)
+    }
+
+    /// 100 requests; request k's first attempt follows a fixed 20/20/10/50 cycle, and
+    /// timeouts are retried once into a 200.
+    fn synthetic_attempts() -> Vec<AttemptRecord> {
         let mut attempts = Vec::new();
         let cycle = [
             Outcome::Timeout,
@@ -2987,14 +3052,27 @@ mod tests {
                 ));
             }
         }
-        let entries: Vec<LogEntry> = attempts
+        attempts
+    }
+
+    /// One entry per attempt of run `feed0123`, with the attempt's outcome.
+    fn faithful_entries(attempts: &[AttemptRecord]) -> Vec<LogEntry> {
+        attempts
             .iter()
             .enumerate()
             .map(|(index, a)| {
                 let id = request_id("feed0123", a.request, a.attempt);
                 entry(index as u64 + 1, Some(&id), &a.outcome.category())
             })
-            .collect();
+            .collect()
+    }
+
+    /// The report of run `feed0123` against a server with the owner's weights.
+    fn report_of(
+        options: &ClientOptions,
+        attempts: &[AttemptRecord],
+        entries: Vec<LogEntry>,
+    ) -> Report {
         let server = ServerStats {
             seed: Some(123),
             probabilities: OWNER,
@@ -3008,7 +3086,7 @@ mod tests {
             "feed0123",
             "127.0.0.1:8080",
             &server,
-            &attempts,
+            attempts,
             &fetched,
             Duration::from_secs(2),
         )
@@ -3075,12 +3153,11 @@ mod tests {
         assert!(!is_outside_tolerance(&row, 1000, 25.0));
         assert!(!is_outside_tolerance(&row, 0, 0.0));
 
-        let mut report = synthetic_report(&ClientOptions::default());
-        report
-            .reconciliation
-            .missing_on_server
-            .push("feed0123-1-1".into());
-        report.verdict = Verdict::Fail;
+        let attempts = synthetic_attempts();
+        let mut entries = faithful_entries(&attempts);
+        entries.retain(|entry| entry.request_id.as_deref() != Some("feed0123-1-1"));
+        let report = report_of(&ClientOptions::default(), &attempts, entries);
+        assert_eq!(report.verdict, Verdict::Fail);
         let mut text = String::new();
         write_text_report(&report, &ClientOptions::default(), &mut text).unwrap();
         assert!(
@@ -3090,6 +3167,94 @@ mod tests {
         assert!(
             text.contains("verdict: FAIL (client and server logs disagree)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_run_without_a_draw_fails_and_names_what_its_attempts_ended_in() {
+        use AttemptOutcome::{OtherStatus, Transport};
+        let reset = || Transport(TransportError::ConnectionReset);
+        let closed = || Transport(TransportError::ClosedBeforeResponse);
+        let all = "nothing to judge, all 4 attempts ended in transport errors: \
+                   closed before a response 1, connection reset 3";
+        let cases: [(Vec<AttemptOutcome>, &str); 4] = [
+            (vec![reset(), reset(), closed(), reset()], all),
+            (
+                vec![OtherStatus(404), reset()],
+                "nothing to judge, none of the 2 attempts got an outcome of the weights: \
+                 connection reset 1, status 404 1",
+            ),
+            (
+                vec![reset()],
+                "nothing to judge, the only attempt ended in a transport error: \
+                 connection reset 1",
+            ),
+            (
+                vec![OtherStatus(404)],
+                "nothing to judge, the only attempt got no outcome of the weights: status 404 1",
+            ),
+        ];
+        // A tolerance cannot catch it: every interval is [0%, 100%] without a draw.
+        let options = ClientOptions {
+            tolerance: Some(1.0),
+            ..ClientOptions::default()
+        };
+        for (outcomes, reason) in cases {
+            let attempts: Vec<AttemptRecord> = outcomes
+                .into_iter()
+                .enumerate()
+                .map(|(index, outcome)| attempt(index as u64 + 1, 1, outcome, true))
+                .collect();
+            // The server logged the answered attempts with their status, and none of the
+            // transport errors (which a reset after sending may leave unlogged).
+            let entries: Vec<LogEntry> = attempts
+                .iter()
+                .filter_map(|a| match a.outcome {
+                    OtherStatus(status) => {
+                        let id = request_id("feed0123", a.request, a.attempt);
+                        let mut logged = entry(a.request, Some(&id), "200");
+                        logged.status = Some(status);
+                        Some(logged)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let report = report_of(&options, &attempts, entries);
+            assert_eq!(report.attempt_draws, 0);
+            assert!(report.tolerance_violations.is_empty());
+            assert!(
+                report.reconciliation.is_clean(),
+                "{:?}",
+                report.reconciliation
+            );
+            assert_eq!(report.verdict, Verdict::Fail, "{reason}");
+            assert_eq!(report.verdict_reasons, [reason]);
+
+            let mut text = String::new();
+            write_text_report(&report, &options, &mut text).unwrap();
+            assert!(text.contains(&format!("\n  {reason}\n")), "{text}");
+            assert!(
+                text.contains(&format!("verdict: FAIL ({reason})")),
+                "{text}"
+            );
+            assert!(!text.contains("the mix is"), "{text}");
+
+            let mut json_text = String::new();
+            write_json_report(&report, &options, &mut json_text);
+            let value = json::decode(&json_text).unwrap();
+            let attempts = value.get("attempts").unwrap();
+            assert_eq!(attempts.get("consistent"), Some(&Value::Bool(false)));
+            assert_eq!(value.get("verdict").and_then(Value::as_str), Some("fail"));
+            let reasons = value.get("verdict_reasons").and_then(Value::as_array);
+            assert_eq!(reasons, Some(&[Value::String(reason.into())][..]));
+        }
+        assert_eq!(
+            nothing_to_judge(0, 0, &BTreeMap::new()),
+            "nothing to judge, no attempt was made"
+        );
+        assert_eq!(
+            fit_sentence(&stats::goodness_of_fit(&[0; 4], &OWNER), 0),
+            "no attempt reached an outcome of the weights, so there is nothing to judge"
         );
     }
 
@@ -3114,11 +3279,18 @@ mod tests {
             "reconciliation",
             "logs",
             "tolerance_violations",
+            "verdict_reasons",
             "verdict",
         ] {
             assert!(value.get(key).is_some(), "no {key} in {text}");
         }
         assert_eq!(value.get("verdict").and_then(Value::as_str), Some("pass"));
+        assert_eq!(
+            value.get("verdict_reasons").and_then(Value::as_array),
+            Some(&[][..])
+        );
+        let consistent = value.get("attempts").and_then(|a| a.get("consistent"));
+        assert_eq!(consistent, Some(&Value::Bool(true)));
         let attempts = value.get("attempts").unwrap();
         assert_eq!(attempts.get("total").and_then(Value::as_u64), Some(120));
         let counts = attempts.get("counts").unwrap();

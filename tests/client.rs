@@ -516,6 +516,7 @@ fn json_report_has_the_documented_fields() {
             "reconciliation",
             "logs",
             "tolerance_violations",
+            "verdict_reasons",
             "verdict",
         ],
     );
@@ -670,6 +671,7 @@ fn json_report_has_the_documented_fields() {
         }
     }
     assert!(items_at(&report, "tolerance_violations").is_empty());
+    assert!(items_at(&report, "verdict_reasons").is_empty());
     assert_eq!(text_at(&report, "verdict"), "pass");
 }
 
@@ -1023,4 +1025,68 @@ fn retry_on_none_retries_nothing_and_transport_errors_are_retried_otherwise() {
         "{:?}",
         member(&retried, "attempts")
     );
+}
+
+#[test]
+fn a_run_without_a_single_draw_fails_and_says_why() {
+    let _shared = share_the_machine();
+    // Every request hangs and the server closes it at once (`--hang 0ms`): each of the 5 × 4
+    // attempts is "closed before a response", a transport error, so no attempt is a draw from
+    // the weights and the mix cannot be judged, with or without a tolerance.
+    let server = Server::start(
+        "client-no-draws",
+        &[
+            "--seed",
+            "6",
+            "--hang",
+            "0ms",
+            "--weights",
+            "timeout=1",
+            "--no-log-file",
+        ],
+    );
+    let args = [
+        "--count",
+        "5",
+        "--concurrency",
+        "1",
+        "--timeout",
+        "5s",
+        "--backoff",
+        "1ms",
+        "--max-backoff",
+        "1ms",
+        "--tolerance",
+        "1",
+        "--show-logs",
+        "none",
+    ];
+    let text = run_client(&server, &args);
+    assert_eq!(text.code, Some(1), "{text:#?}");
+    let reason = "nothing to judge, all 20 attempts ended in transport errors: \
+                  closed before a response 20";
+    assert!(
+        text.stdout.contains(&format!("\n  {reason}\n"))
+            && text.stdout.contains(&format!("verdict: FAIL ({reason})")),
+        "{}",
+        text.stdout
+    );
+    assert!(!text.stdout.contains("the mix is no"), "{}", text.stdout);
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let finished = run_client(&server, &json_args);
+    assert_eq!(finished.code, Some(1), "{finished:#?}");
+    let report = json_report(&finished);
+    assert_eq!(count_at(&report, "attempts.draws"), 0);
+    assert_eq!(
+        member(&report, "attempts.consistent"),
+        &json::Value::Bool(false)
+    );
+    assert_eq!(text_at(&report, "verdict"), "fail");
+    let reasons: Vec<&str> = items_at(&report, "verdict_reasons")
+        .iter()
+        .filter_map(json::Value::as_str)
+        .collect();
+    assert_eq!(reasons, [reason]);
 }
