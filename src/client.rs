@@ -1511,7 +1511,7 @@ pub fn bar(actual: f64, expected: f64) -> String {
 }
 
 /// The ± half-width (percentage points) of the interval of the most frequent outcome, and how
-/// many draws would bring it to ±1 point.
+/// many draws bring every outcome's interval to about ±1 point.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Precision {
     pub draws: u64,
@@ -1519,22 +1519,24 @@ pub struct Precision {
     pub draws_for_one_point: u64,
 }
 
+/// The share whose interval is widest for a given number of draws: p(1 − p) peaks at one half.
+const WORST_CASE_SHARE: f64 = 0.5;
+
 pub fn precision(rows: &[DistributionRow], draws: u64) -> Option<Precision> {
     let largest = rows.iter().max_by_key(|row| row.actual_count)?;
     if draws == 0 {
         return None;
     }
-    let z = stats::normal_quantile(CONFIDENCE);
-    let p = largest.actual_proportion.clamp(0.0, 1.0);
+    // The worst case, as the README's testing procedure explains (about 10,000 draws for ±1
+    // point): the observed share is no basis, since one at 0% or 100% would say 0 draws.
+    // Two-sided, as the intervals are: 1.96 for 95% (the one-sided 1.645 asked for 30% too few).
+    let z = stats::normal_quantile(1.0 - (1.0 - CONFIDENCE) / 2.0);
+    let p = WORST_CASE_SHARE;
     let needed = (z * z * p * (1.0 - p) / 1e-4).ceil();
     Some(Precision {
         draws,
         half_width_points: (largest.interval.1 - largest.interval.0) * 50.0,
-        draws_for_one_point: if needed.is_finite() && needed > 0.0 {
-            round_to_two_digits(needed as u64)
-        } else {
-            0
-        },
+        draws_for_one_point: round_to_two_digits(needed as u64),
     })
 }
 
@@ -3007,6 +3009,31 @@ mod tests {
     }
 
     #[test]
+    fn precision_asks_for_the_worst_case_draws_even_when_one_outcome_took_every_draw() {
+        // The 1.96² · ¼ / 0.01² = 9,604 draws of the README, whatever the observed mix; before,
+        // a 0% or 100% share gave "~0 attempts give ±1".
+        let cases: [([u64; Outcome::COUNT], f64); 4] = [
+            ([0, 0, 0, 20], 8.1),
+            ([20, 0, 0, 0], 8.1),
+            ([5, 5, 0, 10], 20.1),
+            ([2000, 2000, 1000, 5000], 1.0),
+        ];
+        for (counts, half_width) in cases {
+            let draws: u64 = counts.iter().sum();
+            let rows = distribution(&counts, &OWNER);
+            let found = precision(&rows, draws).unwrap();
+            assert_eq!(found.draws, draws);
+            assert_eq!(found.draws_for_one_point, 9600, "{counts:?}");
+            assert!(
+                (found.half_width_points - half_width).abs() < 0.05,
+                "{counts:?}: ±{}",
+                found.half_width_points
+            );
+        }
+        assert_eq!(precision(&distribution(&[0; 4], &OWNER), 0), None);
+    }
+
+    #[test]
     fn id_lists_stop_at_the_listing_limit() {
         let ids: Vec<String> = (1..=MAX_LISTED_IDS + 3)
             .map(|n| format!("r-{n}-1"))
@@ -3117,6 +3144,7 @@ mod tests {
             "- 127.0.0.1 - 200 OK  [feed0123-100-2]",
             "the mix is consistent with the configured weights",
             "precision: with 120 attempts each percentage is known to about ±",
+            "points; ~9,600 attempts give ±1",
             "verdict: PASS",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
