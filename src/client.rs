@@ -52,6 +52,11 @@ pub const LOG_PAGE_LIMIT: u64 = 1000;
 /// Most `/getlogs` pages fetched (ten million entries): a server whose paging never ends must
 /// not keep the client forever.
 pub const MAX_LOG_PAGES: u64 = 10_000;
+/// Text (time, client address, outcome, request id) kept per attempt of the run, at most, summed
+/// over this run's log entries. An entry of the run holds about 100 bytes (an id of at most 40,
+/// a 24-byte time, an address of at most 45) and the server refuses ids over 200 bytes, so a
+/// server past this sends something else than this run's log.
+pub const MAX_LOG_TEXT_PER_ATTEMPT: usize = 512;
 /// A keep-alive connection idle longer than this is replaced before the next attempt: the server
 /// closes idle connections after 5 s, and a request written into one it is closing is lost.
 pub const MAX_IDLE_REUSE: Duration = Duration::from_secs(2);
@@ -1234,13 +1239,24 @@ struct LogFetch {
 }
 
 /// Pages through `/getlogs?request_id_prefix=prefix` with `since` while pages come back full.
+///
+/// `attempts` is how many attempts the run made. Each has one entry at most, so a server that
+/// returns more for the run is refused (and so is one whose entries hold more text than
+/// [`MAX_LOG_TEXT_PER_ATTEMPT`] per attempt): what the client keeps is bounded by its own run,
+/// not by what a server cares to send. No slack is needed: when the entries fill the last page
+/// exactly, the page after it is empty.
 fn fetch_run_entries(
     target: &Target,
     prefix: &str,
     page_limit: u64,
     max_pages: u64,
+    attempts: u64,
     timeout: Duration,
 ) -> Result<LogFetch, ClientError> {
+    let text_budget = usize::try_from(attempts)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(MAX_LOG_TEXT_PER_ATTEMPT);
+    let mut text_kept = 0usize;
     let mut since = 0;
     let mut fetched = LogFetch {
         entries: Vec::new(),
@@ -1248,21 +1264,44 @@ fn fetch_run_entries(
     };
     for _ in 0..max_pages {
         let path = format!("/getlogs?request_id_prefix={prefix}&since={since}&limit={page_limit}");
-        let value = fetch_json(target, &path, timeout)?;
-        let page = parse_log_page(&value).map_err(|reason| ClientError::Server {
+        let fail = |reason: String| ClientError::Server {
             request: format!("GET {path}"),
             reason,
-        })?;
+        };
+        let value = fetch_json(target, &path, timeout)?;
+        let page = parse_log_page(&value).map_err(fail)?;
+        let delivered = page.entries.len() as u64;
+        let arrived = fetched.entries.len() as u64 + delivered;
+        if arrived > attempts {
+            return Err(fail(format!(
+                "the server returned {arrived} entries for this run, more than its {attempts} \
+                 attempts (one entry each at most): its log holds requests this client never \
+                 sent, or its paging repeats entries"
+            )));
+        }
+        text_kept = page
+            .entries
+            .iter()
+            .map(entry_text_bytes)
+            .fold(text_kept, usize::saturating_add);
+        if text_kept > text_budget {
+            return Err(fail(format!(
+                "the server's entries for this run hold more than {text_budget} bytes of text \
+                 ({MAX_LOG_TEXT_PER_ATTEMPT} per attempt), far more than this run's log"
+            )));
+        }
         fetched.dropped = fetched.dropped.max(page.dropped);
         fetched.entries.extend(page.entries);
-        if page.returned < page_limit {
+        // Full only when the page says so and delivered it: a page claiming more than it holds
+        // must not keep the paging going.
+        if page.returned < page_limit || delivered < page_limit {
             return Ok(fetched);
         }
         if page.next_since <= since {
-            return Err(ClientError::Server {
-                request: format!("GET {path}"),
-                reason: format!("paging does not advance (next_since {})", page.next_since),
-            });
+            return Err(fail(format!(
+                "paging does not advance (next_since {})",
+                page.next_since
+            )));
         }
         since = page.next_since;
     }
@@ -1270,6 +1309,12 @@ fn fetch_run_entries(
         request: "GET /getlogs".into(),
         reason: format!("more than {max_pages} pages of {page_limit} entries"),
     })
+}
+
+/// The text an entry keeps, in bytes.
+fn entry_text_bytes(entry: &LogEntry) -> usize {
+    let request_id = entry.request_id.as_ref().map_or(0, String::len);
+    entry.time.len() + entry.client_ip.len() + entry.outcome.len() + request_id
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2426,6 +2471,7 @@ fn run_with(
         &format!("{run_id}-"),
         page_limit,
         MAX_LOG_PAGES,
+        attempts.len() as u64,
         ADMIN_TIMEOUT,
     )?;
     let report = build_report(
@@ -3677,11 +3723,169 @@ mod tests {
         };
         let prefix = format!("{run_id}-");
         let timeout = Duration::from_secs(2);
-        let error = fetch_run_entries(&target, &prefix, 2, 2, timeout).unwrap_err();
+        let error = fetch_run_entries(&target, &prefix, 2, 2, 5, timeout).unwrap_err();
         assert!(error.to_string().contains("more than 2 pages"), "{error}");
         assert_eq!(error.exit_code(), 1);
-        let fetched = fetch_run_entries(&target, &prefix, 2, 3, timeout).unwrap();
+        let fetched = fetch_run_entries(&target, &prefix, 2, 3, 5, timeout).unwrap();
         assert_eq!(fetched.entries.len(), 5);
+    }
+
+    /// A `/getlogs`-only server on loopback: `page(since, limit)` makes each answer's entries
+    /// (as JSON text; `next_since` follows from them, and `returned` too unless `claim_full`,
+    /// which says `limit` whatever it sends); returns the port and a count of the pages served.
+    fn serve_log_pages_claiming(
+        claim_full: bool,
+        page: impl Fn(u64, u64) -> Vec<String> + Send + Sync + 'static,
+    ) -> (u16, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&served);
+        let page = Arc::new(page);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut buffer = Vec::new();
+                let Some(head) = read_head(&mut stream, &mut buffer) else {
+                    continue;
+                };
+                let target = head.split(' ').nth(1).unwrap_or("/");
+                let query = target.split_once('?').map_or("", |(_, query)| query);
+                let number = |key| query_value(query, key).and_then(|v| v.parse().ok());
+                let since = number("since").unwrap_or(0);
+                let limit = number("limit").unwrap_or(100);
+                let entries = page(since, limit);
+                counter.fetch_add(1, Ordering::Relaxed);
+                let returned = if claim_full {
+                    limit
+                } else {
+                    entries.len() as u64
+                };
+                let body = format!(
+                    r#"{{"total":0,"dropped":0,"entries":[{}],"returned":{returned},"next_since":{}}}"#,
+                    entries.join(","),
+                    since + limit
+                );
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nConnection: close\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (port, served)
+    }
+
+    fn serve_log_pages(
+        page: impl Fn(u64, u64) -> Vec<String> + Send + Sync + 'static,
+    ) -> (u16, Arc<AtomicU64>) {
+        serve_log_pages_claiming(false, page)
+    }
+
+    fn loopback(port: u16) -> Target {
+        Target {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            host_header: host_header("127.0.0.1", port),
+        }
+    }
+
+    /// Entry `id` of run `ab` with a request id of `id_bytes` bytes at least.
+    fn page_entry(id: u64, id_bytes: usize) -> String {
+        let request_id = format!("ab-{id}-1{}", "0".repeat(id_bytes.saturating_sub(6)));
+        format!(
+            r#"{{"id":{id},"time":"2024-10-23T23:55:31.705Z","client_ip":"127.0.0.1","outcome":"200","status":200,"request_id":"{request_id}"}}"#
+        )
+    }
+
+    #[test]
+    fn endless_full_log_pages_stop_once_they_hold_more_entries_than_attempts() {
+        // Always a full page, `next_since` always advancing: before, the client kept every
+        // page until MAX_LOG_PAGES (ten million entries).
+        let (port, served) = serve_log_pages(|since, limit| {
+            (since + 1..=since + limit)
+                .map(|id| page_entry(id, 8))
+                .collect()
+        });
+        let timeout = Duration::from_secs(2);
+        let error =
+            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 7, timeout).unwrap_err();
+        // 3 + 3 entries may all be the run's; the third page makes 9, more than 7 attempts.
+        assert_eq!(served.load(Ordering::Relaxed), 3);
+        assert_eq!(error.exit_code(), 1);
+        let message = error.to_string();
+        assert!(
+            message.starts_with("GET /getlogs?request_id_prefix=ab-&since=6&limit=3 failed: ")
+                && message.contains("9 entries for this run, more than its 7 attempts"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn as_many_entries_as_attempts_are_accepted_with_the_empty_page_that_ends_them() {
+        // Attempts a multiple of the page size: the last full page must be followed by an
+        // empty one to know the log ends there, and that is no excess.
+        let (port, served) = serve_log_pages(|since, limit| {
+            (since + 1..=(since + limit).min(6))
+                .map(|id| page_entry(id, 8))
+                .collect()
+        });
+        let timeout = Duration::from_secs(2);
+        let fetched =
+            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 6, timeout).unwrap();
+        assert_eq!(fetched.entries.len(), 6);
+        assert_eq!(served.load(Ordering::Relaxed), 3);
+        let error =
+            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 5, timeout).unwrap_err();
+        assert!(error
+            .to_string()
+            .contains("6 entries for this run, more than its 5 attempts"));
+    }
+
+    #[test]
+    fn a_page_that_claims_to_be_full_without_its_entries_ends_the_paging() {
+        // `returned` says a full page, the entries are not there, `next_since` advances:
+        // before, such pages went on for MAX_LOG_PAGES requests.
+        let (port, served) = serve_log_pages_claiming(true, |_, _| Vec::new());
+        let timeout = Duration::from_secs(2);
+        let fetched =
+            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 6, timeout).unwrap();
+        assert!(fetched.entries.is_empty());
+        assert_eq!(served.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn log_entries_past_the_text_budget_of_the_run_are_refused() {
+        // Two entries for four attempts, but each with a 10 KB request id: more text than
+        // MAX_LOG_TEXT_PER_ATTEMPT per attempt of the run.
+        let (port, _) = serve_log_pages(|since, _| {
+            if since == 0 {
+                vec![page_entry(1, 10_000), page_entry(2, 10_000)]
+            } else {
+                Vec::new()
+            }
+        });
+        let timeout = Duration::from_secs(2);
+        let error =
+            fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, 4, timeout).unwrap_err();
+        let budget = 4 * MAX_LOG_TEXT_PER_ATTEMPT;
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("more than {budget} bytes of text")),
+            "{error}"
+        );
+        // Ids of up to the server's 200 bytes fit easily.
+        let (port, _) = serve_log_pages(|since, _| {
+            if since == 0 {
+                (1..=4).map(|id| page_entry(id, 200)).collect()
+            } else {
+                Vec::new()
+            }
+        });
+        let fetched =
+            fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, 4, timeout).unwrap();
+        assert_eq!(fetched.entries.len(), 4);
     }
 
     #[test]
