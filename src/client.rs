@@ -25,6 +25,9 @@
 //!   of different logical requests interleave on a worker, also with `--concurrency 1`.
 //!   `--interval` pauses before each fresh request a worker claims (not its first); a retry
 //!   waits for its backoff instead.
+//! - The text report shows every string from the server through [`visible`] (controls, bidi
+//!   and invisible format characters as escapes): the server's log holds whatever its clients
+//!   sent, and none of it may reach the terminal raw.
 //! - An attempt's latency is its own exchange (connect, write, read); backoffs and the other
 //!   requests a worker serves meanwhile are in no latency, only in the run's wall time.
 
@@ -80,6 +83,38 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("unreliable-client/", env!("CARGO_PKG_VERSION"));
+/// Characters that the text report shows as escapes when they come from the server, besides
+/// the controls (C0, DEL, C1): each can move the cursor, reorder or hide what follows, or
+/// make a line look like another. Unicode's format characters (General_Category Cf), the line
+/// and paragraph separators (Zl, Zp) and the Default_Ignorable_Code_Point ones (fillers,
+/// variation selectors, tags), as of Unicode 15, in code point order.
+const INVISIBLE_CHARACTERS: &[(char, char)] = &[
+    ('\u{ad}', '\u{ad}'),       // soft hyphen
+    ('\u{34f}', '\u{34f}'),     // combining grapheme joiner
+    ('\u{600}', '\u{605}'),     // Arabic number signs
+    ('\u{61c}', '\u{61c}'),     // Arabic letter mark (bidi)
+    ('\u{6dd}', '\u{6dd}'),     // Arabic end of ayah
+    ('\u{70f}', '\u{70f}'),     // Syriac abbreviation mark
+    ('\u{890}', '\u{891}'),     // Arabic pound and piastre marks above
+    ('\u{8e2}', '\u{8e2}'),     // Arabic disputed end of ayah
+    ('\u{115f}', '\u{1160}'),   // Hangul fillers
+    ('\u{17b4}', '\u{17b5}'),   // Khmer inherent vowels
+    ('\u{180b}', '\u{180f}'),   // Mongolian variation selectors, vowel separator
+    ('\u{200b}', '\u{200f}'),   // zero width space, (non-)joiner, LRM, RLM
+    ('\u{2028}', '\u{202e}'),   // line and paragraph separators, bidi embeddings, overrides
+    ('\u{2060}', '\u{206f}'),   // word joiner, invisible operators, bidi isolates
+    ('\u{3164}', '\u{3164}'),   // Hangul filler
+    ('\u{fe00}', '\u{fe0f}'),   // variation selectors
+    ('\u{feff}', '\u{feff}'),   // zero width no-break space (byte order mark)
+    ('\u{ffa0}', '\u{ffa0}'),   // halfwidth Hangul filler
+    ('\u{fff0}', '\u{fffb}'),   // reserved ignorables, interlinear annotation
+    ('\u{110bd}', '\u{110bd}'), // Kaithi number sign
+    ('\u{110cd}', '\u{110cd}'), // Kaithi number sign above
+    ('\u{13430}', '\u{1343f}'), // Egyptian hieroglyph format controls
+    ('\u{1bca0}', '\u{1bca3}'), // shorthand format controls
+    ('\u{1d173}', '\u{1d17a}'), // musical symbol format controls
+    ('\u{e0000}', '\u{e0fff}'), // tags, variation selectors supplement
+];
 
 /// Why a run could not be judged.
 #[derive(Debug)]
@@ -1815,6 +1850,56 @@ fn nothing_to_judge(attempts: u64, transport_errors: u64, other: &BTreeMap<Strin
     }
 }
 
+/// Server-supplied text as the text report shows it (see [`visible`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Visible<'a>(&'a str);
+
+/// `text` with every control character (C0, DEL, C1) and every character of
+/// [`INVISIBLE_CHARACTERS`] written as an escape like `\u{1b}`, and a backslash as `\\`, so
+/// that text from the server can neither drive the terminal (colours, cursor moves, a fake
+/// line after a CR or LF), nor reorder or hide what follows it, nor pass for an escape. The
+/// JSON report has its own escaping and does not use this.
+pub fn visible(text: &str) -> Visible<'_> {
+    Visible(text)
+}
+
+fn needs_escape(character: char) -> bool {
+    character.is_control()
+        || INVISIBLE_CHARACTERS
+            .binary_search_by(|&(first, last)| {
+                if last < character {
+                    std::cmp::Ordering::Less
+                } else if first > character {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok()
+}
+
+impl std::fmt::Display for Visible<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0;
+        // Runs that need nothing are copied as slices, as nearly all text is such a run.
+        let mut start = 0;
+        for (index, character) in text.char_indices() {
+            let escaped = character == '\\' || needs_escape(character);
+            if !escaped {
+                continue;
+            }
+            f.write_str(&text[start..index])?;
+            if character == '\\' {
+                f.write_str("\\\\")?;
+            } else {
+                write!(f, "\\u{{{:x}}}", u32::from(character))?;
+            }
+            start = index + character.len_utf8();
+        }
+        f.write_str(&text[start..])
+    }
+}
+
 /// `250ms`, `1.5s`.
 fn format_duration(duration: Duration) -> String {
     let millis = duration.as_secs_f64() * 1000.0;
@@ -1857,17 +1942,17 @@ pub fn log_style_time(rfc3339: &str) -> String {
 }
 
 /// One server entry in the original style plus its request id:
-/// `2024-10-23 23:55:31,705 - 127.0.0.1 - 200 OK  [abc-1-1]`.
+/// `2024-10-23 23:55:31,705 - 127.0.0.1 - 200 OK  [abc-1-1]`, its text made [`visible`].
 pub fn format_log_entry(entry: &LogEntry) -> String {
     let label = Outcome::from_name(&entry.outcome)
         .map(Outcome::text_label)
         .unwrap_or(entry.outcome.as_str());
     format!(
         "{} - {} - {}  [{}]",
-        log_style_time(&entry.time),
-        entry.client_ip,
-        label,
-        entry.request_id.as_deref().unwrap_or("-")
+        visible(&log_style_time(&entry.time)),
+        visible(&entry.client_ip),
+        visible(label),
+        visible(entry.request_id.as_deref().unwrap_or("-"))
     )
 }
 
@@ -1932,14 +2017,15 @@ fn write_distribution(
     Ok(())
 }
 
+/// Request ids, [`visible`]: some come from the server (entries the client never sent).
 fn write_id_list(text: &mut String, label: &str, ids: &[String]) -> std::fmt::Result {
     if ids.is_empty() {
         return Ok(());
     }
-    let listed: Vec<&str> = ids
+    let listed: Vec<String> = ids
         .iter()
         .take(MAX_LISTED_IDS)
-        .map(String::as_str)
+        .map(|id| visible(id).to_string())
         .collect();
     let more = ids.len().saturating_sub(MAX_LISTED_IDS);
     write!(text, "  {label}: {} ({}", ids.len(), listed.join(", "))?;
@@ -2111,7 +2197,7 @@ pub fn write_text_report(
         let outcomes: Vec<String> = reconciliation
             .transport_logged_outcomes
             .iter()
-            .map(|(outcome, count)| format!("{outcome} {count}"))
+            .map(|(outcome, count)| format!("{} {count}", visible(outcome)))
             .collect();
         writeln!(
             text,
@@ -2150,7 +2236,9 @@ pub fn write_text_report(
             writeln!(
                 text,
                 "    {}: client {}, server {}",
-                mismatch.request_id, mismatch.client, mismatch.server
+                visible(&mismatch.request_id),
+                visible(&mismatch.client),
+                visible(&mismatch.server)
             )?;
         }
     }
@@ -3077,6 +3165,129 @@ mod tests {
             );
         }
         assert_eq!(precision(&distribution(&[0; 4], &OWNER), 0), None);
+    }
+
+    #[test]
+    fn server_text_shows_controls_and_invisible_format_characters_as_escapes() {
+        let cases = [
+            ("127.0.0.1", "127.0.0.1"),
+            ("ab12cd34-7-1", "ab12cd34-7-1"),
+            ("Grüße, 世界 😀 ﬁ", "Grüße, 世界 😀 ﬁ"),
+            ("\x1b[31mRED\x1b[0m", "\\u{1b}[31mRED\\u{1b}[0m"),
+            (
+                "\0\x01\x07\t\n\r\x1f",
+                "\\u{0}\\u{1}\\u{7}\\u{9}\\u{a}\\u{d}\\u{1f}",
+            ),
+            ("del\x7f", "del\\u{7f}"),
+            // C1 controls, CSI among them.
+            (
+                "\u{80}\u{85}\u{9b}31m\u{9f}",
+                "\\u{80}\\u{85}\\u{9b}31m\\u{9f}",
+            ),
+            // Bidi marks, embeddings, overrides and isolates.
+            ("\u{200e}\u{200f}\u{61c}", "\\u{200e}\\u{200f}\\u{61c}"),
+            ("a\u{202a}b\u{202e}c", "a\\u{202a}b\\u{202e}c"),
+            (
+                "\u{2066}\u{2067}\u{2068}\u{2069}",
+                "\\u{2066}\\u{2067}\\u{2068}\\u{2069}",
+            ),
+            // Invisible: zero widths, joiners, separators, BOM, soft hyphen, tags, fillers.
+            (
+                "\u{200b}\u{200d}\u{2060}\u{feff}\u{ad}",
+                "\\u{200b}\\u{200d}\\u{2060}\\u{feff}\\u{ad}",
+            ),
+            ("\u{2028}\u{2029}", "\\u{2028}\\u{2029}"),
+            (
+                "\u{e0041}\u{e007f}\u{3164}\u{fe0f}",
+                "\\u{e0041}\\u{e007f}\\u{3164}\\u{fe0f}",
+            ),
+            // A backslash is doubled, so no text can pass for an escape.
+            ("\\u{1b}", "\\\\u{1b}"),
+            ("", ""),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(visible(raw).to_string(), shown, "{raw:?}");
+        }
+        for code in (0..0x20).chain(0x7f..0xa0) {
+            let control = char::from_u32(code).unwrap().to_string();
+            assert_eq!(visible(&control).to_string(), format!("\\u{{{code:x}}}"));
+        }
+        // Sorted and apart, as the binary search needs.
+        for pair in INVISIBLE_CHARACTERS.windows(2) {
+            assert!(pair[0].0 <= pair[0].1 && pair[0].1 < pair[1].0, "{pair:?}");
+        }
+        for range in INVISIBLE_CHARACTERS {
+            for character in [range.0, range.1] {
+                let raw = character.to_string();
+                assert!(visible(&raw).to_string().starts_with("\\u{"), "{raw:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_text_report_escapes_every_server_string_and_json_keeps_them_exact() {
+        use AttemptOutcome::{Server, Transport};
+        let hostile_time = "2024\n\r\x07\u{1b}[2J";
+        let hostile_ip = "\u{1}\u{2029}\u{202e}";
+        let injected = "feed0123-\u{9b}31mINJECT\u{9b}0m\u{202e}-1";
+        let attempts = [
+            attempt(1, 1, Server(Outcome::Balance), true),
+            attempt(2, 1, Transport(TransportError::ClosedBeforeResponse), true),
+            attempt(3, 1, Transport(TransportError::ConnectionRefused), false),
+        ];
+        let mut entries = vec![
+            entry(1, Some("feed0123-1-1"), "2\u{1b}[0m00"),
+            entry(2, Some("feed0123-2-1"), "time\u{200f}out\x7f"),
+            entry(3, Some(injected), "200"),
+        ];
+        entries[2].time = hostile_time.into();
+        entries[2].client_ip = hostile_ip.into();
+        let options = ClientOptions {
+            show_logs: ShowLogs::All,
+            ..ClientOptions::default()
+        };
+        let report = report_of(&options, &attempts, entries);
+        let mut text = String::new();
+        write_text_report(&report, &options, &mut text).unwrap();
+        let escaped_id = "feed0123-\\u{9b}31mINJECT\\u{9b}0m\\u{202e}-1";
+        for expected in [
+            // The shown log: time, address, outcome and request id.
+            format!(
+                "  2024\\u{{a}}\\u{{d}}\\u{{7}}\\u{{1b}}[2J - \\u{{1}}\\u{{2029}}\\u{{202e}} - \
+                 200 OK  [{escaped_id}]\n"
+            ),
+            "- 127.0.0.1 - 2\\u{1b}[0m00  [feed0123-1-1]\n".into(),
+            // Entries the client never sent, mismatches, and what the server logged.
+            format!("unknown to the client: 1 ({escaped_id})\n"),
+            "feed0123-1-1: client 200, server 2\\u{1b}[0m00\n".into(),
+            "logged those transport errors as: time\\u{200f}out\\u{7f} 1\n".into(),
+        ] {
+            assert!(text.contains(&expected), "no {expected:?} in\n{text}");
+        }
+        let raw = ['\0', '\r', '\x07', '\x1b', '\x7f', '\u{1}', '\u{9b}'];
+        let invisible = ['\u{200f}', '\u{202e}', '\u{2029}'];
+        for character in raw.iter().chain(&invisible) {
+            assert!(!text.contains(*character), "raw {character:?} in\n{text}");
+        }
+
+        // The JSON document escapes by its own rules and keeps every string exact.
+        let mut json_text = String::new();
+        write_json_report(&report, &options, &mut json_text);
+        let value = json::decode(&json_text).unwrap();
+        let logs = value.get("logs").and_then(Value::as_array).unwrap();
+        let injected_entry = &logs[2];
+        assert_eq!(
+            injected_entry.get("time").and_then(Value::as_str),
+            Some(hostile_time)
+        );
+        assert_eq!(
+            injected_entry.get("client_ip").and_then(Value::as_str),
+            Some(hostile_ip)
+        );
+        assert_eq!(
+            injected_entry.get("request_id").and_then(Value::as_str),
+            Some(injected)
+        );
     }
 
     #[test]
