@@ -46,6 +46,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest `/getbalance` response read (head and body); a bigger one counts as malformed.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Interim (1xx) responses skipped before a final one at most (RFC 9110 §15.2 sets no limit; a
+/// server sends one or two): an endless stream of `100 Continue` must end the attempt, not
+/// fill its time.
+pub const MAX_INTERIM_RESPONSES: usize = 16;
 /// Largest `/stats` answer or `/getlogs` page read.
 pub const MAX_ADMIN_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How long `/stats` and each `/getlogs` page may take, connecting included.
@@ -399,6 +403,8 @@ pub struct ResponseAssembler {
     received: usize,
     /// The head until it parses; afterwards the body bytes not yet consumed.
     pending: Vec<u8>,
+    /// Interim (1xx) responses skipped so far.
+    interim: usize,
     head: Option<HeadSummary>,
     body: Vec<u8>,
     length_left: u64,
@@ -413,6 +419,7 @@ impl ResponseAssembler {
             keep_body,
             received: 0,
             pending: Vec::new(),
+            interim: 0,
             head: None,
             body: Vec::new(),
             length_left: 0,
@@ -425,20 +432,23 @@ impl ResponseAssembler {
     pub fn reset(&mut self) {
         self.received = 0;
         self.pending.clear();
+        self.interim = 0;
         self.head = None;
         self.body.clear();
         self.length_left = 0;
         self.decoder = None;
     }
 
-    /// Feeds newly read bytes; `Ok(Some)` once the response is complete.
+    /// Feeds newly read bytes; `Ok(Some)` once the final response is complete. Interim (1xx)
+    /// responses before it are skipped, as RFC 9110 §15.2 asks of a client, up to
+    /// [`MAX_INTERIM_RESPONSES`]; their bytes count towards the size limit.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Assembled>, AssemblyError> {
         self.received = self.received.saturating_add(bytes.len());
         if self.received > self.max_bytes {
             return Err(AssemblyError::TooLarge);
         }
         self.pending.extend_from_slice(bytes);
-        if self.head.is_none() {
+        while self.head.is_none() {
             let summary = match http::parse_response(&self.pending, false) {
                 Err(error) => return Err(AssemblyError::Malformed(error.to_string())),
                 Ok(Parsed::Partial) => return Ok(None),
@@ -456,6 +466,20 @@ impl ResponseAssembler {
             };
             let (head, head_length) = summary;
             self.pending.drain(..head_length.min(self.pending.len()));
+            if head.status == 101 {
+                return Err(AssemblyError::Malformed(
+                    "101 Switching Protocols, though no upgrade was asked for".into(),
+                ));
+            }
+            if (100..200).contains(&head.status) {
+                self.interim += 1;
+                if self.interim > MAX_INTERIM_RESPONSES {
+                    return Err(AssemblyError::Malformed(format!(
+                        "more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+                    )));
+                }
+                continue;
+            }
             match head.framing {
                 ResponseFraming::Length(length) => self.length_left = length,
                 ResponseFraming::Chunked => {
@@ -2927,6 +2951,85 @@ mod tests {
             assert_eq!(reused.push(head), Ok(None));
             let again = reused.push(tail).unwrap();
             assert_eq!(again, assemble(&[response], true).unwrap());
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_the_final_one_classified() {
+        let early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n";
+        let final_answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno!";
+        let mut both = early_hints.to_vec();
+        both.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        both.extend_from_slice(final_answer);
+        // Every prefix is incomplete, whichever response it ends in.
+        for split in 0..both.len() {
+            assert_eq!(assemble(&[&both[..split]], true), Ok(None), "{split} bytes");
+        }
+        for split in 0..both.len() {
+            let done = assemble(&[&both[..split], &both[split..]], true)
+                .unwrap()
+                .unwrap();
+            assert_eq!((done.status, done.body.as_slice()), (403, &b"no!"[..]));
+            assert!(done.keep_alive && !done.trailing_bytes, "{split}");
+        }
+
+        // As many as MAX_INTERIM_RESPONSES are skipped; one more is an endless stream.
+        let hundred = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let mut most = hundred.repeat(MAX_INTERIM_RESPONSES);
+        most.extend_from_slice(final_answer);
+        assert_eq!(assemble(&[&most], false).unwrap().unwrap().status, 403);
+        let endless = hundred.repeat(MAX_INTERIM_RESPONSES + 1);
+        let mut assembler = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
+        let error = assembler.push(&endless).unwrap_err();
+        assert_eq!(
+            error,
+            AssemblyError::Malformed(format!(
+                "more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+            ))
+        );
+        // Interim responses count towards the size limit of the whole.
+        let mut small = ResponseAssembler::new(hundred.len() * 2, false);
+        assert_eq!(small.push(&hundred.repeat(2)), Ok(None));
+        assert_eq!(small.push(b"H"), Err(AssemblyError::TooLarge));
+
+        // 101 switches protocols, which a plain GET never asks for.
+        let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        assert!(
+            matches!(assemble(&[switching], false), Err(AssemblyError::Malformed(detail))
+                if detail.contains("101")),
+        );
+    }
+
+    #[test]
+    fn an_attempt_answered_with_early_hints_gets_the_final_answer_on_a_kept_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = loopback(listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut buffer = Vec::new();
+            while read_head(&mut stream, &mut buffer).is_some() {
+                let reply = "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n\
+                             HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut connection = None;
+        let mut scratch = Scratch::new();
+        for attempt in 1..=3 {
+            let id = RequestId {
+                run_id: "ab",
+                request: 1,
+                attempt,
+            };
+            let timeout = Duration::from_secs(2);
+            let outcome = exchange(&target, timeout, &mut connection, &mut scratch, id);
+            assert_eq!(outcome, (AttemptOutcome::Server(Outcome::Balance), true));
+            // Kept: the 200 was read to its end, nothing of it is left for the next attempt.
+            assert!(connection.is_some(), "attempt {attempt}");
         }
     }
 
