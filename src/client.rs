@@ -64,6 +64,10 @@ pub const MAX_LOG_PAGES: u64 = 10_000;
 /// a 24-byte time, an address of at most 45) and the server refuses ids over 200 bytes, so a
 /// server past this sends something else than this run's log.
 pub const MAX_LOG_TEXT_PER_ATTEMPT: usize = 512;
+/// Entries for the run beyond one per attempt that are still fetched, so the report can list
+/// them (ids the client never sent, entries logged twice) instead of stopping at the first; past
+/// this many the server's log is not worth reading and the fetch fails.
+pub const EXTRA_RUN_ENTRIES: u64 = 1000;
 /// A keep-alive connection idle longer than this is replaced before the next attempt: the server
 /// closes idle connections after 5 s, and a request written into one it is closing is lost.
 pub const MAX_IDLE_REUSE: Duration = Duration::from_secs(2);
@@ -1299,20 +1303,22 @@ struct LogFetch {
 
 /// Pages through `/getlogs?request_id_prefix=prefix` with `since` while pages come back full.
 ///
-/// `attempts` is how many attempts the run made. Each has one entry at most, so a server that
-/// returns more for the run is refused (and so is one whose entries hold more text than
-/// [`MAX_LOG_TEXT_PER_ATTEMPT`] per attempt): what the client keeps is bounded by its own run,
-/// not by what a server cares to send. No slack is needed: when the entries fill the last page
-/// exactly, the page after it is empty.
+/// `attempts` is how many attempts the run made. Each has one entry at most; `extra` more are
+/// taken so that the report can show them as unknown or duplicated, and a server that returns
+/// more than that for the run is refused (as is one whose entries hold more text than
+/// [`MAX_LOG_TEXT_PER_ATTEMPT`] per entry allowed): what the client keeps is bounded by its own
+/// run, not by what a server cares to send. When the entries fill the last page exactly, the
+/// page after it is empty, so that page costs nothing.
 fn fetch_run_entries(
     target: &Target,
     prefix: &str,
     page_limit: u64,
     max_pages: u64,
-    attempts: u64,
+    (attempts, extra): (u64, u64),
     timeout: Duration,
 ) -> Result<LogFetch, ClientError> {
-    let text_budget = usize::try_from(attempts)
+    let max_entries = attempts.saturating_add(extra);
+    let text_budget = usize::try_from(max_entries)
         .unwrap_or(usize::MAX)
         .saturating_mul(MAX_LOG_TEXT_PER_ATTEMPT);
     let mut text_kept = 0usize;
@@ -1331,11 +1337,11 @@ fn fetch_run_entries(
         let page = parse_log_page(&value).map_err(fail)?;
         let delivered = page.entries.len() as u64;
         let arrived = fetched.entries.len() as u64 + delivered;
-        if arrived > attempts {
+        if arrived > max_entries {
             return Err(fail(format!(
                 "the server returned {arrived} entries for this run, more than its {attempts} \
-                 attempts (one entry each at most): its log holds requests this client never \
-                 sent, or its paging repeats entries"
+                 attempts (one entry each at most) and {extra} more: its log holds requests \
+                 this client never sent, or its paging repeats entries"
             )));
         }
         text_kept = page
@@ -1346,7 +1352,7 @@ fn fetch_run_entries(
         if text_kept > text_budget {
             return Err(fail(format!(
                 "the server's entries for this run hold more than {text_budget} bytes of text \
-                 ({MAX_LOG_TEXT_PER_ATTEMPT} per attempt), far more than this run's log"
+                 ({MAX_LOG_TEXT_PER_ATTEMPT} per entry), far more than this run's log"
             )));
         }
         fetched.dropped = fetched.dropped.max(page.dropped);
@@ -2583,7 +2589,7 @@ fn run_with(
         &format!("{run_id}-"),
         page_limit,
         MAX_LOG_PAGES,
-        attempts.len() as u64,
+        (attempts.len() as u64, EXTRA_RUN_ENTRIES),
         ADMIN_TIMEOUT,
     )?;
     let report = build_report(
@@ -4037,10 +4043,10 @@ mod tests {
         };
         let prefix = format!("{run_id}-");
         let timeout = Duration::from_secs(2);
-        let error = fetch_run_entries(&target, &prefix, 2, 2, 5, timeout).unwrap_err();
+        let error = fetch_run_entries(&target, &prefix, 2, 2, (5, 0), timeout).unwrap_err();
         assert!(error.to_string().contains("more than 2 pages"), "{error}");
         assert_eq!(error.exit_code(), 1);
-        let fetched = fetch_run_entries(&target, &prefix, 2, 3, 5, timeout).unwrap();
+        let fetched = fetch_run_entries(&target, &prefix, 2, 3, (5, 0), timeout).unwrap();
         assert_eq!(fetched.entries.len(), 5);
     }
 
@@ -4122,15 +4128,15 @@ mod tests {
                 .collect()
         });
         let timeout = Duration::from_secs(2);
-        let error =
-            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 7, timeout).unwrap_err();
+        let error = fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, (7, 0), timeout)
+            .unwrap_err();
         // 3 + 3 entries may all be the run's; the third page makes 9, more than 7 attempts.
         assert_eq!(served.load(Ordering::Relaxed), 3);
         assert_eq!(error.exit_code(), 1);
         let message = error.to_string();
         assert!(
             message.starts_with("GET /getlogs?request_id_prefix=ab-&since=6&limit=3 failed: ")
-                && message.contains("9 entries for this run, more than its 7 attempts"),
+                && message.contains("9 entries for this run, more than its 7 attempts (one entry each at most) and 0 more"),
             "{message}"
         );
     }
@@ -4146,14 +4152,24 @@ mod tests {
         });
         let timeout = Duration::from_secs(2);
         let fetched =
-            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 6, timeout).unwrap();
+            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, (6, 0), timeout).unwrap();
         assert_eq!(fetched.entries.len(), 6);
         assert_eq!(served.load(Ordering::Relaxed), 3);
-        let error =
-            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 5, timeout).unwrap_err();
+        let error = fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, (5, 0), timeout)
+            .unwrap_err();
         assert!(error
             .to_string()
             .contains("6 entries for this run, more than its 5 attempts"));
+        // With room for extra entries they are fetched, for the report to list as unknown.
+        let fetched =
+            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, (4, 2), timeout).unwrap();
+        assert_eq!(fetched.entries.len(), 6);
+        let error = fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, (4, 1), timeout)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("more than its 4 attempts"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -4163,7 +4179,7 @@ mod tests {
         let (port, served) = serve_log_pages_claiming(true, |_, _| Vec::new());
         let timeout = Duration::from_secs(2);
         let fetched =
-            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, 6, timeout).unwrap();
+            fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, (6, 0), timeout).unwrap();
         assert!(fetched.entries.is_empty());
         assert_eq!(served.load(Ordering::Relaxed), 1);
     }
@@ -4180,8 +4196,8 @@ mod tests {
             }
         });
         let timeout = Duration::from_secs(2);
-        let error =
-            fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, 4, timeout).unwrap_err();
+        let error = fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (4, 0), timeout)
+            .unwrap_err();
         let budget = 4 * MAX_LOG_TEXT_PER_ATTEMPT;
         assert!(
             error
@@ -4198,7 +4214,8 @@ mod tests {
             }
         });
         let fetched =
-            fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, 4, timeout).unwrap();
+            fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (4, 0), timeout)
+                .unwrap();
         assert_eq!(fetched.entries.len(), 4);
     }
 
