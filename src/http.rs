@@ -432,13 +432,12 @@ fn trimmed_range(line: &[u8], from: usize) -> (usize, usize) {
 }
 
 fn find_field<'b>(section: &FieldTable<'b>, name: &str) -> Option<&'b [u8]> {
-    section
-        .iter()
-        .find(|(field_name, _)| field_name.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|(_, value)| value)
+    field_values(section, name).next()
 }
 
-/// The values of every field named `name`, in order.
+/// The values of every field named `name`, in order. Every request looks up several names
+/// that are usually absent, so a field whose name has another length is passed over on its
+/// span alone, before any slicing or byte comparison.
 fn field_values<'b, 'n>(
     section: &'n FieldTable<'b>,
     name: &'n str,
@@ -446,10 +445,18 @@ fn field_values<'b, 'n>(
 where
     'b: 'n,
 {
-    section
+    let text = section.section;
+    let slice = move |(start, end): (u16, u16)| {
+        text.get(usize::from(start)..usize::from(end))
+            .unwrap_or(&[])
+    };
+    section.spans[..section.count]
         .iter()
-        .filter(move |(field_name, _)| field_name.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|(_, value)| value)
+        .filter(move |span| {
+            usize::from(span.name.1.saturating_sub(span.name.0)) == name.len()
+                && slice(span.name).eq_ignore_ascii_case(name.as_bytes())
+        })
+        .map(move |span| slice(span.value))
 }
 
 /// The non-empty, trimmed elements of a comma-separated list (RFC 9110 §5.6.1: recipients
