@@ -794,9 +794,10 @@ Options:
   --timeout DURATION      read timeout per attempt, e.g. 250ms, 3s [default: 3s]
   --retries R             retries after a retried outcome [default: 3]
   --retry-on LIST         outcomes that are retried: timeout, 403, 500, 200 or none
-                          [default: timeout]; transport errors (connection refused or
-                          reset, closed before or during the answer, malformed answer)
-                          are retried like timeouts, except with none: no retries at all
+                          [default: timeout]; transport errors (connection refused,
+                          reset or timed out, closed before or during the answer,
+                          malformed answer, other I/O errors) are retried whatever the
+                          list, except with none: no retries at all
   --backoff DURATION      first retry delay; doubles per retry, full jitter [default: 100ms]
   --max-backoff DURATION  cap on the retry delay [default: 2s]
   --interval DURATION     pause before each fresh request a worker takes [default: 0ms]

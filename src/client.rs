@@ -56,14 +56,14 @@ pub const MAX_ADMIN_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries asked for per `/getlogs` page.
 pub const LOG_PAGE_LIMIT: u64 = 1000;
-/// Most `/getlogs` pages fetched (ten million entries): a server whose paging never ends must
-/// not keep the client forever.
+/// Most `/getlogs` pages fetched (ten million entries), a backstop: paging already ends once the
+/// entries pass the run's bound (see [`fetch_run_entries`]).
 pub const MAX_LOG_PAGES: u64 = 10_000;
-/// Text (time, client address, outcome, request id) kept per attempt of the run, at most, summed
-/// over this run's log entries. An entry of the run holds about 100 bytes (an id of at most 40,
-/// a 24-byte time, an address of at most 45) and the server refuses ids over 200 bytes, so a
-/// server past this sends something else than this run's log.
-pub const MAX_LOG_TEXT_PER_ATTEMPT: usize = 512;
+/// Text (time, client address, outcome, request id) kept per log entry the run may have (one per
+/// attempt and [`EXTRA_RUN_ENTRIES`]), summed over the entries. An entry of the run holds about
+/// 100 bytes (an id of at most 40, a 24-byte time, an address of at most 45) and the server
+/// refuses ids over 200 bytes, so a server past this sends something else than this run's log.
+pub const MAX_LOG_TEXT_PER_ENTRY: usize = 512;
 /// Entries for the run beyond one per attempt that are still fetched, so the report can list
 /// them (ids the client never sent, entries logged twice) instead of stopping at the first; past
 /// this many the server's log is not worth reading and the fetch fails.
@@ -1306,7 +1306,7 @@ struct LogFetch {
 /// `attempts` is how many attempts the run made. Each has one entry at most; `extra` more are
 /// taken so that the report can show them as unknown or duplicated, and a server that returns
 /// more than that for the run is refused (as is one whose entries hold more text than
-/// [`MAX_LOG_TEXT_PER_ATTEMPT`] per entry allowed): what the client keeps is bounded by its own
+/// [`MAX_LOG_TEXT_PER_ENTRY`] per entry allowed): what the client keeps is bounded by its own
 /// run, not by what a server cares to send. When the entries fill the last page exactly, the
 /// page after it is empty, so that page costs nothing.
 fn fetch_run_entries(
@@ -1320,7 +1320,7 @@ fn fetch_run_entries(
     let max_entries = attempts.saturating_add(extra);
     let text_budget = usize::try_from(max_entries)
         .unwrap_or(usize::MAX)
-        .saturating_mul(MAX_LOG_TEXT_PER_ATTEMPT);
+        .saturating_mul(MAX_LOG_TEXT_PER_ENTRY);
     let mut text_kept = 0usize;
     let mut since = 0;
     let mut fetched = LogFetch {
@@ -1337,11 +1337,13 @@ fn fetch_run_entries(
         let page = parse_log_page(&value).map_err(fail)?;
         let delivered = page.entries.len() as u64;
         let arrived = fetched.entries.len() as u64 + delivered;
+        // Every entry returned counts, this run's or not: the server was asked for this run's
+        // only, so a server that ignores the filter is bounded all the same.
         if arrived > max_entries {
             return Err(fail(format!(
-                "the server returned {arrived} entries for this run, more than its {attempts} \
-                 attempts (one entry each at most) and {extra} more: its log holds requests \
-                 this client never sent, or its paging repeats entries"
+                "the server returned {arrived} entries for this run's prefix, more than its \
+                 {attempts} attempts (one entry each at most) and {extra} more: its log holds \
+                 requests this client never sent, or its paging repeats entries"
             )));
         }
         text_kept = page
@@ -1351,12 +1353,19 @@ fn fetch_run_entries(
             .fold(text_kept, usize::saturating_add);
         if text_kept > text_budget {
             return Err(fail(format!(
-                "the server's entries for this run hold more than {text_budget} bytes of text \
-                 ({MAX_LOG_TEXT_PER_ATTEMPT} per entry), far more than this run's log"
+                "the server's entries for this run's prefix hold more than {text_budget} bytes of text \
+                 ({MAX_LOG_TEXT_PER_ENTRY} per entry), far more than this run's log"
             )));
         }
         fetched.dropped = fetched.dropped.max(page.dropped);
-        fetched.entries.extend(page.entries);
+        fetched
+            .entries
+            .extend(page.entries.into_iter().filter(|entry| {
+                entry
+                    .request_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with(prefix))
+            }));
         // Full only when the page says so and delivered it: a page claiming more than it holds
         // must not keep the paging going.
         if page.returned < page_limit || delivered < page_limit {
@@ -1987,10 +1996,9 @@ pub fn format_log_entry(entry: &LogEntry) -> String {
 }
 
 /// The sentence judging the chi-square p-value, whole: the report prints it as it is.
-pub fn fit_sentence(fit: &GoodnessOfFit, draws: u64) -> String {
-    if draws == 0 {
-        "no attempt reached an outcome of the weights, so there is nothing to judge".into()
-    } else if fit.p_value >= SIGNIFICANCE {
+/// Only for a run with draws; one without has its `nothing to judge` reason instead.
+pub fn fit_sentence(fit: &GoodnessOfFit) -> String {
+    if fit.p_value >= SIGNIFICANCE {
         format!(
             "the mix is consistent with the configured weights (p = {:.3} >= {SIGNIFICANCE})",
             fit.p_value
@@ -2077,14 +2085,17 @@ pub fn write_text_report(
         report.run_id, report.target
     )?;
     let retry_on: Vec<&str> = options.retry_on.iter().map(|o| o.name()).collect();
+    let retries = if retry_on.is_empty() {
+        "no retries (--retry-on none)".to_string()
+    } else {
+        format!("retries {} on [{}]", options.retries, retry_on.join(", "))
+    };
     writeln!(
         text,
-        "  {} requests, concurrency {}, timeout {}, retries {} on [{}], backoff {} up to {}, interval {}",
+        "  {} requests, concurrency {}, timeout {}, {retries}, backoff {} up to {}, interval {}",
         options.count,
         options.concurrency,
         format_duration(options.timeout),
-        options.retries,
-        retry_on.join(", "),
         format_duration(options.backoff),
         format_duration(options.max_backoff),
         format_duration(options.interval)
@@ -2132,11 +2143,11 @@ pub fn write_text_report(
         writeln!(text, "  first {category}: {detail}")?;
     }
     if report.attempt_draws == 0 {
-        // The first reason says what the attempts ended in instead.
-        let reason = report.verdict_reasons.first().map(String::as_str);
-        let sentence = fit_sentence(&report.fit, 0);
+        // The first reason (build_report puts it there) says what the attempts ended in.
         writeln!(text, "  no chi-square: there is no draw to test")?;
-        writeln!(text, "  {}", reason.unwrap_or(&sentence))?;
+        if let Some(reason) = report.verdict_reasons.first() {
+            writeln!(text, "  {reason}")?;
+        }
     } else {
         writeln!(
             text,
@@ -2146,11 +2157,7 @@ pub fn write_text_report(
             report.fit.p_value,
             report.fit.method.name()
         )?;
-        writeln!(
-            text,
-            "  {}",
-            fit_sentence(&report.fit, report.attempt_draws)
-        )?;
+        writeln!(text, "  {}", fit_sentence(&report.fit))?;
     }
     if let Some(precision) = &report.precision {
         writeln!(
@@ -2168,7 +2175,12 @@ pub fn write_text_report(
         text,
         &format!(
             "Per logical request (final outcome after up to {} retries): {} requests",
-            options.retries, report.requests
+            if options.retry_on.is_empty() {
+                0
+            } else {
+                options.retries
+            },
+            report.requests
         ),
         &report.request_rows,
         &report.request_other,
@@ -3646,10 +3658,6 @@ mod tests {
             nothing_to_judge(0, 0, &BTreeMap::new()),
             "nothing to judge, no attempt was made"
         );
-        assert_eq!(
-            fit_sentence(&stats::goodness_of_fit(&[0; 4], &OWNER), 0),
-            "no attempt reached an outcome of the weights, so there is nothing to judge"
-        );
     }
 
     #[test]
@@ -3788,16 +3796,28 @@ mod tests {
     struct FakeState {
         script: Vec<&'static str>,
         unlogged: Vec<u64>,
+        /// Requests logged twice, the second time under this id with "-x" appended too (an
+        /// entry the client never sent).
+        logged_twice: Vec<u64>,
         next_id: Mutex<u64>,
         entries: Mutex<Vec<FakeEntry>>,
     }
 
     fn start_fake(script: Vec<&'static str>, unlogged: Vec<u64>) -> FakeServer {
+        start_fake_logging_twice(script, unlogged, Vec::new())
+    }
+
+    fn start_fake_logging_twice(
+        script: Vec<&'static str>,
+        unlogged: Vec<u64>,
+        logged_twice: Vec<u64>,
+    ) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(FakeState {
             script,
             unlogged,
+            logged_twice,
             next_id: Mutex::new(0),
             entries: Mutex::new(Vec::new()),
         });
@@ -3854,11 +3874,24 @@ mod tests {
                     };
                     let outcome = state.script[(id as usize - 1) % state.script.len()];
                     if !state.unlogged.contains(&id) {
-                        state.entries.lock().unwrap().push(FakeEntry {
+                        let mut entries = state.entries.lock().unwrap();
+                        let twice = state.logged_twice.contains(&id);
+                        entries.push(FakeEntry {
                             id,
                             outcome,
-                            request_id,
+                            request_id: request_id.clone(),
                         });
+                        if twice {
+                            for suffix in ["", "-x"] {
+                                entries.push(FakeEntry {
+                                    id: 1_000_000 + id * 10 + suffix.len() as u64,
+                                    outcome,
+                                    request_id: request_id
+                                        .as_ref()
+                                        .map(|id| format!("{id}{suffix}")),
+                                });
+                            }
+                        }
                     }
                     if outcome == "timeout" {
                         // Hang: read until the client gives up and closes.
@@ -4136,7 +4169,7 @@ mod tests {
         let message = error.to_string();
         assert!(
             message.starts_with("GET /getlogs?request_id_prefix=ab-&since=6&limit=3 failed: ")
-                && message.contains("9 entries for this run, more than its 7 attempts (one entry each at most) and 0 more"),
+                && message.contains("9 entries for this run's prefix, more than its 7 attempts (one entry each at most) and 0 more"),
             "{message}"
         );
     }
@@ -4159,7 +4192,7 @@ mod tests {
             .unwrap_err();
         assert!(error
             .to_string()
-            .contains("6 entries for this run, more than its 5 attempts"));
+            .contains("6 entries for this run's prefix, more than its 5 attempts"));
         // With room for extra entries they are fetched, for the report to list as unknown.
         let fetched =
             fetch_run_entries(&loopback(port), "ab-", 3, MAX_LOG_PAGES, (4, 2), timeout).unwrap();
@@ -4170,6 +4203,29 @@ mod tests {
             error.to_string().contains("more than its 4 attempts"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn entries_of_other_runs_count_toward_the_bound_but_are_not_kept() {
+        // A server that ignores request_id_prefix: the other run's entry is not shown or
+        // reconciled as this run's, yet it still counts, so such a server stays bounded.
+        let (port, _) = serve_log_pages(|since, _| {
+            if since == 0 {
+                let other = page_entry(2, 8).replace("\"ab-", "\"zz-");
+                vec![page_entry(1, 8), other, page_entry(3, 8)]
+            } else {
+                Vec::new()
+            }
+        });
+        let timeout = Duration::from_secs(2);
+        let fetched =
+            fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (3, 0), timeout)
+                .unwrap();
+        let ids: Vec<u64> = fetched.entries.iter().map(|entry| entry.id).collect();
+        assert_eq!(ids, [1, 3]);
+        let error = fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (2, 0), timeout)
+            .unwrap_err();
+        assert!(error.to_string().contains("returned 3 entries"), "{error}");
     }
 
     #[test]
@@ -4187,7 +4243,7 @@ mod tests {
     #[test]
     fn log_entries_past_the_text_budget_of_the_run_are_refused() {
         // Two entries for four attempts, but each with a 10 KB request id: more text than
-        // MAX_LOG_TEXT_PER_ATTEMPT per attempt of the run.
+        // MAX_LOG_TEXT_PER_ENTRY per attempt of the run.
         let (port, _) = serve_log_pages(|since, _| {
             if since == 0 {
                 vec![page_entry(1, 10_000), page_entry(2, 10_000)]
@@ -4198,7 +4254,7 @@ mod tests {
         let timeout = Duration::from_secs(2);
         let error = fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (4, 0), timeout)
             .unwrap_err();
-        let budget = 4 * MAX_LOG_TEXT_PER_ATTEMPT;
+        let budget = 4 * MAX_LOG_TEXT_PER_ENTRY;
         assert!(
             error
                 .to_string()
@@ -4217,6 +4273,24 @@ mod tests {
             fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (4, 0), timeout)
                 .unwrap();
         assert_eq!(fetched.entries.len(), 4);
+    }
+
+    #[test]
+    fn an_entry_logged_twice_and_one_never_sent_are_listed_and_fail_the_run() {
+        // Every attempt has its entry, and the server logs one request again and once more
+        // under an id the client never sent: more entries than attempts, which the report
+        // must list (not refuse as an oversized log).
+        let fake = start_fake_logging_twice(vec!["200"], vec![], vec![2]);
+        let options = ClientOptions {
+            concurrency: 1,
+            ..fake_options(fake.port, 4)
+        };
+        let mut out = Vec::new();
+        assert_eq!(run(&options, &mut out).unwrap(), Verdict::Fail);
+        let text = String::from_utf8(out).unwrap();
+        for expected in ["logged more than once: 1 (", "unknown to the client: 1 ("] {
+            assert!(text.contains(expected), "no {expected:?} in\n{text}");
+        }
     }
 
     #[test]
