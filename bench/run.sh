@@ -475,8 +475,8 @@ measure() {
 
 # syscall_counts NAME PORT PIDS...: syscalls per request over a short wrk run (SYSCALL_SECONDS),
 # counted by perf (all syscalls, low overhead) and by strace -c (per syscall; slows the server,
-# so its rate is lower but the count per request is what matters). Not ab -k: ab speaks HTTP/1.0
-# keep-alive, and unreliable's answers lack `Connection: keep-alive`, so ab waits 5 s per request.
+# so its rate is lower but the count per request is what matters). wrk rather than ab -k, so the
+# counts come from the same HTTP/1.1 client as the throughput runs.
 syscall_counts() {
   local name=$1 port=$2 pid_list tracer pid_args=() pid requests
   shift 2

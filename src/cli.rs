@@ -62,8 +62,8 @@ impl Default for ServeOptions {
 /// pool keeps a core busy; more workers only add thread switches. Measured on one core with
 /// `wrk -t1 -c64` (no keep-alive linger): 4 workers 63k req/s, 15.2 µs CPU per request, p99
 /// 3.0 ms; 8 workers 68k, 14.4 µs, 2.4 ms; 16 workers 51k, 19.3 µs, 2.9 ms; 32 workers 48k,
-/// 20.6 µs. The floor of 8 keeps a few slow readers (a worker writes for up to 10 s to a client
-/// that does not read) from stalling a small machine.
+/// 20.6 µs. The floor of 8 keeps a few slow jobs (request bodies trickling in, a Monte Carlo
+/// `/stats`) from stalling a small machine.
 fn default_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |count| count.get());
     (cores * WORKERS_PER_CORE).clamp(MIN_DEFAULT_WORKERS, MAX_DEFAULT_WORKERS)
