@@ -559,6 +559,9 @@ struct Connection {
     registered: bool,
     /// The poller that holds this connection whenever it is parked.
     poller: usize,
+    /// The peer's close (or half-close) was reported. An edge watch reports it once, maybe while
+    /// answers are still owed; the turns that answer them must still read on to the EOF.
+    peer_closed: bool,
     /// The rest of a response or of `100 Continue` the send buffer could not take (the client
     /// is not reading fast enough): the poller writes it as room opens up, then goes on as its
     /// [`AfterSent`] says.
@@ -601,6 +604,7 @@ impl Connection {
             body: None,
             readable: false,
             registered: false,
+            peer_closed: false,
             unsent: None,
             _slot: slot,
         }
@@ -1574,6 +1578,11 @@ impl Poller<'_> {
         let Some(parked) = self.parked.get_mut(token) else {
             return;
         };
+        parked.connection.peer_closed |= event.closed;
+        let event = Event {
+            closed: parked.connection.peer_closed,
+            ..event
+        };
         match parked.kind {
             ParkKind::Idle | ParkKind::PartialRequest | ParkKind::Sending => {
                 let watched = parked.kind.watch();
@@ -1649,18 +1658,20 @@ impl Poller<'_> {
         true
     }
 
+    /// A stall: what the socket did not take waits for room. Also a new stall of a connection
+    /// that was sending already (its last answer went out, the next did not fit): the write
+    /// timeout counts from here, as that was progress.
     fn start_sending(&mut self, token: u64, current: Watch) {
         let Some(parked) = self.parked.get_mut(token) else {
             return;
         };
-        let first_stall = parked.kind != ParkKind::Sending;
+        let earlier = parked.deadline;
         parked.kind = ParkKind::Sending;
-        if first_stall {
-            parked.deadline = Instant::now() + self.shared.timeouts.write;
-            let deadline = parked.deadline;
-            if self.watch_as(token, current, Watch::EdgeAndWritable) {
-                self.schedule(deadline, token);
-            }
+        parked.deadline = Instant::now() + self.shared.timeouts.write;
+        let deadline = parked.deadline;
+        // A later deadline is found by the earlier entry when it surfaces (see `expire`).
+        if self.watch_as(token, current, Watch::EdgeAndWritable) && deadline < earlier {
+            self.schedule(deadline, token);
         }
     }
 
@@ -1696,6 +1707,11 @@ impl Poller<'_> {
             let Some(mut parked) = self.parked.remove(token) else {
                 continue;
             };
+            if parked.kind == ParkKind::Sending {
+                // It stopped reading: a plain close would leave its unread answers queued in
+                // the kernel for as long as the client keeps its end, past any limit here.
+                let _ = sys::reset_on_close(&parked.connection.stream);
+            }
             if parked.kind == ParkKind::PartialRequest {
                 // Nonblocking: a client that stopped reading must not stall the poller.
                 if parked.connection.stream.set_nonblocking(true).is_ok() {
@@ -1752,13 +1768,16 @@ fn serve_in_place(
     parked: &mut Parked,
     peer_closed: bool,
 ) -> InPlace {
-    let connection = &mut parked.connection;
     let mut answered = 0;
     let mut drained = false;
     loop {
         if answered == REQUESTS_PER_TURN {
+            // Busy, not idle: its deadline starts again, and it is watched as any waiting
+            // connection is (it may have come from Sending), until its next turn.
+            wait_for_more(shared, parked);
             return InPlace::Again;
         }
+        let connection = &mut parked.connection;
         if connection.filled > 0 {
             match http::parse_request(&connection.buffer[..connection.filled]) {
                 Ok(Parsed::Partial) => {}
@@ -1824,14 +1843,20 @@ fn serve_in_place(
             Err(_) => return InPlace::Close,
         }
     }
-    if connection.filled == 0 {
+    wait_for_more(shared, parked);
+    InPlace::Waiting
+}
+
+/// A connection with nothing to answer now: idle, or part of its next request in; its kind and
+/// deadline say which.
+fn wait_for_more(shared: &Shared, parked: &mut Parked) {
+    if parked.connection.filled == 0 {
         parked.kind = ParkKind::Idle;
         parked.deadline = Instant::now() + shared.timeouts.idle;
     } else {
         parked.kind = ParkKind::PartialRequest;
-        parked.deadline = connection.header_deadline(shared.timeouts.header);
+        parked.deadline = parked.connection.header_deadline(shared.timeouts.header);
     }
-    InPlace::Waiting
 }
 
 /// Applies a response written in full to its connection, for a worker and a poller alike:
@@ -2282,6 +2307,71 @@ mod tests {
         sender.join().unwrap();
     }
 
+    #[test]
+    fn a_reader_that_stalls_past_the_write_timeout_is_reset_and_its_answer_freed() {
+        // 100,000 entries with 200-byte ids: a /getlogs of about 35 MB, far more than the
+        // socket buffers take, asked for once and never read.
+        let app = Arc::new(App {
+            chaos: Chaos::new(1, Weights::owner_default()),
+            log: Arc::new(RequestLog::new(100_000, false)),
+            started: Instant::now(),
+            hang: HANG,
+        });
+        let request_id = [b'r'; 200];
+        for _ in 0..100_000 {
+            let entry = crate::log::NewEntry {
+                unix_millis: 1_729_727_731_705,
+                client: "127.0.0.1:5000".parse().unwrap(),
+                method: "GET",
+                target: "/getbalance",
+                request_id: Some(&request_id),
+                duration_micros: 1,
+                forced: false,
+            };
+            app.log.record(&entry, |_| crate::chaos::Outcome::Balance);
+        }
+        let timeouts = Timeouts {
+            write: Duration::from_millis(300),
+            ..Timeouts::STANDARD
+        };
+        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
+        let mut stuck = connect(&server);
+        stuck
+            .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (server_port, client_port) = (
+            server.local_addr().port(),
+            stuck.local_addr().unwrap().port(),
+        );
+        // The answer piles up in the server's send queue, then the write timeout gives up on the
+        // client. A plain close would leave it queued in the kernel for as long as the client
+        // keeps its end (an orphaned socket, no descriptor in the server): a reset frees it.
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        let mut seen_queued = false;
+        loop {
+            match server_send_queue(server_port, client_port) {
+                Some(queued) if queued > 0 => seen_queued = true,
+                None if seen_queued => break,
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the answer is still queued for a client given up on (seen queued: {seen_queued})"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let mut chunk = vec![0u8; 1 << 20];
+        let outcome = loop {
+            match stuck.read(&mut chunk) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(error) => break Err(error.kind()),
+            }
+        };
+        assert_eq!(outcome, Err(io::ErrorKind::ConnectionReset));
+        server.shutdown();
+    }
+
     /// Bytes queued for sending on the server's side of the loopback connection from
     /// `client_port` (from `/proc/net/tcp`).
     fn server_send_queue(server_port: u16, client_port: u16) -> Option<u64> {
@@ -2673,6 +2763,79 @@ mod tests {
         assert_eq!(status, 408);
         assert!(started.elapsed() >= Duration::from_millis(250));
         assert!(closed_silently(&mut stream));
+        server.shutdown();
+    }
+
+    /// Pipelines `count` `GET /health` on `stream` from another thread, then half-closes; reads
+    /// every answer. How many answers arrived, and whether the end was a clean EOF (`false`:
+    /// an error such as a reset, or 2 s without a byte: the answers take well under a second,
+    /// so a pause that long is the server waiting out a timeout).
+    fn pipeline_health(stream: TcpStream, count: usize) -> (usize, bool) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        const REQUEST: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut writer = stream.try_clone().unwrap();
+        let sender = thread::spawn(move || {
+            for _ in 0..count / 1000 {
+                if writer.write_all(&REQUEST.repeat(1000)).is_err() {
+                    return;
+                }
+            }
+            let _ = writer.write_all(&REQUEST.repeat(count % 1000));
+            let _ = writer.shutdown(Shutdown::Write);
+        });
+        let (answers, clean_end) = count_answers(stream);
+        let _ = sender.join();
+        (answers, clean_end)
+    }
+
+    /// Reads until the end, counting status lines (across reads).
+    fn count_answers(mut stream: TcpStream) -> (usize, bool) {
+        let mut answers = 0;
+        let mut tail: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return (answers, true),
+                Ok(read) => {
+                    tail.extend_from_slice(&chunk[..read]);
+                    answers += tail.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+                    let keep = tail.len().min(8);
+                    tail.drain(..tail.len() - keep);
+                }
+                Err(_) => return (answers, false),
+            }
+        }
+    }
+
+    #[test]
+    fn a_busy_pipeline_is_not_closed_as_idle() {
+        // Requests keep coming for several idle timeouts (300 ms here), answered turn after
+        // turn: the connection is busy, not idle.
+        let server = start_test_server(1, 64, short_timeouts());
+        let stream = connect(&server);
+        let started = Instant::now();
+        let (answers, clean_end) = pipeline_health(stream, 300_000);
+        assert_eq!(
+            (answers, clean_end),
+            (300_000, true),
+            "after {:?}",
+            started.elapsed()
+        );
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_half_close_after_a_long_pipeline_closes_once_everything_is_answered() {
+        // The peer's close is reported once, while answers are still owed; the turns after it
+        // must still see it and close, not wait for the idle timeout (5 s here).
+        let server = start_test_server(1, 64, Timeouts::STANDARD);
+        for count in [17, 100, 500, 1000, 500, 1000, 2000] {
+            let stream = connect(&server);
+            let (answers, clean_end) = pipeline_health(stream, count);
+            assert_eq!((answers, clean_end), (count, true));
+        }
         server.shutdown();
     }
 

@@ -41,6 +41,8 @@ pub const SIGINT: i32 = 2;
 /// Polite termination request (`kill`, service managers).
 pub const SIGTERM: i32 = 15;
 const RLIMIT_NOFILE: i32 = 7;
+const SOL_SOCKET: i32 = 1;
+const SO_LINGER: i32 = 13;
 const RLIM_INFINITY: u64 = u64::MAX;
 /// What to ask for when the hard open-file limit is "unlimited": the kernel refuses an infinite
 /// soft limit, and its default ceiling (`fs.nr_open`) is this value.
@@ -88,6 +90,13 @@ impl SignalSet {
     }
 }
 
+/// `struct linger`: whether and how long `close` waits for unsent data.
+#[repr(C)]
+struct Linger {
+    on: i32,
+    seconds: i32,
+}
+
 /// The kernel's `struct rlimit` on 64-bit Linux.
 #[repr(C)]
 struct ResourceLimit {
@@ -107,6 +116,7 @@ extern "C" {
     fn pthread_sigmask(how: i32, set: *const SignalSet, old: *mut SignalSet) -> i32;
     fn sigwait(set: *const SignalSet, signal: *mut i32) -> i32;
     fn getrlimit(resource: i32, limit: *mut ResourceLimit) -> i32;
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, length: u32) -> i32;
     fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
 }
 
@@ -142,6 +152,35 @@ pub fn send_without_waiting(socket: &impl AsRawFd, bytes: &[u8]) -> io::Result<u
         )
     };
     usize::try_from(result).map_err(|_| io::Error::last_os_error())
+}
+
+/// Sets one socket option from a plain value.
+fn set_socket_option<T>(socket: &impl AsRawFd, name: i32, value: &T) -> io::Result<()> {
+    let length = u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX);
+    // SAFETY: `value` is live, readable memory of `length` bytes for the whole call (a `repr(C)`
+    // struct or an integer of the type the option takes), and the descriptor is open while
+    // `socket` is borrowed.
+    let result = unsafe {
+        setsockopt(
+            socket.as_raw_fd(),
+            SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            length,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Makes closing the socket reset the connection (`SO_LINGER` 0) instead of leaving what the
+/// peer never read queued in the kernel until the peer goes: for a client given up on because
+/// it stopped reading, whose unsent answers would otherwise outlive its descriptor.
+pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
+    set_socket_option(socket, SO_LINGER, &Linger { on: 1, seconds: 0 })
 }
 
 /// How a descriptor's readiness is reported.

@@ -284,3 +284,51 @@ fn slowhttptest_slow_readers_do_not_starve_other_clients() {
     let (status, stderr, _directory) = server.terminate();
     assert!(status.success(), "{stderr}");
 }
+
+/// A Python client with a 4 KB receive window (set before it connects, so the window stays
+/// small) pipelines COUNT `GET /getbalance` and reads as fast as it can; prints how many
+/// answers came and how it ended. Every stall of the server's sends must be watched for room:
+/// a missed one leaves the connection silent until the write timeout drops it.
+const SMALL_WINDOW_CLIENT: &str = r#"
+import socket, sys, threading
+port, count = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", port))
+s.settimeout(3)
+request = b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n"
+threading.Thread(target=lambda: s.sendall(request * count), daemon=True).start()
+answers, tail, how = 0, b"", "eof"
+try:
+    while answers < count or not tail.endswith(b"</html>\n"):
+        data = s.recv(1 << 20)
+        if not data:
+            break
+        both = tail + data
+        answers += both.count(b"HTTP/1.1 200") - tail.count(b"HTTP/1.1 200")
+        tail = both[-16:]
+    else:
+        how = "complete"
+except OSError as error:
+    how = type(error).__name__
+print(answers, how)
+"#;
+
+#[test]
+fn a_python_client_with_a_small_window_gets_every_pipelined_answer() {
+    if !have_tool("python3") {
+        return;
+    }
+    let server = Server::start(
+        "small-window",
+        &["--no-log-file", "--weights", "200=1", "--seed", "5"],
+    );
+    let port = server.address.port().to_string();
+    // The stall that was missed came at a random point: a few runs make it near certain.
+    for _ in 0..3 {
+        let mut command = Command::new("python3");
+        command.args(["-c", SMALL_WINDOW_CLIENT, &port, "20000"]);
+        let finished = run_until(command, TOOL_DEADLINE, "a small-window python client");
+        assert_eq!(finished.stdout.trim(), "20000 complete", "{finished:#?}");
+    }
+}
