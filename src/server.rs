@@ -1984,6 +1984,33 @@ mod tests {
         })
     }
 
+    /// An app whose log already holds `entries` entries with 200-byte request ids, for a
+    /// `/getlogs` answer far larger than the socket buffers (about 350 bytes of JSON each).
+    fn app_with_long_log(entries: u64) -> Arc<App> {
+        let app = Arc::new(App {
+            chaos: Chaos::new(1, Weights::owner_default()),
+            log: Arc::new(RequestLog::new(entries as usize, false)),
+            started: Instant::now(),
+            hang: HANG,
+        });
+        let request_id = "r".repeat(200);
+        for _ in 0..entries {
+            app.log.record(
+                &crate::log::NewEntry {
+                    unix_millis: 1_729_727_731_705,
+                    client: "127.0.0.1:5000".parse().unwrap(),
+                    method: "GET",
+                    target: "/getbalance",
+                    request_id: Some(request_id.as_bytes()),
+                    duration_micros: 1,
+                    forced: false,
+                },
+                |k| app.chaos.outcome(k),
+            );
+        }
+        app
+    }
+
     fn config(threads: usize, max_connections: usize) -> ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -2309,27 +2336,9 @@ mod tests {
 
     #[test]
     fn a_reader_that_stalls_past_the_write_timeout_is_reset_and_its_answer_freed() {
-        // 100,000 entries with 200-byte ids: a /getlogs of about 35 MB, far more than the
-        // socket buffers take, asked for once and never read.
-        let app = Arc::new(App {
-            chaos: Chaos::new(1, Weights::owner_default()),
-            log: Arc::new(RequestLog::new(100_000, false)),
-            started: Instant::now(),
-            hang: HANG,
-        });
-        let request_id = [b'r'; 200];
-        for _ in 0..100_000 {
-            let entry = crate::log::NewEntry {
-                unix_millis: 1_729_727_731_705,
-                client: "127.0.0.1:5000".parse().unwrap(),
-                method: "GET",
-                target: "/getbalance",
-                request_id: Some(&request_id),
-                duration_micros: 1,
-                forced: false,
-            };
-            app.log.record(&entry, |_| crate::chaos::Outcome::Balance);
-        }
+        // A /getlogs of about 35 MB, far more than the socket buffers take, asked for once and
+        // never read.
+        let app = app_with_long_log(100_000);
         let timeouts = Timeouts {
             write: Duration::from_millis(300),
             ..Timeouts::STANDARD
@@ -2676,27 +2685,7 @@ mod tests {
         // 50,000 entries with long request ids: about 20 MB of JSON, more than the loopback
         // buffers hold, so the answer stalls until the client reads.
         const ENTRIES: u64 = 50_000;
-        let app = Arc::new(App {
-            chaos: Chaos::new(1, Weights::owner_default()),
-            log: Arc::new(RequestLog::new(ENTRIES as usize, false)),
-            started: Instant::now(),
-            hang: HANG,
-        });
-        let request_id = "r".repeat(200);
-        for _ in 0..ENTRIES {
-            app.log.record(
-                &crate::log::NewEntry {
-                    unix_millis: 1_729_727_731_705,
-                    client: "127.0.0.1:5000".parse().unwrap(),
-                    method: "GET",
-                    target: "/getbalance",
-                    request_id: Some(request_id.as_bytes()),
-                    duration_micros: 1,
-                    forced: false,
-                },
-                |k| app.chaos.outcome(k),
-            );
-        }
+        let app = app_with_long_log(ENTRIES);
         let server = start_with_timeouts(&config(1, 64), app, Timeouts::STANDARD).unwrap();
         let mut slow = connect(&server);
         slow.write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")

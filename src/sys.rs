@@ -154,18 +154,20 @@ pub fn send_without_waiting(socket: &impl AsRawFd, bytes: &[u8]) -> io::Result<u
     usize::try_from(result).map_err(|_| io::Error::last_os_error())
 }
 
-/// Sets one socket option from a plain value.
-fn set_socket_option<T>(socket: &impl AsRawFd, name: i32, value: &T) -> io::Result<()> {
-    let length = u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX);
-    // SAFETY: `value` is live, readable memory of `length` bytes for the whole call (a `repr(C)`
-    // struct or an integer of the type the option takes), and the descriptor is open while
-    // `socket` is borrowed.
+/// Makes closing the socket reset the connection (`SO_LINGER` 0) instead of leaving what the
+/// peer never read queued in the kernel until the peer goes: for a client given up on because
+/// it stopped reading, whose unsent answers would otherwise outlive its descriptor.
+pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
+    let linger = Linger { on: 1, seconds: 0 };
+    let length = std::mem::size_of::<Linger>() as u32;
+    // SAFETY: `linger` is a live `struct linger` of `length` bytes for the whole call, and the
+    // descriptor is open while `socket` is borrowed.
     let result = unsafe {
         setsockopt(
             socket.as_raw_fd(),
             SOL_SOCKET,
-            name,
-            (value as *const T).cast(),
+            SO_LINGER,
+            (&linger as *const Linger).cast(),
             length,
         )
     };
@@ -174,13 +176,6 @@ fn set_socket_option<T>(socket: &impl AsRawFd, name: i32, value: &T) -> io::Resu
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// Makes closing the socket reset the connection (`SO_LINGER` 0) instead of leaving what the
-/// peer never read queued in the kernel until the peer goes: for a client given up on because
-/// it stopped reading, whose unsent answers would otherwise outlive its descriptor.
-pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
-    set_socket_option(socket, SO_LINGER, &Linger { on: 1, seconds: 0 })
 }
 
 /// How a descriptor's readiness is reported.
