@@ -718,7 +718,7 @@ fn write_until_stopped(
                     return Err(error);
                 }
                 if !reported_failure {
-                    eprintln!("unreliable: {error} (will retry)");
+                    say!("unreliable: {error} (will retry)");
                     reported_failure = true;
                 }
             }

@@ -4,6 +4,16 @@
 //! exit status (0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable).
 #![deny(unsafe_code)]
 
+/// `eprintln!` without its panic when stderr is closed or full: a server whose stderr went away
+/// (a closed pipe, a supervisor that left) keeps serving, and a usage error keeps its exit
+/// status. What cannot be said on stderr is not said anywhere else.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod chaos;
 mod cli;
 mod client;
@@ -35,7 +45,7 @@ fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
         Err(error) => {
-            eprintln!("unreliable: error: {error}\n{}", error.hint());
+            say!("unreliable: error: {error}\n{}", error.hint());
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -58,7 +68,7 @@ fn print_text(text: &str) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("unreliable: error: cannot write to stdout: {error}");
+            say!("unreliable: error: cannot write to stdout: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -76,7 +86,7 @@ fn finish_client(result: Result<client::Verdict, client::ClientError>) -> ExitCo
         Ok(client::Verdict::Pass) => ExitCode::SUCCESS,
         Ok(client::Verdict::Fail) => ExitCode::from(EXIT_FAILURE),
         Err(error) => {
-            eprintln!("unreliable: error: {error}");
+            say!("unreliable: error: {error}");
             ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_FAILURE))
         }
     }
@@ -110,11 +120,11 @@ fn start_server(
 fn serve(options: &ServeOptions) -> ExitCode {
     // Before any thread exists, so every thread inherits the mask and the signal waits for sigwait.
     if let Err(error) = sys::block_termination_signals() {
-        eprintln!("unreliable: error: cannot set up signal handling: {error}");
+        say!("unreliable: error: cannot set up signal handling: {error}");
         return ExitCode::from(EXIT_FAILURE);
     }
     let Ok(host) = options.host.parse::<IpAddr>() else {
-        eprintln!("unreliable: error: '{}' is not an IP address", options.host);
+        say!("unreliable: error: '{}' is not an IP address", options.host);
         return ExitCode::from(EXIT_USAGE);
     };
     let seed = options.seed.unwrap_or_else(chaos::fresh_seed);
@@ -126,7 +136,7 @@ fn serve(options: &ServeOptions) -> ExitCode {
         Some(path) => match log::start_writer(Arc::clone(&log), path, options.log_format) {
             Ok(writer) => Some(writer),
             Err(error) => {
-                eprintln!("unreliable: error: {error}");
+                say!("unreliable: error: {error}");
                 return ExitCode::from(EXIT_FAILURE);
             }
         },
@@ -143,7 +153,7 @@ fn serve(options: &ServeOptions) -> ExitCode {
     ) {
         Ok(server) => server,
         Err(error) => {
-            eprintln!("unreliable: error: {error}");
+            say!("unreliable: error: {error}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -151,11 +161,11 @@ fn serve(options: &ServeOptions) -> ExitCode {
     // The contract with scripts that wait for it, hence flushed. A server whose stdout is gone
     // (a closed pipe, a full disk) still serves: the address is on stderr then.
     if let Err(error) = write_stdout(&format!("listening on http://{address} seed={seed}\n")) {
-        eprintln!(
+        say!(
             "unreliable: warning: cannot write to stdout ({error}); listening on http://{address} seed={seed}"
         );
     }
-    eprintln!(
+    say!(
         "unreliable: weights {} hang {} log {}",
         options.weights,
         cli::show_duration(options.hang),
@@ -169,17 +179,17 @@ fn serve(options: &ServeOptions) -> ExitCode {
     let mut status = ExitCode::SUCCESS;
     if let Some(writer) = writer {
         if let Err(error) = writer.finish() {
-            eprintln!("unreliable: error: {error}");
+            say!("unreliable: error: {error}");
             status = ExitCode::from(EXIT_FAILURE);
         }
     }
     let counts = log.counts();
     match signal {
-        Ok(number) => eprintln!(
+        Ok(number) => say!(
             "unreliable: stopped by signal {number} after {} logged requests",
             counts.total
         ),
-        Err(error) => eprintln!(
+        Err(error) => say!(
             "unreliable: stopped ({error}) after {} logged requests",
             counts.total
         ),
@@ -202,7 +212,7 @@ fn demo(mut options: DemoOptions) -> ExitCode {
     ) {
         Ok(server) => server,
         Err(error) => {
-            eprintln!("unreliable: error: {error}");
+            say!("unreliable: error: {error}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };

@@ -234,7 +234,7 @@ fn start_with_timeouts(
             let allowed =
                 connections_within_file_limit(config.max_connections, kept_by_threads, limit);
             if allowed < config.max_connections {
-                eprintln!(
+                say!(
                     "unreliable: warning: the open-file limit ({limit}) allows only {allowed} \
                      connections, not {}",
                     config.max_connections
@@ -243,7 +243,7 @@ fn start_with_timeouts(
             allowed
         }
         Err(error) => {
-            eprintln!("unreliable: warning: cannot read the open-file limit: {error}");
+            say!("unreliable: warning: cannot read the open-file limit: {error}");
             config.max_connections
         }
     };
@@ -369,7 +369,7 @@ impl RunningServer {
             if acceptor.is_finished() {
                 let _ = acceptor.join();
             } else {
-                eprintln!("unreliable: warning: the accept loop did not stop; leaving it behind");
+                say!("unreliable: warning: the accept loop did not stop; leaving it behind");
             }
         }
         {
@@ -729,12 +729,12 @@ impl ErrorReporter {
             return;
         }
         if self.suppressed > 0 {
-            eprintln!(
+            say!(
                 "unreliable: {what}: {error} (continuing; {} more since the last report)",
                 self.suppressed
             );
         } else {
-            eprintln!("unreliable: {what}: {error} (continuing)");
+            say!("unreliable: {what}: {error} (continuing)");
         }
         self.last = Some(now);
         self.suppressed = 0;

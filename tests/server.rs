@@ -745,18 +745,34 @@ fn a_request_can_force_its_outcome_and_is_kept_out_of_the_test() {
     assert_eq!(forced_flags, vec![Some(true), Some(true), Some(false)]);
 }
 
-/// Starts the binary with a stdout whose reader is already gone, so every write to it fails
-/// with a broken pipe, and stderr piped.
-fn spawn_with_stdout_closed(args: &[&str]) -> std::process::Child {
+/// A pipe whose reader is already gone: every write to it fails with a broken pipe.
+fn closed_pipe() -> std::process::Stdio {
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
+    writer.into()
+}
+
+/// Starts the binary with its stdout closed that way, and stderr piped.
+fn spawn_with_stdout_closed(args: &[&str]) -> std::process::Child {
     std::process::Command::new(binary())
         .args(args)
         .stdin(std::process::Stdio::null())
-        .stdout(writer)
+        .stdout(closed_pipe())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the binary")
+}
+
+/// GET /health on `address` with `Connection: close`; the whole answer.
+fn health_at(address: std::net::SocketAddr) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect_timeout(&address, STEP_TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(STEP_TIMEOUT)).ok()?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).ok()?;
+    Some(answer)
 }
 
 fn wait_with_deadline(mut child: std::process::Child, what: &str) -> (Option<i32>, String) {
@@ -804,9 +820,10 @@ fn a_closed_stdout_is_handled_without_a_panic() {
         "0",
         "--no-log-file",
     ]);
-    let stderr = child.stderr.take().expect("stderr");
+    // Kept open to the end: this part is about stdout only.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
     let mut first_line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut first_line)
+    std::io::BufRead::read_line(&mut stderr, &mut first_line)
         .expect("the server's first stderr line");
     let address = first_line
         .split("listening on http://")
@@ -814,23 +831,60 @@ fn a_closed_stdout_is_handled_without_a_panic() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|address| address.parse::<std::net::SocketAddr>().ok());
     let alive = child.try_wait().expect("wait").is_none();
-    let health = address.and_then(|address| {
-        let mut stream = std::net::TcpStream::connect_timeout(&address, STEP_TIMEOUT).ok()?;
-        stream.set_read_timeout(Some(STEP_TIMEOUT)).ok()?;
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut answer = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut answer).ok()?;
-        Some(answer)
-    });
+    let health = address.and_then(health_at);
     let _ = child.kill();
     let _ = child.wait();
+    drop(stderr);
     assert!(alive, "the server exited: {first_line}");
     assert!(
         first_line.contains("warning: cannot write to stdout"),
         "{first_line}"
     );
     let health = health.unwrap_or_else(|| panic!("no answer at {address:?}: {first_line}"));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
+
+#[test]
+fn a_closed_stderr_is_handled_without_a_panic() {
+    // A usage error keeps its exit status when its message cannot be written.
+    let usage = std::process::Command::new(binary())
+        .args(["serve", "--bogus"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(closed_pipe())
+        .status()
+        .expect("run the binary");
+    assert_eq!(usage.code(), Some(2));
+    // A server keeps serving after its stderr lines fail (it writes one right after the
+    // listening line).
+    let mut child = std::process::Command::new(binary())
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-log-file",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(closed_pipe())
+        .spawn()
+        .expect("start the server");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("the listening line");
+    let address = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|address| address.parse::<std::net::SocketAddr>().ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = child.try_wait().expect("wait").is_none();
+    let health = address.and_then(health_at);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "the server exited: {line}");
+    let health = health.unwrap_or_else(|| panic!("no answer at {address:?}"));
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 }
