@@ -776,7 +776,7 @@ Endpoints:
   GET /getlogs            the log as JSON; since=ID, limit=N, outcome=NAME, client=IP,
                           request_id_prefix=TEXT
   GET /stats              counts, weights, seed, chi-square test, uptime
-  GET /health             200 ok
+  GET /health             200 ok; 503 while the log file cannot be written
   GET /                   a short page listing the endpoints
 ";
 

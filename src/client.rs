@@ -2291,8 +2291,8 @@ pub fn write_text_report(
             report.dropped_by_server
         )?;
     }
-    // A server past its --max-connections answers 503 before reading the request, so those
-    // attempts are "missing" for a reason worth naming.
+    // A server answers 503 without logging past its --max-connections or while its log file
+    // cannot be written, so those attempts are "missing" for a reason worth naming.
     let busy = report
         .attempt_other
         .get(&AttemptOutcome::OtherStatus(503).category())
@@ -2301,8 +2301,9 @@ pub fn write_text_report(
     if busy > 0 && !reconciliation.missing_on_server.is_empty() {
         writeln!(
             text,
-            "  note: {busy} attempts got 503: past its --max-connections the server refuses a \
-             connection without reading or logging its request; lower --concurrency or raise it"
+            "  note: {busy} attempts got 503, which the server does not log: past its \
+             --max-connections it refuses a connection (lower --concurrency or raise it), and \
+             while its log file cannot be written it refuses /getbalance (see its stderr)"
         )?;
     }
 

@@ -14,9 +14,10 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub const WRITE_INTERVAL: Duration = Duration::from_millis(10);
 pub const WRITE_CHUNK: usize = 256;
 /// The writer appends to the file once this much is formatted, even within a round.
 const WRITE_BUFFER: usize = 1 << 20;
+/// The most formatted text the writer holds while the file refuses it (a full disk, say): about
+/// 5 s of the fastest load. Past it `/getbalance` is refused with 503 rather than drawing
+/// outcomes that could not be logged, so a failing disk costs bounded memory and no entry.
+pub const MAX_UNWRITTEN_BYTES: usize = 32 << 20;
 /// The most entries one `page` call inspects, so a reader never holds the lock for long.
 pub const MAX_SCAN_PER_PAGE: usize = 4096;
 
@@ -340,6 +345,11 @@ impl Ring {
 #[derive(Debug)]
 pub struct RequestLog {
     ring: Mutex<Ring>,
+    /// Set by the file writer while it holds [`MAX_UNWRITTEN_BYTES`] it cannot write. Outside
+    /// the lock: every `/getbalance` reads it.
+    file_stalled: AtomicBool,
+    /// `/getbalance` requests refused while the file was stalled.
+    refused_while_stalled: AtomicU64,
 }
 
 /// What [`RequestLog::record`] decided for a request.
@@ -370,7 +380,31 @@ impl RequestLog {
                 evicted_unwritten: Vec::new(),
                 text_limit,
             }),
+            file_stalled: AtomicBool::new(false),
+            refused_while_stalled: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a new entry can be promised to reach the log file: false while the file writer
+    /// is stalled (see [`MAX_UNWRITTEN_BYTES`]). A refused request is counted here.
+    pub fn takes_entries(&self) -> bool {
+        let stalled = self.file_stalled.load(Ordering::Relaxed);
+        if stalled {
+            self.refused_while_stalled.fetch_add(1, Ordering::Relaxed);
+        }
+        !stalled
+    }
+
+    /// Whether the file writer is stalled, for `/health`.
+    pub fn file_stalled(&self) -> bool {
+        self.file_stalled.load(Ordering::Relaxed)
+    }
+
+    /// Marks the file writer stalled or not; returns whether it was, and the requests refused
+    /// meanwhile.
+    pub fn set_file_stalled(&self, stalled: bool) -> (bool, u64) {
+        let was = self.file_stalled.swap(stalled, Ordering::Relaxed);
+        (was, self.refused_while_stalled.load(Ordering::Relaxed))
     }
 
     /// A panic elsewhere while the lock was held leaves the ring consistent (every mutation is a
@@ -592,10 +626,14 @@ pub enum LogError {
         path: PathBuf,
         error: std::io::Error,
     },
-    Write {
+    /// At the stop, entries `first..=last` could not be written; they are not in the file.
+    Unwritten {
         path: PathBuf,
         error: std::io::Error,
+        first: u64,
+        last: u64,
     },
+    WriterPanicked,
 }
 
 impl std::fmt::Display for LogError {
@@ -606,9 +644,19 @@ impl std::fmt::Display for LogError {
                 "cannot open log file '{}': {error} (choose another --log-file, or --no-log-file)",
                 path.display()
             ),
-            LogError::Write { path, error } => {
-                write!(f, "cannot write log file '{}': {error}", path.display())
-            }
+            LogError::Unwritten {
+                path,
+                error,
+                first,
+                last,
+            } => write!(
+                f,
+                "cannot write log file '{}': {error}; entries {first} to {last} ({} of them) \
+                 are not in it",
+                path.display(),
+                last - first + 1
+            ),
+            LogError::WriterPanicked => write!(f, "the log writer thread panicked"),
         }
     }
 }
@@ -640,7 +688,9 @@ pub fn start_writer(
     let path = path.to_path_buf();
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || write_until_stopped(&log, file, &path, format, &thread_stop))
+        .spawn(move || {
+            write_until_stopped(&log, file, &path, format, &thread_stop, MAX_UNWRITTEN_BYTES)
+        })
         .map_err(|error| LogError::Open {
             path: PathBuf::from("(log writer thread)"),
             error,
@@ -658,24 +708,94 @@ impl LogWriter {
         wake.notify_all();
         match self.thread.join() {
             Ok(result) => result,
-            Err(_) => Err(LogError::Write {
-                path: PathBuf::from("(log writer thread)"),
-                error: std::io::Error::other("the log writer thread panicked"),
-            }),
+            Err(_) => Err(LogError::WriterPanicked),
         }
+    }
+}
+
+/// Where the writer appends: the log file, or in tests a disk that fills on demand.
+trait Sink: Write {
+    /// Takes the last `bytes` written back out, so the file never ends mid-line.
+    fn discard_last(&mut self, bytes: u64) -> std::io::Result<()>;
+}
+
+impl Sink for File {
+    fn discard_last(&mut self, bytes: u64) -> std::io::Result<()> {
+        // Only when nothing was appended after this writer's last bytes (another process
+        // sharing the file): cutting would take its lines instead.
+        let end = self.stream_position()?;
+        if self.metadata()?.len() != end || bytes > end {
+            return Err(std::io::Error::other("the file changed under the writer"));
+        }
+        self.set_len(end - bytes)?;
+        self.seek(SeekFrom::Start(end - bytes)).map(|_| ())
+    }
+}
+
+/// Formatted lines not yet in the file.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// The newlines in `bytes`: the entries whose lines are not yet whole in the file.
+    lines: u64,
+}
+
+impl Pending {
+    fn push(&mut self, line: &str) {
+        self.bytes.extend_from_slice(line.as_bytes());
+        self.lines += 1;
+    }
+
+    /// Writes what it can and removes what went out; returns the entries now whole in the file.
+    /// On a failure the rest stays for the next round, so an entry is delayed but never lost,
+    /// and never written twice; a line cut short is taken back out where the file allows it.
+    fn append(&mut self, sink: &mut impl Sink) -> (u64, std::io::Result<()>) {
+        let mut written = 0;
+        let result = loop {
+            if written == self.bytes.len() {
+                break if written == 0 { Ok(()) } else { sink.flush() };
+            }
+            match sink.write(&self.bytes[written..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(count) => written += count,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => break Err(error),
+            }
+        };
+        let lines = if result.is_ok() {
+            self.lines
+        } else {
+            let whole = self.bytes[..written]
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .map_or(0, |newline| newline + 1);
+            if whole < written && sink.discard_last((written - whole) as u64).is_ok() {
+                written = whole;
+            }
+            self.bytes[..written]
+                .iter()
+                .filter(|&&byte| byte == b'\n')
+                .count() as u64
+        };
+        self.bytes.drain(..written);
+        self.lines -= lines;
+        (lines, result)
     }
 }
 
 fn write_until_stopped(
     log: &RequestLog,
-    mut file: File,
+    mut sink: impl Sink,
     path: &Path,
     format: LogFormat,
     stop: &(Mutex<bool>, Condvar),
+    unwritten_limit: usize,
 ) -> Result<(), LogError> {
     let mut line = String::new();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut reported_failure = false;
+    let mut pending = Pending::default();
+    // Entries 1..=written are whole in the file: the writer takes them in id order.
+    let mut written: u64 = 0;
+    let mut failing = false;
     loop {
         let stopping = {
             let (stopped, wake) = stop;
@@ -692,60 +812,82 @@ fn write_until_stopped(
             }
         };
         loop {
-            let batch = log.take_unwritten(WRITE_CHUNK);
-            for entry in &batch {
-                line.clear();
-                match format {
-                    LogFormat::Text => write_entry_text(&mut line, entry),
-                    LogFormat::Json => write_entry_json(&mut line, entry),
+            // While the file refuses what is held, the rest waits in the ring.
+            let mut took_all = pending.bytes.len() < unwritten_limit;
+            while took_all {
+                let batch = log.take_unwritten(WRITE_CHUNK);
+                for entry in &batch {
+                    line.clear();
+                    match format {
+                        LogFormat::Text => write_entry_text(&mut line, entry),
+                        LogFormat::Json => write_entry_json(&mut line, entry),
+                    }
+                    line.push('\n');
+                    pending.push(&line);
                 }
-                line.push('\n');
-                pending.extend_from_slice(line.as_bytes());
-            }
-            // Whatever arrives meanwhile waits for the next round, so a round always ends.
-            if batch.len() < WRITE_CHUNK || pending.len() >= WRITE_BUFFER {
-                break;
-            }
-        }
-        match append(&mut file, &mut pending) {
-            Ok(()) => reported_failure = false,
-            Err(error) => {
-                let error = LogError::Write {
-                    path: path.to_path_buf(),
-                    error,
-                };
-                if stopping {
-                    return Err(error);
+                if batch.len() < WRITE_CHUNK {
+                    break;
                 }
-                if !reported_failure {
-                    say!("unreliable: {error} (will retry)");
-                    reported_failure = true;
+                took_all = pending.bytes.len() < WRITE_BUFFER;
+            }
+            let (lines, result) = pending.append(&mut sink);
+            written += lines;
+            match result {
+                Ok(()) => {
+                    if failing {
+                        failing = false;
+                        // What the backlog took is handed back.
+                        pending.bytes.shrink_to(WRITE_BUFFER);
+                        let (was_stalled, refused) = log.set_file_stalled(false);
+                        let refused = if was_stalled {
+                            format!("; {refused} /getbalance requests were refused with 503 so far")
+                        } else {
+                            String::new()
+                        };
+                        say!(
+                            "unreliable: log file '{}' is written again{refused}",
+                            path.display()
+                        );
+                    }
+                    // At the stop everything goes out; otherwise what arrived meanwhile waits
+                    // for the next round, so a round always ends.
+                    if stopping && !took_all {
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    if stopping {
+                        return Err(LogError::Unwritten {
+                            path: path.to_path_buf(),
+                            error,
+                            first: written + 1,
+                            last: log.counts().total,
+                        });
+                    }
+                    if !failing {
+                        failing = true;
+                        say!(
+                            "unreliable: cannot write log file '{}': {error} (will retry; entries \
+                             wait in memory)",
+                            path.display()
+                        );
+                    }
+                    if pending.bytes.len() >= unwritten_limit && !log.set_file_stalled(true).0 {
+                        say!(
+                            "unreliable: {} MiB of log entries wait for '{}': /getbalance is \
+                             refused with 503 until the file can be written",
+                            unwritten_limit >> 20,
+                            path.display()
+                        );
+                    }
                 }
             }
+            break;
         }
         if stopping {
             return Ok(());
         }
     }
-}
-
-/// Writes `pending` and removes what went out. On a failure (a full disk, say) the unwritten rest
-/// stays for the next round, so an entry is delayed but never lost, and never written twice.
-fn append(file: &mut File, pending: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut written = 0;
-    let result = loop {
-        if written == pending.len() {
-            break if written == 0 { Ok(()) } else { file.flush() };
-        }
-        match file.write(&pending[written..]) {
-            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(count) => written += count,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => break Err(error),
-        }
-    };
-    pending.drain(..written);
-    result
 }
 
 #[cfg(test)]
@@ -1102,6 +1244,173 @@ mod tests {
         }
         while take(15) > 0 {}
         assert_eq!(*taken.borrow(), (1..=305).collect::<Vec<u64>>());
+    }
+
+    /// A disk with `room` bytes: writes past it fail as a full disk does, after a short write.
+    #[derive(Debug, Clone, Default)]
+    struct SmallDisk(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl SmallDisk {
+        fn with_room(room: usize) -> SmallDisk {
+            SmallDisk(Arc::new(Mutex::new((Vec::new(), room))))
+        }
+
+        fn set_room(&self, room: usize) {
+            self.0.lock().unwrap().1 = room;
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().0.clone()).unwrap()
+        }
+    }
+
+    impl Write for SmallDisk {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut disk = self.0.lock().unwrap();
+            let free = disk.1.saturating_sub(disk.0.len()).min(bytes.len());
+            if free == 0 {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            disk.0.extend_from_slice(&bytes[..free]);
+            Ok(free)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for SmallDisk {
+        fn discard_last(&mut self, bytes: u64) -> std::io::Result<()> {
+            let mut disk = self.0.lock().unwrap();
+            let keep = disk.0.len() - bytes as usize;
+            disk.0.truncate(keep);
+            Ok(())
+        }
+    }
+
+    /// Runs the writer on `disk`, as `start_writer` does on a file.
+    fn spawn_writer(log: &Arc<RequestLog>, disk: &SmallDisk, unwritten_limit: usize) -> LogWriter {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let (log, disk, thread_stop) = (Arc::clone(log), disk.clone(), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let path = Path::new("small.log");
+            write_until_stopped(
+                &log,
+                disk,
+                path,
+                LogFormat::Json,
+                &thread_stop,
+                unwritten_limit,
+            )
+        });
+        LogWriter { stop, thread }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_full_disk_keeps_whole_lines_and_the_rest_follows_once_there_is_room() {
+        let mut disk = SmallDisk::with_room(18);
+        let mut pending = Pending::default();
+        for line in ["first line\n", "second line\n", "third line\n"] {
+            pending.push(line);
+        }
+        // 18 bytes take the first line and half the second: the half is taken back.
+        let (lines, result) = pending.append(&mut disk);
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!((lines, pending.lines), (1, 2));
+        assert_eq!(disk.text(), "first line\n");
+        let (lines, result) = pending.append(&mut disk);
+        assert!(result.is_err());
+        assert_eq!((lines, disk.text().as_str()), (0, "first line\n"));
+        disk.set_room(1000);
+        let (lines, result) = pending.append(&mut disk);
+        assert!(result.is_ok());
+        assert_eq!((lines, pending.lines, pending.bytes.len()), (2, 0, 0));
+        assert_eq!(disk.text(), "first line\nsecond line\nthird line\n");
+    }
+
+    #[test]
+    fn a_stalled_file_refuses_new_entries_then_catches_up_with_none_lost() {
+        let log = Arc::new(RequestLog::new(50, true));
+        let disk = SmallDisk::with_room(0);
+        let writer = spawn_writer(&log, &disk, 2000);
+        // The writer holds what the disk refuses, up to the limit; then no new entry is taken.
+        let mut recorded = 0;
+        wait_for("the writer to stall", || {
+            if log.takes_entries() {
+                log.record(&new_entry("x"), cycle);
+                recorded += 1;
+            }
+            log.file_stalled()
+        });
+        assert!(!log.takes_entries());
+        assert_eq!(log.counts().total, recorded);
+        // Room again: every entry arrives once, in order, and entries are taken again.
+        disk.set_room(usize::MAX);
+        wait_for("the writer to catch up", || !log.file_stalled());
+        assert!(log.takes_entries());
+        log.record(&new_entry("x"), cycle);
+        writer.finish().unwrap();
+        let text = disk.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() as u64, recorded + 1);
+        for (line, id) in lines.iter().zip(1..) {
+            let entry = json::decode(line).unwrap();
+            assert_eq!(entry.get("id").and_then(json::Value::as_u64), Some(id));
+        }
+    }
+
+    #[test]
+    fn a_stop_while_the_disk_is_full_names_the_entries_not_in_the_file() {
+        let log = Arc::new(RequestLog::new(1000, true));
+        for _ in 0..10 {
+            log.record(&new_entry("x"), cycle);
+        }
+        let line_length = {
+            let mut line = String::new();
+            write_entry_json(&mut line, &log.take_unwritten(1)[0]);
+            line.len() + 1
+        };
+        let log = Arc::new(RequestLog::new(1000, true));
+        for _ in 0..10 {
+            log.record(&new_entry("x"), cycle);
+        }
+        // Room for three lines and a half.
+        let disk = SmallDisk::with_room(line_length * 7 / 2);
+        let error = spawn_writer(&log, &disk, 1 << 20).finish().unwrap_err();
+        assert_eq!(disk.text().lines().count(), 3);
+        assert!(disk.text().ends_with('\n'));
+        let message = error.to_string();
+        assert!(
+            message.starts_with("cannot write log file 'small.log': ")
+                && message.ends_with("; entries 4 to 10 (7 of them) are not in it"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_stop_writes_a_backlog_longer_than_one_round() {
+        let log = Arc::new(RequestLog::new(100_000, true));
+        let request_id = "r".repeat(150);
+        let entries = 3 * WRITE_BUFFER / 100;
+        for _ in 0..entries {
+            log.record(&new_entry(&request_id), cycle);
+        }
+        let disk = SmallDisk::with_room(usize::MAX);
+        let stop = Arc::new((Mutex::new(true), Condvar::new()));
+        let path = Path::new("big.log");
+        write_until_stopped(&log, disk.clone(), path, LogFormat::Json, &stop, 1 << 30).unwrap();
+        let text = disk.text();
+        assert!(text.len() > 2 * WRITE_BUFFER);
+        assert_eq!(text.lines().count(), entries);
     }
 
     #[test]

@@ -30,6 +30,10 @@ const JSON: &str = "application/json";
 const ALLOW: (&str, &str) = ("Allow", "GET, HEAD, OPTIONS");
 /// A fault answer cached by a proxy would stop being a fault.
 const NO_STORE: (&str, &str) = ("Cache-Control", "no-store");
+const RETRY_AFTER: (&str, &str) = ("Retry-After", "1");
+/// Why `/getbalance` and `/health` answer 503 while the log file cannot be written.
+const LOG_STALLED_BODY: &[u8] =
+    b"the log file cannot be written, so no outcome is drawn (see the server's stderr)\n";
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -173,6 +177,9 @@ pub fn respond(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Ans
             Answered { disposition, rest }
         }
         "/stats" => complete(get_stats(app, exchange, out)),
+        "/health" if app.log.file_stalled() => {
+            complete(exchange.reply(out, 503, TEXT, &[RETRY_AFTER], LOG_STALLED_BODY))
+        }
         "/health" => complete(exchange.reply(out, 200, TEXT, &[], b"ok\n")),
         "/" => complete(exchange.reply(out, 200, HTML, &[], INDEX_PAGE.as_bytes())),
         path => {
@@ -222,6 +229,11 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
             }
         },
     };
+    if !app.log.takes_entries() {
+        // An outcome that could not be logged would break the log's promise; the client is
+        // told to come back rather than given an unproven fault.
+        return exchange.reply(out, 503, TEXT, &[RETRY_AFTER], LOG_STALLED_BODY);
+    }
     let unix_millis = clock::now_unix_millis();
     let new_entry = NewEntry {
         unix_millis,
@@ -611,7 +623,7 @@ const INDEX_PAGE: &str = "<!doctype html>
 <li><a href=\"/getbalance\">/getbalance</a>: hangs, 403, 500 or 200 with a fake balance, one draw per request</li>
 <li><a href=\"/getlogs\">/getlogs</a>: the request log as JSON (since, limit, outcome, client, request_id_prefix)</li>
 <li><a href=\"/stats\">/stats</a>: counts per outcome, weights, seed, chi-square test</li>
-<li><a href=\"/health\">/health</a>: 200 ok</li>
+<li><a href=\"/health\">/health</a>: 200 ok; 503 while the log file cannot be written</li>
 </ul>
 </body></html>
 ";
@@ -755,6 +767,45 @@ mod tests {
         assert!(allocations_on_this_thread() > before);
         assert!(out.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
         assert_eq!(app.log.counts().total, 132 * 6 + 1);
+    }
+
+    #[test]
+    fn a_stalled_log_file_refuses_balance_and_fails_health_until_it_recovers() {
+        use crate::chaos::Weights;
+        let app = App {
+            chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
+            log: Arc::new(RequestLog::new(16, true)),
+            started: Instant::now(),
+            hang: Duration::from_secs(1),
+        };
+        let balance: &[u8] = b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n";
+        let health: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head: &[u8] = b"HEAD /getbalance HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut out = Vec::new();
+        let mut dispositions = Vec::new();
+        let status_line = |out: &[u8]| out.split(|&byte| byte == b'\r').next().unwrap().to_vec();
+        app.log.set_file_stalled(true);
+        for request in [balance, health, head] {
+            answer_all(&app, &[request], &mut out, &mut dispositions);
+            assert_eq!(
+                status_line(&out),
+                b"HTTP/1.1 503 Service Unavailable",
+                "{request:?}"
+            );
+            assert!(out.windows(15).any(|w| w == b"Retry-After: 1\r"));
+            assert_eq!(out.ends_with(LOG_STALLED_BODY), request != head);
+        }
+        assert_eq!(
+            app.log.counts().total,
+            0,
+            "a refused request makes no entry"
+        );
+        assert_eq!(app.log.set_file_stalled(false), (true, 2));
+        for request in [balance, health] {
+            answer_all(&app, &[request], &mut out, &mut dispositions);
+            assert_eq!(status_line(&out), b"HTTP/1.1 200 OK", "{request:?}");
+        }
+        assert_eq!(app.log.counts().total, 1);
     }
 
     #[test]

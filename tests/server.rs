@@ -201,6 +201,29 @@ fn the_log_file_has_one_line_per_request_after_sigterm() {
 }
 
 #[test]
+fn a_log_file_that_cannot_be_written_is_reported_with_the_entries_missing_from_it() {
+    // /dev/full fails every write as a full disk does.
+    let server = Server::start(
+        "log-full",
+        &["--weights", "200=1", "--log-file", "/dev/full"],
+    );
+    for index in 0..7 {
+        assert_eq!(balance_status(&server, &format!("full-{index}")), Some(200));
+    }
+    // The entries are still in memory, and served.
+    assert_eq!(all_log_entries(&server, "limit=100").len(), 7);
+    let (status, stderr, _directory) = server.terminate();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: cannot write log file '/dev/full': No space left on device (os error 28); \
+             entries 1 to 7 (7 of them) are not in it"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn json_log_format_writes_one_object_per_line_and_appends_across_restarts() {
     let directory = scratch_directory("json-log");
     let log_path = directory.join("requests.jsonl");
