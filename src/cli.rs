@@ -746,7 +746,7 @@ Run the unreliable HTTP server.
 Usage: unreliable serve [OPTIONS]
 
 Prints one line when ready, e.g. 'listening on http://127.0.0.1:8080 seed=1234', and runs
-until SIGINT or SIGTERM, then stops accepting, flushes the log file and exits 0.
+until SIGINT, SIGTERM or SIGHUP, then stops accepting, flushes the log file and exits 0.
 
 Options:
   --host ADDR             address to listen on [default: 127.0.0.1]; 0.0.0.0 or :: to

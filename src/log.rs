@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -37,6 +38,10 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// 5 s of the fastest load. Past it `/getbalance` is refused with 503 rather than drawing
 /// outcomes that could not be logged, so a failing disk costs bounded memory and no entry.
 pub const MAX_UNWRITTEN_BYTES: usize = 32 << 20;
+/// The most entries that may leave memory before the writer took them: past it the writer is
+/// stalled (a write that does not return: a frozen file system, a pipe nobody reads), and
+/// `/getbalance` is refused as for [`MAX_UNWRITTEN_BYTES`]. About 15 MB of entries.
+pub const MAX_EVICTED_UNWRITTEN: usize = 100_000;
 /// The most entries one `page` call inspects, so a reader never holds the lock for long.
 pub const MAX_SCAN_PER_PAGE: usize = 4096;
 
@@ -350,6 +355,8 @@ pub struct RequestLog {
     file_stalled: AtomicBool,
     /// `/getbalance` requests refused while the file was stalled.
     refused_while_stalled: AtomicU64,
+    /// Entries 1..=this are whole in the log file: how far a stop that cannot wait got.
+    in_file: AtomicU64,
 }
 
 /// What [`RequestLog::record`] decided for a request.
@@ -362,16 +369,25 @@ pub struct Recorded {
 impl RequestLog {
     /// `capacity` entries are kept in memory (at least one); `keeps_file` when a [`LogWriter`]
     /// will collect every entry.
-    pub fn new(capacity: usize, keeps_file: bool) -> RequestLog {
+    pub fn new(capacity: usize, keeps_file: bool) -> Result<RequestLog, LogError> {
         RequestLog::with_text_limit(capacity, keeps_file, MAX_TEXT_BYTES)
     }
 
-    fn with_text_limit(capacity: usize, keeps_file: bool, text_limit: u64) -> RequestLog {
+    fn with_text_limit(
+        capacity: usize,
+        keeps_file: bool,
+        text_limit: u64,
+    ) -> Result<RequestLog, LogError> {
         let capacity = capacity.max(1);
-        RequestLog {
+        // Reserved whole: untouched pages cost no memory, and the ring never doubles. Asked
+        // for, not assumed: a large capacity under a memory limit is an error, not an abort.
+        let mut entries = VecDeque::new();
+        entries
+            .try_reserve_exact(capacity)
+            .map_err(|error| LogError::Capacity { capacity, error })?;
+        Ok(RequestLog {
             ring: Mutex::new(Ring {
-                // Reserved whole: untouched pages cost no memory, and the ring never doubles.
-                entries: VecDeque::with_capacity(capacity),
+                entries,
                 text: TextArena::default(),
                 capacity,
                 counts: Counts::default(),
@@ -382,7 +398,8 @@ impl RequestLog {
             }),
             file_stalled: AtomicBool::new(false),
             refused_while_stalled: AtomicU64::new(0),
-        }
+            in_file: AtomicU64::new(0),
+        })
     }
 
     /// Whether a new entry can be promised to reach the log file: false while the file writer
@@ -459,10 +476,12 @@ impl RequestLog {
         let request_id = &request_id[..usize::from(stored.request_id_length)];
 
         let mut ring = self.lock();
+        let mut writer_stalled = false;
         while ring.entries.len() >= ring.capacity
             || (!ring.entries.is_empty() && ring.text.live_bytes() >= ring.text_limit)
         {
             ring.evict_oldest();
+            writer_stalled = ring.evicted_unwritten.len() >= MAX_EVICTED_UNWRITTEN;
         }
         ring.counts.total += 1;
         let id = ring.counts.total;
@@ -479,6 +498,13 @@ impl RequestLog {
         tally[outcome.index()] += 1;
         stored.text_at = ring.text.push([request_id, target]) as u32;
         ring.entries.push_back(stored);
+        drop(ring);
+        if writer_stalled && !self.file_stalled.swap(true, Ordering::Relaxed) {
+            say!(
+                "unreliable: the log writer is {MAX_EVICTED_UNWRITTEN} entries behind (a write \
+                 that does not return?): /getbalance is refused with 503 until it catches up"
+            );
+        }
         Recorded { id, outcome }
     }
 
@@ -619,12 +645,21 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// Why the log file cannot be written.
+/// Why the log cannot be kept as asked.
 #[derive(Debug)]
 pub enum LogError {
     Open {
         path: PathBuf,
         error: std::io::Error,
+    },
+    /// A FIFO no process reads: opening it would wait for a reader.
+    FifoWithoutReader {
+        path: PathBuf,
+    },
+    /// The ring for `--log-capacity` could not be reserved.
+    Capacity {
+        capacity: usize,
+        error: std::collections::TryReserveError,
     },
     /// At the stop, entries `first..=last` could not be written; they are not in the file.
     Unwritten {
@@ -644,6 +679,18 @@ impl std::fmt::Display for LogError {
                 "cannot open log file '{}': {error} (choose another --log-file, or --no-log-file)",
                 path.display()
             ),
+            LogError::FifoWithoutReader { path } => write!(
+                f,
+                "cannot open log file '{}': it is a FIFO and nothing reads it (start its reader \
+                 first, or choose another --log-file)",
+                path.display()
+            ),
+            LogError::Capacity { capacity, error } => write!(
+                f,
+                "cannot reserve {} MiB for --log-capacity {capacity}: {error} (choose a smaller \
+                 --log-capacity)",
+                (*capacity as u64).saturating_mul(std::mem::size_of::<Stored>() as u64) >> 20
+            ),
             LogError::Unwritten {
                 path,
                 error,
@@ -654,16 +701,34 @@ impl std::fmt::Display for LogError {
                 "cannot write log file '{}': {error}; entries {first} to {last} ({} of them) \
                  are not in it",
                 path.display(),
-                last - first + 1
+                last.saturating_sub(*first) + 1
             ),
             LogError::WriterPanicked => write!(f, "the log writer thread panicked"),
         }
     }
 }
 
+/// How long a stop waits for a log write that makes no progress (a frozen file system, a pipe
+/// nobody reads) before it names the entries not written and gives up.
+pub const STOP_PATIENCE: Duration = Duration::from_secs(5);
+/// How often the writer checks that its path still names the file it writes: a rotated (moved
+/// or removed) file is followed by a new one within about this.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+/// A failure the writer has reported is reported again after this, not at every retry, so a
+/// file that fails and recovers many times a second costs a line now and then.
+const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// `O_NONBLOCK` (Linux, x86_64 and aarch64): opening a FIFO nobody reads fails at once instead
+/// of waiting, and a full pipe is a retried error instead of a write that never returns. No
+/// effect on regular files.
+const O_NONBLOCK: i32 = 0o4000;
+/// `ENXIO`: what opening a FIFO without a reader for writing fails with under `O_NONBLOCK`.
+const ENXIO: i32 = 6;
+
 /// The thread that appends every entry to the log file.
 #[derive(Debug)]
 pub struct LogWriter {
+    log: Arc<RequestLog>,
+    path: PathBuf,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: JoinHandle<Result<(), LogError>>,
 }
@@ -675,37 +740,63 @@ pub fn start_writer(
     path: &Path,
     format: LogFormat,
 ) -> Result<LogWriter, LogError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|error| LogError::Open {
-            path: path.to_path_buf(),
-            error,
-        })?;
+    let file = LogFile::open(path)?;
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let thread_stop = Arc::clone(&stop);
-    let path = path.to_path_buf();
+    let thread_log = Arc::clone(&log);
+    let thread_path = path.to_path_buf();
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
-            write_until_stopped(&log, file, &path, format, &thread_stop, MAX_UNWRITTEN_BYTES)
+            write_until_stopped(
+                &thread_log,
+                file,
+                &thread_path,
+                format,
+                &thread_stop,
+                MAX_UNWRITTEN_BYTES,
+            )
         })
         .map_err(|error| LogError::Open {
             path: PathBuf::from("(log writer thread)"),
             error,
         })?;
-    Ok(LogWriter { stop, thread })
+    Ok(LogWriter {
+        log,
+        path: path.to_path_buf(),
+        stop,
+        thread,
+    })
 }
 
 impl LogWriter {
-    /// Writes what is left and stops. Call after the server has stopped recording.
+    /// Writes what is left and stops. Call after the server has stopped recording. A writer that
+    /// makes no progress for [`STOP_PATIENCE`] is left behind, and the entries it did not write
+    /// are named in the error.
     pub fn finish(self) -> Result<(), LogError> {
         let (stopped, wake) = &*self.stop;
         *stopped
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
         wake.notify_all();
+        let mut progress = (self.log.in_file(), std::time::Instant::now());
+        while !self.thread.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+            let in_file = self.log.in_file();
+            if in_file != progress.0 {
+                progress = (in_file, std::time::Instant::now());
+            } else if progress.1.elapsed() >= STOP_PATIENCE {
+                return Err(LogError::Unwritten {
+                    path: self.path,
+                    error: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no write went through for {} s", STOP_PATIENCE.as_secs()),
+                    ),
+                    first: in_file + 1,
+                    last: self.log.counts().total,
+                });
+            }
+        }
         match self.thread.join() {
             Ok(result) => result,
             Err(_) => Err(LogError::WriterPanicked),
@@ -713,22 +804,155 @@ impl LogWriter {
     }
 }
 
+impl RequestLog {
+    /// Entries 1..=this are whole in the log file.
+    fn in_file(&self) -> u64 {
+        self.in_file.load(Ordering::Relaxed)
+    }
+}
+
 /// Where the writer appends: the log file, or in tests a disk that fills on demand.
 trait Sink: Write {
     /// Takes the last `bytes` written back out, so the file never ends mid-line.
     fn discard_last(&mut self, bytes: u64) -> std::io::Result<()>;
+
+    /// Moves to a new file when the path no longer names this one (log rotation); says what
+    /// happened when something did.
+    fn follow_rotation(&mut self) -> Option<String> {
+        None
+    }
 }
 
-impl Sink for File {
+/// The log file, and what tells whether its path still names it.
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    path: PathBuf,
+    /// Device and inode of a regular file; `None` for a FIFO or a device, which are not rotated.
+    identity: Option<(u64, u64)>,
+    checked_at: std::time::Instant,
+    /// A reopen failed and was reported; it is retried quietly.
+    reopen_failed: bool,
+}
+
+impl LogFile {
+    fn open(path: &Path) -> Result<LogFile, LogError> {
+        let file = open_for_append(path).map_err(|error| {
+            let is_fifo = std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_fifo());
+            if error.raw_os_error() == Some(ENXIO) && is_fifo {
+                LogError::FifoWithoutReader {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                LogError::Open {
+                    path: path.to_path_buf(),
+                    error,
+                }
+            }
+        })?;
+        let mut log_file = LogFile {
+            identity: identity(&file),
+            file,
+            path: path.to_path_buf(),
+            checked_at: std::time::Instant::now(),
+            reopen_failed: false,
+        };
+        log_file.end_last_line();
+        Ok(log_file)
+    }
+
+    /// A file left ending mid-line (an earlier run killed, another tool) gets a line break, so
+    /// the first new entry is a line of its own.
+    fn end_last_line(&mut self) {
+        let Ok(meta) = self.file.metadata() else {
+            return;
+        };
+        if !meta.is_file() || meta.len() == 0 {
+            return;
+        }
+        let mut last = [0u8];
+        let ends_mid_line = File::open(&self.path)
+            .and_then(|reader| reader.read_at(&mut last, meta.len() - 1))
+            .is_ok_and(|read| read == 1 && last[0] != b'\n');
+        if ends_mid_line && self.file.write_all(b"\n").is_ok() {
+            say!(
+                "unreliable: log file '{}' ended mid-line (an earlier run killed?); a line break \
+                 was added before the new entries",
+                self.path.display()
+            );
+        }
+    }
+}
+
+fn open_for_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+}
+
+fn identity(file: &File) -> Option<(u64, u64)> {
+    file.metadata()
+        .ok()
+        .filter(|meta| meta.is_file())
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+impl Write for LogFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.file.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Sink for LogFile {
     fn discard_last(&mut self, bytes: u64) -> std::io::Result<()> {
         // Only when nothing was appended after this writer's last bytes (another process
         // sharing the file): cutting would take its lines instead.
-        let end = self.stream_position()?;
-        if self.metadata()?.len() != end || bytes > end {
+        let end = self.file.stream_position()?;
+        if self.file.metadata()?.len() != end || bytes > end {
             return Err(std::io::Error::other("the file changed under the writer"));
         }
-        self.set_len(end - bytes)?;
-        self.seek(SeekFrom::Start(end - bytes)).map(|_| ())
+        self.file.set_len(end - bytes)?;
+        self.file.seek(SeekFrom::Start(end - bytes)).map(|_| ())
+    }
+
+    fn follow_rotation(&mut self) -> Option<String> {
+        self.identity?;
+        if self.checked_at.elapsed() < ROTATION_CHECK {
+            return None;
+        }
+        self.checked_at = std::time::Instant::now();
+        let named = std::fs::metadata(&self.path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        if named == self.identity {
+            return None;
+        }
+        match open_for_append(&self.path) {
+            Ok(file) => {
+                self.identity = identity(&file);
+                self.file = file;
+                self.reopen_failed = false;
+                Some(format!(
+                    "log file '{}' was moved or removed; new entries go to a new file there",
+                    self.path.display()
+                ))
+            }
+            Err(error) if !self.reopen_failed => {
+                self.reopen_failed = true;
+                Some(format!(
+                    "log file '{}' was moved or removed and cannot be created again ({error}); \
+                     entries still go to the old file",
+                    self.path.display()
+                ))
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -783,6 +1007,61 @@ impl Pending {
     }
 }
 
+/// What the writer has told the user about a failing file, so it neither floods stderr nor
+/// stays silent about a failure that lasts.
+#[derive(Debug, Default)]
+struct FailureReports {
+    failing: bool,
+    /// This failure has been reported (and its end will be).
+    reported: bool,
+    last_report: Option<std::time::Instant>,
+}
+
+impl FailureReports {
+    fn failed(&mut self, path: &Path, error: &std::io::Error) {
+        self.failing = true;
+        let due = self
+            .last_report
+            .is_none_or(|at| at.elapsed() >= REPORT_INTERVAL);
+        if self.reported || !due {
+            return;
+        }
+        self.reported = true;
+        self.last_report = Some(std::time::Instant::now());
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            say!(
+                "unreliable: the reader of log file '{}' is not keeping up (entries wait in memory)",
+                path.display()
+            );
+        } else {
+            say!(
+                "unreliable: cannot write log file '{}': {error} (will retry; entries wait in \
+                 memory)",
+                path.display()
+            );
+        }
+    }
+
+    fn succeeded(&mut self, path: &Path, log: &RequestLog, caught_up: bool) {
+        let was_stalled = caught_up && log.file_stalled() && log.set_file_stalled(false).0;
+        let reported = std::mem::take(&mut self.reported);
+        self.failing = false;
+        if !reported && !was_stalled {
+            return;
+        }
+        let refused = if was_stalled {
+            let refused = log.refused_while_stalled.load(Ordering::Relaxed);
+            format!("; {refused} /getbalance requests were refused with 503 so far")
+        } else {
+            String::new()
+        };
+        say!(
+            "unreliable: log file '{}' is written again{refused}",
+            path.display()
+        );
+    }
+}
+
 fn write_until_stopped(
     log: &RequestLog,
     mut sink: impl Sink,
@@ -795,7 +1074,7 @@ fn write_until_stopped(
     let mut pending = Pending::default();
     // Entries 1..=written are whole in the file: the writer takes them in id order.
     let mut written: u64 = 0;
-    let mut failing = false;
+    let mut reports = FailureReports::default();
     loop {
         let stopping = {
             let (stopped, wake) = stop;
@@ -811,6 +1090,9 @@ fn write_until_stopped(
                 *guard
             }
         };
+        if let Some(news) = sink.follow_rotation() {
+            say!("unreliable: {news}");
+        }
         loop {
             // While the file refuses what is held, the rest waits in the ring.
             let mut took_all = pending.bytes.len() < unwritten_limit;
@@ -832,22 +1114,13 @@ fn write_until_stopped(
             }
             let (lines, result) = pending.append(&mut sink);
             written += lines;
+            log.in_file.store(written, Ordering::Relaxed);
             match result {
                 Ok(()) => {
-                    if failing {
-                        failing = false;
+                    if reports.failing || log.file_stalled() {
                         // What the backlog took is handed back.
                         pending.bytes.shrink_to(WRITE_BUFFER);
-                        let (was_stalled, refused) = log.set_file_stalled(false);
-                        let refused = if was_stalled {
-                            format!("; {refused} /getbalance requests were refused with 503 so far")
-                        } else {
-                            String::new()
-                        };
-                        say!(
-                            "unreliable: log file '{}' is written again{refused}",
-                            path.display()
-                        );
+                        reports.succeeded(path, log, took_all);
                     }
                     // At the stop everything goes out; otherwise what arrived meanwhile waits
                     // for the next round, so a round always ends.
@@ -855,23 +1128,22 @@ fn write_until_stopped(
                         continue;
                     }
                 }
+                // A slow reader of a pipe is waited for at the stop, within the patience of
+                // `LogWriter::finish`.
+                Err(error) if stopping && error.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(WRITE_INTERVAL);
+                    continue;
+                }
+                Err(error) if stopping => {
+                    return Err(LogError::Unwritten {
+                        path: path.to_path_buf(),
+                        error,
+                        first: written + 1,
+                        last: log.counts().total,
+                    });
+                }
                 Err(error) => {
-                    if stopping {
-                        return Err(LogError::Unwritten {
-                            path: path.to_path_buf(),
-                            error,
-                            first: written + 1,
-                            last: log.counts().total,
-                        });
-                    }
-                    if !failing {
-                        failing = true;
-                        say!(
-                            "unreliable: cannot write log file '{}': {error} (will retry; entries \
-                             wait in memory)",
-                            path.display()
-                        );
-                    }
+                    reports.failed(path, &error);
                     if pending.bytes.len() >= unwritten_limit && !log.set_file_stalled(true).0 {
                         say!(
                             "unreliable: {} MiB of log entries wait for '{}': /getbalance is \
@@ -940,7 +1212,7 @@ mod tests {
 
     #[test]
     fn ids_are_dense_and_the_outcome_is_chosen_for_the_id() {
-        let log = RequestLog::new(10, false);
+        let log = RequestLog::new(10, false).unwrap();
         for index in 1..=6u64 {
             let entry = log.record(&new_entry("x"), cycle);
             assert_eq!(entry.id, index);
@@ -966,7 +1238,7 @@ mod tests {
 
     #[test]
     fn text_survives_block_boundaries_and_blocks_are_freed() {
-        let log = RequestLog::new(50, false);
+        let log = RequestLog::new(50, false).unwrap();
         // 200-byte ids: a 64 KiB block holds 327, so 2,000 entries cross several blocks.
         let id_of = |index: usize| format!("{index:0>200}");
         for index in 0..2000usize {
@@ -999,7 +1271,7 @@ mod tests {
 
     #[test]
     fn the_text_limit_drops_entries_before_the_capacity_does() {
-        let log = RequestLog::with_text_limit(1000, false, 2 * TEXT_BLOCK as u64);
+        let log = RequestLog::with_text_limit(1000, false, 2 * TEXT_BLOCK as u64).unwrap();
         let request_id = "r".repeat(200);
         for _ in 0..1000 {
             log.record(&new_entry(&request_id), cycle);
@@ -1017,7 +1289,7 @@ mod tests {
 
     #[test]
     fn a_capacity_of_one_keeps_the_newest_entry() {
-        let log = RequestLog::new(1, false);
+        let log = RequestLog::new(1, false).unwrap();
         for index in 0..5 {
             log.record(&new_entry(&format!("only-{index}")), cycle);
         }
@@ -1029,7 +1301,7 @@ mod tests {
 
     #[test]
     fn the_ring_drops_the_oldest_and_counts_them() {
-        let log = RequestLog::new(3, false);
+        let log = RequestLog::new(3, false).unwrap();
         for _ in 0..5 {
             log.record(&new_entry("x"), cycle);
         }
@@ -1042,7 +1314,7 @@ mod tests {
 
     #[test]
     fn pages_filter_and_stop_at_max_and_up_to() {
-        let log = RequestLog::new(100, false);
+        let log = RequestLog::new(100, false).unwrap();
         for index in 0..20 {
             log.record(&new_entry(&format!("run{}-{index}", index % 2)), cycle);
         }
@@ -1085,7 +1357,7 @@ mod tests {
 
     #[test]
     fn a_page_inspects_a_bounded_number_of_entries() {
-        let log = RequestLog::new(MAX_SCAN_PER_PAGE * 2, false);
+        let log = RequestLog::new(MAX_SCAN_PER_PAGE * 2, false).unwrap();
         for _ in 0..MAX_SCAN_PER_PAGE + 10 {
             log.record(&new_entry("x"), cycle);
         }
@@ -1100,7 +1372,7 @@ mod tests {
 
     #[test]
     fn entries_are_written_in_both_formats_and_escaped() {
-        let log = RequestLog::new(10, false);
+        let log = RequestLog::new(10, false).unwrap();
         log.record(&new_entry("evil\"\n- 1.2.3.4 - 200 OK"), |_| {
             Outcome::Forbidden
         });
@@ -1141,7 +1413,7 @@ mod tests {
             "[fe80::1%7]:9",
         ];
         for (index, client) in clients.into_iter().enumerate() {
-            let log = RequestLog::new(10, false);
+            let log = RequestLog::new(10, false).unwrap();
             let mut new = new_entry("x");
             new.client = client.parse().unwrap();
             new.unix_millis = 1_729_727_731_705 + index as u64 * 86_400_123;
@@ -1178,7 +1450,7 @@ mod tests {
         std::fs::create_dir_all(&directory).unwrap();
         let path = directory.join("writer.log");
         let _ = std::fs::remove_file(&path);
-        let log = Arc::new(RequestLog::new(4, true));
+        let log = Arc::new(RequestLog::new(4, true).unwrap());
         let writer = start_writer(Arc::clone(&log), &path, LogFormat::Json).unwrap();
         for index in 0..1000 {
             log.record(&new_entry(&format!("w-{index}")), cycle);
@@ -1209,7 +1481,7 @@ mod tests {
 
     #[test]
     fn unwritten_entries_are_taken_in_bounded_chunks_once_each() {
-        let log = RequestLog::new(100, true);
+        let log = RequestLog::new(100, true).unwrap();
         let taken = std::cell::RefCell::new(Vec::new());
         let take = |limit| {
             let batch = log.take_unwritten(limit);
@@ -1292,11 +1564,11 @@ mod tests {
     /// Runs the writer on `disk`, as `start_writer` does on a file.
     fn spawn_writer(log: &Arc<RequestLog>, disk: &SmallDisk, unwritten_limit: usize) -> LogWriter {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let (log, disk, thread_stop) = (Arc::clone(log), disk.clone(), Arc::clone(&stop));
+        let (thread_log, disk, thread_stop) = (Arc::clone(log), disk.clone(), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             let path = Path::new("small.log");
             write_until_stopped(
-                &log,
+                &thread_log,
                 disk,
                 path,
                 LogFormat::Json,
@@ -1304,7 +1576,12 @@ mod tests {
                 unwritten_limit,
             )
         });
-        LogWriter { stop, thread }
+        LogWriter {
+            log: Arc::clone(log),
+            path: PathBuf::from("small.log"),
+            stop,
+            thread,
+        }
     }
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -1339,7 +1616,7 @@ mod tests {
 
     #[test]
     fn a_stalled_file_refuses_new_entries_then_catches_up_with_none_lost() {
-        let log = Arc::new(RequestLog::new(50, true));
+        let log = Arc::new(RequestLog::new(50, true).unwrap());
         let disk = SmallDisk::with_room(0);
         let writer = spawn_writer(&log, &disk, 2000);
         // The writer holds what the disk refuses, up to the limit; then no new entry is taken.
@@ -1370,7 +1647,7 @@ mod tests {
 
     #[test]
     fn a_stop_while_the_disk_is_full_names_the_entries_not_in_the_file() {
-        let log = Arc::new(RequestLog::new(1000, true));
+        let log = Arc::new(RequestLog::new(1000, true).unwrap());
         for _ in 0..10 {
             log.record(&new_entry("x"), cycle);
         }
@@ -1379,7 +1656,7 @@ mod tests {
             write_entry_json(&mut line, &log.take_unwritten(1)[0]);
             line.len() + 1
         };
-        let log = Arc::new(RequestLog::new(1000, true));
+        let log = Arc::new(RequestLog::new(1000, true).unwrap());
         for _ in 0..10 {
             log.record(&new_entry("x"), cycle);
         }
@@ -1398,7 +1675,7 @@ mod tests {
 
     #[test]
     fn a_stop_writes_a_backlog_longer_than_one_round() {
-        let log = Arc::new(RequestLog::new(100_000, true));
+        let log = Arc::new(RequestLog::new(100_000, true).unwrap());
         let request_id = "r".repeat(150);
         let entries = 3 * WRITE_BUFFER / 100;
         for _ in 0..entries {
@@ -1414,8 +1691,34 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_that_takes_nothing_stalls_the_log_at_the_bound() {
+        // No writer runs: as when its write never returns.
+        let log = RequestLog::new(10, true).unwrap();
+        for _ in 0..MAX_EVICTED_UNWRITTEN + 9 {
+            log.record(&new_entry("x"), cycle);
+        }
+        assert!(log.takes_entries());
+        log.record(&new_entry("x"), cycle);
+        assert!(log.file_stalled());
+        assert!(!log.takes_entries());
+    }
+
+    #[test]
+    fn a_ring_that_cannot_be_reserved_is_an_error_naming_the_option() {
+        let error = RequestLog::new(usize::MAX / 2, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("cannot reserve ")
+                && error.contains(" MiB for --log-capacity ")
+                && error.ends_with("(choose a smaller --log-capacity)"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn an_unopenable_log_file_is_a_clear_error() {
-        let log = Arc::new(RequestLog::new(4, true));
+        let log = Arc::new(RequestLog::new(4, true).unwrap());
         let error = start_writer(log, Path::new("/nonexistent-dir/x.log"), LogFormat::Text)
             .unwrap_err()
             .to_string();

@@ -128,10 +128,13 @@ fn serve(options: &ServeOptions) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     };
     let seed = options.seed.unwrap_or_else(chaos::fresh_seed);
-    let log = Arc::new(RequestLog::new(
-        options.log_capacity,
-        options.log_file.is_some(),
-    ));
+    let log = match RequestLog::new(options.log_capacity, options.log_file.is_some()) {
+        Ok(log) => Arc::new(log),
+        Err(error) => {
+            say!("unreliable: error: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let writer = match &options.log_file {
         Some(path) => match log::start_writer(Arc::clone(&log), path, options.log_format) {
             Ok(writer) => Some(writer),
@@ -199,7 +202,13 @@ fn serve(options: &ServeOptions) -> ExitCode {
 
 fn demo(mut options: DemoOptions) -> ExitCode {
     let seed = options.seed.unwrap_or_else(chaos::fresh_seed);
-    let log = Arc::new(RequestLog::new(1_000_000, false));
+    let log = match RequestLog::new(1_000_000, false) {
+        Ok(log) => Arc::new(log),
+        Err(error) => {
+            say!("unreliable: error: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let server = match start_server(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
         Chaos::new(seed, options.weights.clone()),

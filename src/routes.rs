@@ -154,7 +154,8 @@ pub fn respond(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Ans
     match request.method {
         Method::Get | Method::Head => {}
         Method::Options if known || request.path == "*" => {
-            return complete(exchange.reply(out, 204, TEXT, &[ALLOW], b""));
+            // No content, so no Content-Type either.
+            return complete(exchange.reply(out, 204, "", &[ALLOW], b""));
         }
         // This is not a proxy: CONNECT is as unknown here as a made-up method.
         Method::Other | Method::Connect => {
@@ -193,7 +194,17 @@ pub fn respond(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Ans
 
 fn bad_request(exchange: &Exchange<'_, '_>, out: &mut Vec<u8>, reason: &str) -> Disposition {
     let mut body = String::with_capacity(reason.len() + 1);
-    body.push_str(reason);
+    // A reason may quote the client's decoded text: control and bidi-override characters are
+    // escaped, so a request cannot put terminal escapes in front of whoever reads the answer.
+    for character in reason.chars() {
+        if character.is_control()
+            || matches!(character, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            body.extend(character.escape_unicode());
+        } else {
+            body.push(character);
+        }
+    }
     body.push('\n');
     exchange.reply(out, 400, TEXT, &[], body.as_bytes())
 }
@@ -215,6 +226,10 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
     if request_id.is_some_and(|id| id.len() > MAX_REQUEST_ID) {
         let reason = format!("x-request-id is longer than {MAX_REQUEST_ID} bytes");
         return bad_request(exchange, out, &reason);
+    }
+    // Logged exactly or not at all: two different ids must never read the same in the log.
+    if request_id.is_some_and(|id| std::str::from_utf8(id).is_err()) {
+        return bad_request(exchange, out, "x-request-id must be UTF-8 text");
     }
     let forced = match forced_name {
         None => None,
@@ -730,7 +745,7 @@ mod tests {
         // A small ring, so the warm-up fills it and the measured requests also evict.
         let app = App {
             chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
-            log: Arc::new(RequestLog::new(16, false)),
+            log: Arc::new(RequestLog::new(16, false).unwrap()),
             started: Instant::now(),
             hang: Duration::from_secs(1),
         };
@@ -774,7 +789,7 @@ mod tests {
         use crate::chaos::Weights;
         let app = App {
             chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
-            log: Arc::new(RequestLog::new(16, true)),
+            log: Arc::new(RequestLog::new(16, true).unwrap()),
             started: Instant::now(),
             hang: Duration::from_secs(1),
         };
@@ -809,6 +824,35 @@ mod tests {
     }
 
     #[test]
+    fn refusals_escape_control_text_and_non_utf8_request_ids_are_not_logged() {
+        use crate::chaos::Weights;
+        let app = App {
+            chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
+            log: Arc::new(RequestLog::new(16, false).unwrap()),
+            started: Instant::now(),
+            hang: Duration::from_secs(1),
+        };
+        let mut out = Vec::new();
+        let mut dispositions = Vec::new();
+        let escaping: &[u8] =
+            b"GET /getlogs?outcome=%1b%5b2J%e2%80%ae%0d%0a HTTP/1.1\r\nHost: x\r\n\r\n";
+        answer_all(&app, &[escaping], &mut out, &mut dispositions);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "outcome=\\u{1b}[2J\\u{202e}\\u{d}\\u{a}: expected one of timeout, 403, 500, 200\n"
+            ),
+            "{text}"
+        );
+        let latin1: &[u8] = b"GET /getbalance HTTP/1.1\r\nHost: x\r\nX-Request-Id: caf\xe9\r\n\r\n";
+        answer_all(&app, &[latin1], &mut out, &mut dispositions);
+        assert!(out.starts_with(b"HTTP/1.1 400 Bad Request\r\n"));
+        assert!(out.ends_with(b"x-request-id must be UTF-8 text\n"));
+        assert_eq!(app.log.counts().total, 0);
+    }
+
+    #[test]
     fn decimal_writes_every_digit() {
         let mut buffer = [0u8; 20];
         assert_eq!(decimal(0, &mut buffer), "0");
@@ -821,7 +865,7 @@ mod tests {
         use crate::chaos::Weights;
         let app = App {
             chaos: Chaos::new(3, Weights::owner_default()),
-            log: Arc::new(RequestLog::new(5000, false)),
+            log: Arc::new(RequestLog::new(5000, false).unwrap()),
             started: Instant::now(),
             hang: Duration::from_secs(1),
         };

@@ -91,6 +91,13 @@ pub const OUT_BUFFER_RETAINED: usize = 256 * 1024;
 pub const ACCEPTOR_JOIN_GRACE: Duration = Duration::from_secs(2);
 /// The body of the 503 sent past `max_connections`.
 pub const BUSY_BODY: &[u8] = b"server busy: too many connections\n";
+/// Connections past `max_connections` whose 503 waits for their request line (to tell a HEAD,
+/// which gets no content) and is followed by a lingering close (what they still send is read and
+/// dropped, so the 503 is not lost to a reset), at most. They are past the limit already, so
+/// only a few; beyond this the 503 goes at once and a plain close follows.
+pub const MAX_TURNED_AWAY: usize = 256;
+/// A busy server suggests a retry soon, as RFC 9110 §10.2.3 allows for 503.
+const RETRY_AFTER: (&str, &str) = ("Retry-After", "1");
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -269,6 +276,7 @@ fn start_with_timeouts(
         max_connections,
         shutting_down: AtomicBool::new(false),
         open_connections: Arc::new(AtomicUsize::new(0)),
+        turned_away: Arc::new(AtomicUsize::new(0)),
         queue: Mutex::new(VecDeque::new()),
         queue_ready: Condvar::new(),
         queue_length: AtomicUsize::new(0),
@@ -417,6 +425,8 @@ struct Shared {
     max_connections: usize,
     shutting_down: AtomicBool,
     open_connections: Arc<AtomicUsize>,
+    /// Connections past `max_connections` waiting for their 503 or in its lingering close.
+    turned_away: Arc<AtomicUsize>,
     queue: Mutex<VecDeque<Connection>>,
     queue_ready: Condvar,
     /// The queue's length, readable without the lock: "is anybody else waiting?".
@@ -749,6 +759,7 @@ fn write_short_response(
     date: &[u8; 29],
     status: u16,
     body: &[u8],
+    extra_headers: &[(&str, &str)],
     head_only: bool,
 ) {
     out.clear();
@@ -757,7 +768,7 @@ fn write_short_response(
         &Response {
             status,
             content_type: TEXT_PLAIN,
-            extra_headers: &[],
+            extra_headers,
             body,
             keep_alive: false,
             request_minor_version: 1,
@@ -807,7 +818,7 @@ fn run_acceptor(shared: &Shared, listener: &TcpListener) {
 
 fn admit(
     shared: &Shared,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     scratch: &mut [u8],
     out: &mut Vec<u8>,
@@ -817,7 +828,7 @@ fn admit(
     // ever waits to write to a client (see `send_without_waiting`).
     let _ = stream.set_nodelay(true);
     if shared.open_connections.load(Ordering::Acquire) >= shared.max_connections {
-        turn_away(&mut stream, scratch, out, date);
+        turn_away(shared, stream, peer, scratch, out, date);
         return;
     }
     let slot = ConnectionSlot::take(&shared.open_connections);
@@ -831,20 +842,46 @@ fn admit(
     );
 }
 
-/// Answers 503 without blocking the acceptor: whatever the client already sent is read first,
-/// so closing does not turn into a reset that could swallow the answer.
-fn turn_away(stream: &mut TcpStream, scratch: &mut [u8], out: &mut Vec<u8>, date: &mut DateCache) {
+/// Answers 503 past `max_connections` without blocking the acceptor. A poller waits for the
+/// request line, answers (RFC 9110 §9.3.2: a HEAD gets no content) and reads and drops what
+/// the client still sends until it closes (RFC 9112 §9.6), so closing does not turn into a
+/// reset that could swallow the answer. Past [`MAX_TURNED_AWAY`] of those, the 503 goes at once
+/// after whatever already arrived is read, and the connection is closed.
+fn turn_away(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    scratch: &mut [u8],
+    out: &mut Vec<u8>,
+    date: &mut DateCache,
+) {
+    if shared.turned_away.load(Ordering::Acquire) < MAX_TURNED_AWAY {
+        let slot = ConnectionSlot::take(&shared.turned_away);
+        let connection = Connection::new(stream, peer, shared.assign_poller(), slot);
+        shared.park(
+            connection,
+            ParkKind::TurnedAway,
+            Instant::now() + LINGERING_CLOSE,
+        );
+        return;
+    }
     if stream.set_nonblocking(true).is_err() {
         return;
     }
-    for _ in 0..HUNG_READS_PER_EVENT {
+    let mut head_only = false;
+    for read in 0..HUNG_READS_PER_EVENT {
         match stream.read(scratch) {
             Ok(0) | Err(_) => break,
+            Ok(count) if read == 0 => head_only = http::is_head_request(&scratch[..count]),
             Ok(_) => {}
         }
     }
-    // Turned away before anything is read: whether it would have been HEAD is unknown.
-    write_short_response(stream, out, date.current(), 503, BUSY_BODY, false);
+    write_busy(&mut stream, out, date, head_only);
+}
+
+fn write_busy(stream: &mut TcpStream, out: &mut Vec<u8>, date: &mut DateCache, head_only: bool) {
+    let date = date.current();
+    write_short_response(stream, out, date, 503, BUSY_BODY, &[RETRY_AFTER], head_only);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1355,6 +1392,9 @@ enum ParkKind {
     /// room opens up, and input waits. The deadline, moved on by every write that makes progress, closes a client
     /// that stopped reading. No thread waits for it.
     Sending,
+    /// Past `max_connections`: readable means its request line may be in, to be answered 503
+    /// (see [`turn_away`]); the deadline closes it quietly, as an idle connection.
+    TurnedAway,
 }
 
 impl ParkKind {
@@ -1364,7 +1404,7 @@ impl ParkKind {
     fn watch(self) -> Watch {
         match self {
             ParkKind::Idle | ParkKind::PartialRequest | ParkKind::PartialBody => Watch::Edge,
-            ParkKind::Hung | ParkKind::Closing => Watch::Level,
+            ParkKind::Hung | ParkKind::Closing | ParkKind::TurnedAway => Watch::Level,
             ParkKind::Sending => Watch::EdgeAndWritable,
         }
     }
@@ -1619,6 +1659,7 @@ impl Poller<'_> {
                 }
             }
             ParkKind::PartialBody => self.hand_to_worker(token),
+            ParkKind::TurnedAway => self.answer_turned_away(token, event.closed),
             ParkKind::Hung | ParkKind::Closing => {
                 // Drained first: closing with unread input would send a reset.
                 let finished =
@@ -1628,6 +1669,53 @@ impl Poller<'_> {
                 }
             }
         }
+    }
+
+    /// Answers 503 to a connection past the limit once its request line is in (or its buffer
+    /// full, or the client done sending), then lingers.
+    fn answer_turned_away(&mut self, token: u64, peer_closed: bool) {
+        let Some(parked) = self.parked.get_mut(token) else {
+            return;
+        };
+        let connection = &mut parked.connection;
+        let mut ended = peer_closed;
+        while connection.filled < connection.buffer.len() {
+            match connection.read_some_without_waiting() {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.parked.remove(token);
+                    return;
+                }
+            }
+        }
+        let input = &connection.buffer[..connection.filled];
+        if input.is_empty() && ended {
+            self.parked.remove(token);
+            return;
+        }
+        let line_in = input.contains(&b'\n') || connection.filled == connection.buffer.len();
+        if !line_in && !ended {
+            return;
+        }
+        let head_only = http::is_head_request(input);
+        // Nonblocking: a client that stopped reading must not stall the poller.
+        if connection.stream.set_nonblocking(true).is_err() {
+            self.parked.remove(token);
+            return;
+        }
+        write_busy(
+            &mut connection.stream,
+            &mut self.out,
+            &mut self.date,
+            head_only,
+        );
+        self.start_draining(token, ParkKind::Closing, Instant::now() + LINGERING_CLOSE);
     }
 
     fn hand_to_worker(&mut self, token: u64) {
@@ -1723,6 +1811,7 @@ impl Poller<'_> {
                         self.date.current(),
                         408,
                         b"request timeout\n",
+                        &[],
                         head_only,
                     );
                     parked.connection.shrink_for_parking(ParkKind::Closing);
@@ -1978,7 +2067,7 @@ mod tests {
     fn app(weights: Weights) -> Arc<App> {
         Arc::new(App {
             chaos: Chaos::new(1, weights),
-            log: Arc::new(RequestLog::new(1000, false)),
+            log: Arc::new(RequestLog::new(1000, false).unwrap()),
             started: Instant::now(),
             hang: HANG,
         })
@@ -1989,7 +2078,7 @@ mod tests {
     fn app_with_long_log(entries: u64) -> Arc<App> {
         let app = Arc::new(App {
             chaos: Chaos::new(1, Weights::owner_default()),
-            log: Arc::new(RequestLog::new(entries as usize, false)),
+            log: Arc::new(RequestLog::new(entries as usize, false).unwrap()),
             started: Instant::now(),
             hang: HANG,
         });
@@ -2905,6 +2994,60 @@ mod tests {
         let mut again = connect(&server);
         assert_healthy(&mut again);
         assert_healthy(&mut second);
+        server.shutdown();
+    }
+
+    /// Everything the server sends until it closes.
+    fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn past_the_limit_a_head_request_gets_503_without_content_and_a_retry_after() {
+        let server = start_test_server(1, 1, Timeouts::STANDARD);
+        let mut kept = connect(&server);
+        assert_healthy(&mut kept);
+        // The line arrives after the connection was turned away: the 503 waits for it.
+        let mut turned_away = connect(&server);
+        thread::sleep(Duration::from_millis(50));
+        turned_away
+            .write_all(b"HEAD /getbalance HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let reply = String::from_utf8(read_to_close(&mut turned_away)).unwrap();
+        assert!(
+            reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{reply}"
+        );
+        assert!(reply.contains("\r\nRetry-After: 1\r\n"), "{reply}");
+        assert!(reply.contains("\r\nConnection: close\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\n"), "content after a HEAD: {reply}");
+        server.shutdown();
+    }
+
+    #[test]
+    fn past_the_limit_a_client_still_sending_its_body_reads_the_503() {
+        let server = start_test_server(1, 1, Timeouts::STANDARD);
+        let mut kept = connect(&server);
+        assert_healthy(&mut kept);
+        let mut turned_away = connect(&server);
+        let mut sender = turned_away.try_clone().unwrap();
+        // 4 MiB: far more than the socket buffers, so a close without reading it first would
+        // reset the connection and destroy the 503 before the client reads it.
+        let body = vec![b'x'; 4 << 20];
+        let sending = thread::spawn(move || {
+            let head = format!(
+                "POST /getbalance HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            sender.write_all(head.as_bytes())?;
+            sender.write_all(&body)
+        });
+        let sent = sending.join().unwrap();
+        assert!(sent.is_ok(), "the body was refused: {sent:?}");
+        let (status, reason) = read_response(&mut turned_away, &mut Vec::new()).unwrap();
+        assert_eq!((status, reason.as_slice()), (503, BUSY_BODY));
         server.shutdown();
     }
 

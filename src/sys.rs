@@ -1,6 +1,6 @@
 //! The few operating-system calls std does not offer: epoll (to hold thousands of parked
-//! connections on one thread), blocking and awaiting SIGINT/SIGTERM (a clean shutdown without an
-//! async-signal handler), and raising the open-file limit.
+//! connections on one thread), blocking and awaiting SIGINT/SIGTERM/SIGHUP (a clean shutdown
+//! without an async-signal handler), ignoring SIGXFSZ, and raising the open-file limit.
 //!
 //! This is the only module allowed `unsafe`: each block is one libc call on memory this module owns,
 //! with the reason beside it. Linux only (x86_64 and aarch64 layouts).
@@ -40,6 +40,14 @@ const SIG_BLOCK: i32 = 0;
 pub const SIGINT: i32 = 2;
 /// Polite termination request (`kill`, service managers).
 pub const SIGTERM: i32 = 15;
+/// The terminal or ssh session went away: by default it kills at once, losing unwritten entries.
+pub const SIGHUP: i32 = 1;
+/// A write past the file-size limit (`ulimit -f`): by default it kills at once.
+const SIGXFSZ: i32 = 25;
+/// `signal`'s "ignore" disposition.
+const SIG_IGN: usize = 1;
+/// What `signal` returns on failure.
+const SIG_ERR: usize = usize::MAX;
 const RLIMIT_NOFILE: i32 = 7;
 const SOL_SOCKET: i32 = 1;
 const SO_LINGER: i32 = 13;
@@ -80,7 +88,7 @@ impl SignalSet {
         if unsafe { sigemptyset(&mut set) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        for signal in [SIGINT, SIGTERM] {
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
             // SAFETY: as above; the signal numbers are valid.
             if unsafe { sigaddset(&mut set, signal) } != 0 {
                 return Err(io::Error::last_os_error());
@@ -118,6 +126,7 @@ extern "C" {
     fn getrlimit(resource: i32, limit: *mut ResourceLimit) -> i32;
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, length: u32) -> i32;
     fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
+    fn signal(signal: i32, handler: usize) -> usize;
 }
 
 /// Reads what has already arrived on a socket without waiting, whatever its blocking mode or
@@ -322,9 +331,15 @@ impl Drop for Epoll {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns later, so they can
-/// be awaited with [`wait_for_termination_signal`]. Call before spawning threads.
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it spawns later, so
+/// they can be awaited with [`wait_for_termination_signal`], and ignores SIGXFSZ, so a log file
+/// at the size limit is a write error the log writer reports, not a silent death. Call before
+/// spawning threads.
 pub fn block_termination_signals() -> io::Result<()> {
+    // SAFETY: no pointers; SIG_IGN is a valid disposition for SIGXFSZ.
+    if unsafe { signal(SIGXFSZ, SIG_IGN) } == SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
     let set = SignalSet::termination_signals()?;
     // SAFETY: `set` is a valid, initialised sigset_t; a null old set is allowed.
     let result = unsafe { pthread_sigmask(SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -335,7 +350,7 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until SIGINT or SIGTERM arrives; returns its number.
+/// Waits until SIGINT, SIGTERM or SIGHUP arrives; returns its number.
 pub fn wait_for_termination_signal() -> io::Result<i32> {
     let set = SignalSet::termination_signals()?;
     let mut signal = 0;

@@ -223,6 +223,238 @@ fn a_log_file_that_cannot_be_written_is_reported_with_the_entries_missing_from_i
     );
 }
 
+fn log_ids(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .expect("log file")
+        .lines()
+        .map(|line| {
+            json::decode(line)
+                .unwrap_or_else(|error| panic!("{line:?}: {error:?}"))
+                .get("id")
+                .and_then(json::Value::as_u64)
+                .expect("id")
+        })
+        .collect()
+}
+
+fn make_fifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+}
+
+#[test]
+fn sighup_stops_the_server_cleanly_with_every_entry_in_the_file() {
+    let server = Server::start("log-hup", &["--weights", "200=1", "--log-format", "json"]);
+    for index in 0..40 {
+        balance_status(&server, &format!("hup-{index}"));
+    }
+    let log_path = server.path("unreliable.log");
+    let (status, stderr, _directory) = server.stop_with("HUP");
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(
+        stderr.contains("stopped by signal 1 after 40 logged requests"),
+        "{stderr}"
+    );
+    assert_eq!(log_ids(&log_path), (1..=40).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_log_file_at_the_file_size_limit_is_a_reported_error_not_a_silent_death() {
+    if !have_tool("prlimit") {
+        return;
+    }
+    let server = Server::start_under(
+        "log-fsize",
+        "prlimit --fsize=3000 --pid $$ &&",
+        &["--weights", "200=1", "--log-format", "json"],
+    );
+    for index in 0..60 {
+        assert_eq!(balance_status(&server, &format!("big-{index}")), Some(200));
+    }
+    let log_path = server.path("unreliable.log");
+    let (status, stderr, _directory) = server.terminate();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let text = std::fs::read_to_string(&log_path).expect("log file");
+    assert!(text.len() <= 3000 && text.ends_with('\n'), "{text:?}");
+    let written = log_ids(&log_path);
+    assert_eq!(written, (1..=written.len() as u64).collect::<Vec<u64>>());
+    let named = format!(
+        "File too large (os error 27); entries {} to 60 ({} of them) are not in it",
+        written.len() + 1,
+        60 - written.len()
+    );
+    assert!(stderr.contains(&named), "{stderr}");
+}
+
+#[test]
+fn a_fifo_log_file_that_nothing_reads_is_refused_at_once() {
+    let directory = scratch_directory("log-fifo-alone");
+    let fifo = directory.join("log.fifo");
+    make_fifo(&fifo);
+    let mut command = std::process::Command::new(binary());
+    command
+        .args(["serve", "--port", "0", "--log-file"])
+        .arg(&fifo);
+    let finished = run_until(command, STEP_TIMEOUT, "opening a FIFO without a reader");
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("it is a FIFO and nothing reads it"),
+        "{finished:?}"
+    );
+}
+
+#[test]
+fn a_stop_gives_up_on_a_log_reader_that_never_reads_and_names_what_is_missing() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let directory = scratch_directory("log-fifo-stuck");
+    let fifo = directory.join("log.fifo");
+    make_fifo(&fifo);
+    // A reader that never reads: the pipe fills, and the server's writes can never finish.
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(0o4000)
+        .open(&fifo)
+        .expect("open the FIFO for reading");
+    let log_file = fifo.to_str().unwrap().to_string();
+    let server = Server::start(
+        "log-fifo-stuck-server",
+        &[
+            "--weights",
+            "200=1",
+            "--log-format",
+            "json",
+            "--log-file",
+            &log_file,
+        ],
+    );
+    let mut client = server.connect();
+    let request = format!(
+        "GET /getbalance HTTP/1.1\r\nHost: x\r\nX-Request-Id: {}\r\n\r\n",
+        "s".repeat(150)
+    );
+    for _ in 0..1500 {
+        client.write_all(request.as_bytes()).unwrap();
+        assert_eq!(
+            client.read_reply(false).map(|reply| reply.status),
+            Some(200)
+        );
+    }
+    let started = std::time::Instant::now();
+    let (status, stderr, _directory) = server.terminate();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not keeping up (entries wait in memory)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no write went through for 5 s; entries ") && stderr.contains(" to 1500 ("),
+        "{stderr}"
+    );
+    // The patience, not forever (a bound for a broken stop, not a timing assertion).
+    assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+#[test]
+fn a_log_file_left_ending_mid_line_gets_a_line_break_before_new_entries() {
+    let directory = scratch_directory("log-mid-line");
+    let log_path = directory.join("requests.jsonl");
+    std::fs::write(&log_path, "{\"id\":7,\"outcome\":\"2").unwrap();
+    let log_file = log_path.to_str().unwrap().to_string();
+    let server = Server::start(
+        "log-mid-line-server",
+        &[
+            "--weights",
+            "200=1",
+            "--log-format",
+            "json",
+            "--log-file",
+            &log_file,
+        ],
+    );
+    for index in 0..3 {
+        balance_status(&server, &format!("m-{index}"));
+    }
+    let (status, stderr, _server_directory) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("ended mid-line"), "{stderr}");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0], "{\"id\":7,\"outcome\":\"2");
+    for (line, id) in lines[1..].iter().zip(1..) {
+        let entry = json::decode(line).unwrap();
+        assert_eq!(entry.get("id").and_then(json::Value::as_u64), Some(id));
+    }
+}
+
+#[test]
+fn a_rotated_log_file_is_followed_by_a_new_one_at_its_path() {
+    let server = Server::start(
+        "log-rotate",
+        &["--weights", "200=1", "--log-format", "json"],
+    );
+    let log_path = server.path("unreliable.log");
+    let rotated = server.path("unreliable.log.1");
+    for index in 0..5 {
+        balance_status(&server, &format!("r-{index}"));
+    }
+    // The first entries are in the file before it is moved (the writer runs every 10 ms).
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while log_ids(&log_path).len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "entries not written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::rename(&log_path, &rotated).unwrap();
+    while !log_path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new file after rotation"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for index in 5..9 {
+        balance_status(&server, &format!("r-{index}"));
+    }
+    let (status, stderr, _directory) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was moved or removed; new entries go to a new file"),
+        "{stderr}"
+    );
+    assert_eq!(log_ids(&rotated), vec![1, 2, 3, 4, 5]);
+    assert_eq!(log_ids(&log_path), vec![6, 7, 8, 9]);
+}
+
+#[test]
+fn a_log_capacity_that_does_not_fit_in_memory_is_a_clear_error() {
+    if !have_tool("prlimit") {
+        return;
+    }
+    let mut command = std::process::Command::new("prlimit");
+    command.arg("--as=1000000000").arg(binary()).args([
+        "serve",
+        "--port",
+        "0",
+        "--no-log-file",
+        "--log-capacity",
+        "100000000",
+    ]);
+    let finished = run_until(command, STEP_TIMEOUT, "reserving the log ring");
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    assert!(
+        finished.stderr.contains("for --log-capacity 100000000")
+            && finished
+                .stderr
+                .contains("(choose a smaller --log-capacity)"),
+        "{finished:?}"
+    );
+}
+
 #[test]
 fn json_log_format_writes_one_object_per_line_and_appends_across_restarts() {
     let directory = scratch_directory("json-log");
@@ -336,6 +568,15 @@ fn endpoints_and_methods() {
     .unwrap();
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD, OPTIONS"));
+    let options = exchange(&server, b"OPTIONS /getlogs HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(options.status, 204);
+    assert_eq!(
+        options.header("allow").as_deref(),
+        Some("GET, HEAD, OPTIONS")
+    );
+    // No content: no Content-Length (RFC 9110 §8.6) and nothing to give a type.
+    assert_eq!(options.header("content-length"), None);
+    assert_eq!(options.header("content-type"), None);
     let connect = exchange(
         &server,
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",

@@ -144,9 +144,14 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status and stderr. The scratch directory stays until
     /// the returned guard is dropped, for the test to inspect.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, String, Scratch) {
+    pub fn terminate(self) -> (std::process::ExitStatus, String, Scratch) {
+        self.stop_with("TERM")
+    }
+
+    /// Like [`Server::terminate`], with another signal (`HUP`, `INT`).
+    pub fn stop_with(mut self, signal: &str) -> (std::process::ExitStatus, String, Scratch) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
@@ -161,7 +166,10 @@ impl Server {
                 let directory = Scratch(std::mem::take(&mut self.directory.0));
                 return (status, stderr, directory);
             }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop on SIG{signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
