@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs `unreliable client` against IP:PORT; any further arguments go to the client.
-# Finds the binary on PATH, next to this script, or in target/release (building it if needed).
+# Finds the binary on PATH, next to this script, or in target/release (building it if needed,
+# when cargo and the sources are here); exits 127 when there is none and none can be built.
 set -euo pipefail
 
 usage() {
@@ -47,10 +48,19 @@ elif [[ -x $script_dir/unreliable && ! -d $script_dir/unreliable ]]; then
     bin=$script_dir/unreliable
 elif [[ -x $script_dir/target/release/unreliable ]]; then
     bin=$script_dir/target/release/unreliable
-else
+elif [[ -f $script_dir/Cargo.toml ]] && command -v cargo >/dev/null; then
     echo "$0: building unreliable (cargo build --release)..." >&2
-    (cd -- "$script_dir" && cargo build --release >&2)
+    if ! (cd -- "$script_dir" && cargo build --release >&2); then
+        echo "$0: the build failed (see above)" >&2
+        exit 127
+    fi
     bin=$script_dir/target/release/unreliable
+else
+    echo "$0: no unreliable binary on PATH, next to this script or in target/release, and no" \
+        "cargo and Cargo.toml here to build one: copy the binary next to $(basename -- "$0")" >&2
+    exit 127
 fi
+# Whichever copy is found first is used: name it, so a stale one is noticed.
+echo "$0: using $bin" >&2
 
 exec "$bin" client --host "$1" --port "$((10#$port))" "${@:3}"

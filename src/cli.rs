@@ -807,8 +807,9 @@ Options:
   --tolerance PP          exit 1 when any 95% interval lies outside expected +/- PP points
   -h, --help              print this help
 
-After the run, GET /stats and each GET /getlogs page have a fixed timeout of 10s of their
-own, whatever --timeout is.
+GET /stats (before and after the run) and each GET /getlogs page have a
+fixed timeout of 10s of their own, whatever --timeout is. After 10 connect
+failures in a row (3 per worker when more) the run stops early and fails.
 
 Exit status: 0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable.
 ";
@@ -1017,6 +1018,15 @@ mod tests {
             crate::client::ADMIN_TIMEOUT.as_secs()
         );
         assert!(CLIENT_HELP.contains(&stated), "{stated:?} not in the help");
+        let early_stop = format!(
+            "After {} connect\nfailures in a row ({} per worker when more)",
+            crate::client::MIN_UNREACHABLE_STREAK,
+            crate::client::UNREACHABLE_STREAK_PER_WORKER
+        );
+        assert!(
+            CLIENT_HELP.contains(&early_stop),
+            "{early_stop:?} not in the help"
+        );
     }
 
     #[test]

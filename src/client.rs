@@ -12,9 +12,20 @@
 //!   They are retried like a timeout and use up the same retry budget whenever retries are on
 //!   (`--retry-on none` retries nothing), but they are not draws from the server's weights, so
 //!   they stay out of the distribution tables and the chi-square.
-//! - `/stats` and each `/getlogs` page after the run have their own fixed [`ADMIN_TIMEOUT`],
-//!   whatever `--timeout` is: that one is sized for a `/getbalance` answer, not for a log page
-//!   of up to [`MAX_ADMIN_RESPONSE_BYTES`].
+//! - `/stats` is read before the run (on the first connection, which the first worker then
+//!   reuses) and after it: the weights come from the first read, so a server lost mid-run
+//!   still leaves something to judge the attempts by, and the two reads together tell a
+//!   restart ([`restart_evidence`]). Failing before the run ends it; failing after it (that
+//!   `/stats` or the log) costs only the reconciliation: the report is still written, says
+//!   why it was not done, and fails.
+//! - `/stats` and each `/getlogs` page have their own fixed [`ADMIN_TIMEOUT`], whatever
+//!   `--timeout` is: that one is sized for a `/getbalance` answer, not for a log page of up to
+//!   [`MAX_ADMIN_RESPONSE_BYTES`].
+//! - Once [`unreachable_streak`] attempts in a row could not connect, the workers take no more
+//!   requests and drop their pending retries: a server that is gone would otherwise cost
+//!   count × attempts × `--timeout`. Requests never started count as never sent, not as
+//!   requests with an outcome; one whose retry was dropped has no final outcome either, and
+//!   counts as `retry dropped` among the requests that are no draws.
 //! - An attempt that failed before its request was written ("not sent") has no server entry by
 //!   right. One that failed after (reset, closed) may or may not have one, and either is accepted.
 //! - A worker never sits idle through a backoff: a retry goes into the worker's own queue with
@@ -41,7 +52,7 @@ use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest `/getbalance` response read (head and body); a bigger one counts as malformed.
@@ -71,7 +82,26 @@ pub const EXTRA_RUN_ENTRIES: u64 = 1000;
 /// A keep-alive connection idle longer than this is replaced before the next attempt: the server
 /// closes idle connections after 5 s, and a request written into one it is closing is lost.
 pub const MAX_IDLE_REUSE: Duration = Duration::from_secs(2);
-/// Width in characters of the bars in the distribution tables.
+/// Connect failures in a row (refused or timed out, across all workers, in the order they end)
+/// after which the run stops early, at the least. A server that is gone (killed, firewalled)
+/// fails every connect, and without a stop the client would try on for count × attempts ×
+/// --timeout (20 minutes with the defaults) to print a report of failures. A handful in a row
+/// can be a blip (SYNs lost, a listen queue full for a moment), so a lone worker stops only
+/// after this many.
+pub const MIN_UNREACHABLE_STREAK: u64 = 10;
+/// Connect failures in a row per worker after which the run stops early (when more than
+/// [`MIN_UNREACHABLE_STREAK`]): every worker may be connecting when a blip hits, so one
+/// failure each proves nothing, while three rounds of every worker failing do. Connect
+/// timeouts run in parallel, so that is about three --timeouts of wall time.
+pub const UNREACHABLE_STREAK_PER_WORKER: u64 = 3;
+/// How often a waiting worker (backoff, --interval) looks whether the run has stopped: a
+/// backoff may be long, and a stopped run must not wait it out.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// How much less the server's uptime may have grown between the two `/stats` reads than the
+/// client's clock says passed, before the client calls it a restart: the two clocks are on
+/// different machines and may run a little apart, and the server's may pause (a suspended VM).
+pub const UPTIME_SLACK: Duration = Duration::from_secs(1);
+/// Width in characters of the bars in the distribution tables, besides the marker.
 pub const BAR_WIDTH: usize = 40;
 /// Request ids the text report lists per reconciliation problem (the JSON lists all of them).
 pub const MAX_LISTED_IDS: usize = 10;
@@ -129,9 +159,15 @@ const INVISIBLE_CHARACTERS: &[(char, char)] = &[
 pub enum ClientError {
     /// The host name did not resolve to any address.
     Resolve { host: String, reason: String },
-    /// No address of the server accepted a connection before the run started.
-    Unreachable { address: String, reason: String },
-    /// `/stats` or `/getlogs` failed after the run.
+    /// No address of the server accepted a connection before the run started; the hint says
+    /// what to check, when the kind of failure suggests something.
+    Unreachable {
+        address: String,
+        reason: String,
+        hint: Option<&'static str>,
+    },
+    /// `/stats` or `/getlogs` failed. Before the run that ends it; after it, [`run`] reports
+    /// the run with its reconciliation not done instead.
     Server { request: String, reason: String },
     /// The report could not be written.
     Output(io::Error),
@@ -143,8 +179,16 @@ impl std::fmt::Display for ClientError {
             ClientError::Resolve { host, reason } => {
                 write!(f, "cannot resolve host '{host}': {reason}")
             }
-            ClientError::Unreachable { address, reason } => {
-                write!(f, "cannot reach {address}: {reason}")
+            ClientError::Unreachable {
+                address,
+                reason,
+                hint,
+            } => {
+                write!(f, "cannot reach {address}: {reason}")?;
+                match hint {
+                    Some(hint) => write!(f, "\nhint: {hint}"),
+                    None => Ok(()),
+                }
             }
             ClientError::Server { request, reason } => write!(f, "{request} failed: {reason}"),
             ClientError::Output(error) => write!(f, "cannot write the report: {error}"),
@@ -320,9 +364,15 @@ fn format_run_id(mixed: u64) -> String {
     digits[..RUN_ID_DIGITS].to_string()
 }
 
-/// The `Host` header value: IPv6 literals in brackets.
+/// The `Host` header value: IPv6 literals in brackets, without a zone id.
 pub fn host_header(host: &str, port: u16) -> String {
     let bare = strip_brackets(host);
+    // A zone id (`fe80::1%eth0`) names an interface of this machine, so it means nothing to
+    // the server, and a raw '%' is not allowed in a URI host (RFC 3986): a strict server
+    // answers 400. The socket address keeps it (see `resolve`), which is where it matters.
+    let bare = bare
+        .split_once('%')
+        .map_or(bare, |(address, _zone)| address);
     if bare.contains(':') {
         format!("[{bare}]:{port}")
     } else {
@@ -770,9 +820,34 @@ fn reach(host: &str, port: u16, timeout: Duration) -> Result<(Target, TcpStream)
     Err(ClientError::Unreachable {
         address: addresses[0].to_string(),
         reason: last_error
-            .map(|error| describe_io_error(&error))
+            .as_ref()
+            .map(describe_io_error)
             .unwrap_or_else(|| "no address answered".into()),
+        hint: last_error
+            .as_ref()
+            .and_then(|error| unreachable_hint(error, &addresses[0])),
     })
+}
+
+/// What to check when connecting to `address` failed with `error`, for the errors that point
+/// somewhere: the first thing a tester meets is a server listening on loopback only.
+fn unreachable_hint(error: &io::Error, address: &SocketAddr) -> Option<&'static str> {
+    if error.kind() == io::ErrorKind::ConnectionRefused {
+        return Some(
+            "is a server running on that port, and listening on this address? \
+             (a server on another machine needs 'serve --host 0.0.0.0')",
+        );
+    }
+    if is_timeout(error) {
+        return Some("no answer: a wrong address, or a firewall dropping packets?");
+    }
+    match address {
+        // fe80::/10 without a zone id: the system cannot know which interface to use.
+        SocketAddr::V6(v6) if v6.ip().segments()[0] & 0xffc0 == 0xfe80 && v6.scope_id() == 0 => {
+            Some("a link-local address needs its interface, as in fe80::1%eth0")
+        }
+        _ => None,
+    }
 }
 
 /// One classified attempt.
@@ -835,6 +910,22 @@ impl Progress {
     }
 }
 
+/// Connect failures in a row that stop a run with `workers` workers: the larger of
+/// [`MIN_UNREACHABLE_STREAK`] and [`UNREACHABLE_STREAK_PER_WORKER`] per worker.
+pub fn unreachable_streak(workers: usize) -> u64 {
+    let per_workers = UNREACHABLE_STREAK_PER_WORKER.saturating_mul(workers as u64);
+    per_workers.max(MIN_UNREACHABLE_STREAK)
+}
+
+/// Why the workers stopped before sending every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopCause {
+    /// Connect failures in a row when the run stopped (the bound).
+    pub failures_in_a_row: u64,
+    /// The failure that reached the bound: `connection refused` or `connect timeout`.
+    pub failure: &'static str,
+}
+
 /// What the workers share.
 struct RunContext<'a> {
     options: &'a ClientOptions,
@@ -844,15 +935,80 @@ struct RunContext<'a> {
     next_request: AtomicU64,
     progress: Progress,
     first_connection: Mutex<Option<TcpStream>>,
+    /// Attempts in a row, in the order they ended, that could not connect.
+    connect_failures_in_a_row: AtomicU64,
+    /// [`unreachable_streak`] of this run.
+    streak_bound: u64,
+    /// Set once, when the streak reaches its bound; workers then take no more work.
+    stopped: OnceLock<StopCause>,
 }
 
-/// Sends every logical request with its retries; returns the attempts sorted by request id.
+impl RunContext<'_> {
+    /// Counts a connect failure towards the streak, or ends the streak.
+    fn note_connect_outcome(&self, outcome: &AttemptOutcome) {
+        let failure = match outcome {
+            AttemptOutcome::Transport(
+                error @ (TransportError::ConnectionRefused | TransportError::ConnectTimeout),
+            ) => error.name(),
+            _ => {
+                self.connect_failures_in_a_row.store(0, Ordering::Relaxed);
+                return;
+            }
+        };
+        let streak = self
+            .connect_failures_in_a_row
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if streak >= self.streak_bound {
+            // Only the first cause is kept: the stop is for good, whatever ends after it.
+            let _ = self.stopped.set(StopCause {
+                failures_in_a_row: streak,
+                failure,
+            });
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.get().is_some()
+    }
+
+    /// Sleeps for `duration`, or less once the run has stopped.
+    fn pause(&self, duration: Duration) {
+        let started = Instant::now();
+        while !self.is_stopped() {
+            let left = duration.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(STOP_POLL));
+        }
+    }
+}
+
+/// What sending produced.
+#[derive(Debug)]
+struct Sent {
+    /// Every attempt, sorted by request id.
+    attempts: Vec<AttemptRecord>,
+    /// Set when the workers stopped early because the server could no longer be reached.
+    stopped: Option<StopCause>,
+    /// The logical requests whose pending retry was given up when the run stopped.
+    retries_dropped: Vec<u64>,
+}
+
+/// Sends every logical request with its retries, until the server can no longer be reached
+/// (see [`unreachable_streak`]). `first_connection` is an open connection for the first
+/// worker, if there is one.
 fn send_all(
     options: &ClientOptions,
     target: &Target,
     run_id: &str,
-    first_connection: TcpStream,
-) -> Vec<AttemptRecord> {
+    first_connection: Option<TcpStream>,
+) -> Sent {
+    let workers = options
+        .concurrency
+        .max(1)
+        .min(usize::try_from(options.count.max(1)).unwrap_or(usize::MAX));
     let context = RunContext {
         options,
         target,
@@ -860,15 +1016,14 @@ fn send_all(
         seed: mix64(u64::from_str_radix(run_id, 16).unwrap_or(0)),
         next_request: AtomicU64::new(0),
         progress: Progress::default(),
-        first_connection: Mutex::new(Some(first_connection)),
+        first_connection: Mutex::new(first_connection),
+        connect_failures_in_a_row: AtomicU64::new(0),
+        streak_bound: unreachable_streak(workers),
+        stopped: OnceLock::new(),
     };
-    let workers = options
-        .concurrency
-        .max(1)
-        .min(usize::try_from(options.count.max(1)).unwrap_or(usize::MAX));
     let show_progress = !options.quiet && io::stderr().is_terminal();
     let started = Instant::now();
-    let mut records: Vec<AttemptRecord> = std::thread::scope(|scope| {
+    let (mut records, retries_dropped) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|worker| {
                 let context = &context;
@@ -879,15 +1034,17 @@ fn send_all(
             scope.spawn(|| draw_progress(&context, started));
         }
         let mut all = Vec::new();
+        let mut dropped = Vec::new();
         for handle in handles {
             // A worker never panics on input; should one panic anyway, its attempts are lost
             // and reconciliation will say so (unknown entries), rather than crashing the run.
-            if let Ok(records) = handle.join() {
+            if let Ok((records, retries_dropped)) = handle.join() {
                 all.extend(records);
+                dropped.extend(retries_dropped);
             }
         }
         context.progress.finished.store(true, Ordering::Relaxed);
-        all
+        (all, dropped)
     });
     if show_progress {
         let mut stderr = io::stderr();
@@ -898,7 +1055,11 @@ fn send_all(
         );
     }
     records.sort_by_key(|record| (record.request, record.attempt));
-    records
+    Sent {
+        attempts: records,
+        stopped: context.stopped.get().copied(),
+        retries_dropped,
+    }
 }
 
 fn draw_progress(context: &RunContext<'_>, started: Instant) {
@@ -954,7 +1115,8 @@ fn next_step(pending: &[PendingRetry], fresh_left: bool, now: Instant) -> NextSt
     }
 }
 
-fn run_worker(context: &RunContext<'_>, worker: usize) -> Vec<AttemptRecord> {
+/// One worker's attempts, and the requests whose pending retry it gave up when the run stopped.
+fn run_worker(context: &RunContext<'_>, worker: usize) -> (Vec<AttemptRecord>, Vec<u64>) {
     let options = context.options;
     let mut rng = Rng::with_seed(mix64(context.seed ^ worker as u64));
     let first = match context.first_connection.lock() {
@@ -969,6 +1131,11 @@ fn run_worker(context: &RunContext<'_>, worker: usize) -> Vec<AttemptRecord> {
     let mut fresh_left = true;
     let mut first_request = true;
     loop {
+        if context.is_stopped() {
+            // The server is gone: its retries would only fail the same way.
+            let dropped = pending.iter().map(|retry| retry.request).collect();
+            return (records, dropped);
+        }
         let (request, attempt) = match next_step(&pending, fresh_left, Instant::now()) {
             NextStep::Retry(index) => {
                 let retry = pending.swap_remove(index);
@@ -981,19 +1148,24 @@ fn run_worker(context: &RunContext<'_>, worker: usize) -> Vec<AttemptRecord> {
                     continue;
                 }
                 if !first_request && !options.interval.is_zero() {
-                    std::thread::sleep(options.interval);
+                    context.pause(options.interval);
+                    if context.is_stopped() {
+                        // Claimed but never sent: the report counts it among the unsent.
+                        continue;
+                    }
                 }
                 first_request = false;
                 (request, 1)
             }
             NextStep::SleepUntil(due) => {
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                context.pause(due.saturating_duration_since(Instant::now()));
                 continue;
             }
             NextStep::Finished => break,
         };
         let record = perform_attempt(context, &mut connection, &mut scratch, request, attempt);
         context.progress.record(&record.outcome);
+        context.note_connect_outcome(&record.outcome);
         let again = attempt <= options.retries && is_retried(&record.outcome, &options.retry_on);
         records.push(record);
         if again {
@@ -1012,7 +1184,7 @@ fn run_worker(context: &RunContext<'_>, worker: usize) -> Vec<AttemptRecord> {
             context.progress.done.fetch_add(1, Ordering::Relaxed);
         }
     }
-    records
+    (records, Vec::new())
 }
 
 fn perform_attempt(
@@ -1116,42 +1288,93 @@ fn fetch_json_text(
         reason,
     };
     let mut stream = connect(target.address, timeout).map_err(|e| fail(describe_io_error(&e)))?;
+    let answer = ask_json(&mut stream, target, path, timeout, true).map_err(fail)?;
+    Ok((answer.text, answer.value))
+}
+
+/// A JSON answer, and whether its connection may carry another request.
+struct JsonAnswer {
+    text: String,
+    value: Value,
+    reusable: bool,
+}
+
+/// `GET path` on an open connection, asking the server to close it after the answer when
+/// `close`; the body of a 200 answer from an unreliable server, decoded as JSON, or why not.
+fn ask_json(
+    stream: &mut TcpStream,
+    target: &Target,
+    path: &str,
+    timeout: Duration,
+    close: bool,
+) -> Result<JsonAnswer, String> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n\
-         Connection: close\r\n\r\n",
+         {connection}\r\n",
         target.host_header
     );
     stream
         .set_write_timeout(Some(timeout))
         .and_then(|()| stream.write_all(request.as_bytes()))
-        .map_err(|e| fail(describe_io_error(&e)))?;
+        .map_err(|e| describe_io_error(&e))?;
     let mut assembler = ResponseAssembler::new(MAX_ADMIN_RESPONSE_BYTES, true);
     let mut chunk = vec![0; READ_CHUNK];
-    let received = receive(&mut stream, &mut assembler, timeout, &mut chunk, &mut None);
+    let received = receive(stream, &mut assembler, timeout, &mut chunk, &mut None);
     let response = match received {
         Ok(response) => response,
         Err(ReceiveFailure::Timeout) => {
-            return Err(fail(format!(
+            return Err(format!(
                 "no complete answer within {}",
                 format_duration(timeout)
-            )))
+            ))
         }
         Err(ReceiveFailure::Transport(error)) => {
             let detail = error.detail().map(|d| format!(": {d}")).unwrap_or_default();
-            return Err(fail(format!("{}{detail}", error.name())));
+            return Err(format!("{}{detail}", error.name()));
         }
     };
     if !response.from_unreliable {
-        return Err(fail(
+        return Err(
             "the answer has no 'Server: unreliable/…' header: is this an unreliable server?".into(),
-        ));
+        );
     }
     if response.status != 200 {
-        return Err(fail(format!("answered status {}", response.status)));
+        return Err(format!("answered status {}", response.status));
     }
-    let text = String::from_utf8(response.body).map_err(|_| fail("body is not UTF-8".into()))?;
-    let value = json::decode(&text).map_err(|error| fail(format!("invalid JSON: {error}")))?;
-    Ok((text, value))
+    let reusable = response.keep_alive && !response.trailing_bytes;
+    let text = String::from_utf8(response.body).map_err(|_| "body is not UTF-8".to_string())?;
+    let value = json::decode(&text).map_err(|error| format!("invalid JSON: {error}"))?;
+    Ok(JsonAnswer {
+        text,
+        value,
+        reusable,
+    })
+}
+
+/// `/stats` before the run, asked on the connection [`reach`] opened (so a server with a
+/// connection limit of one still serves the run), which is handed back for the first worker
+/// when the server keeps it open.
+fn stats_before_run(
+    target: &Target,
+    mut stream: TcpStream,
+) -> Result<(ServerStats, Option<TcpStream>), ClientError> {
+    let fail = |reason: String| ClientError::Server {
+        request: "GET /stats".into(),
+        reason,
+    };
+    let answer = ask_json(&mut stream, target, "/stats", ADMIN_TIMEOUT, false).map_err(fail)?;
+    let stats = parse_server_stats(&answer.text, &answer.value).map_err(fail)?;
+    Ok((stats, answer.reusable.then_some(stream)))
+}
+
+/// `/stats` on a fresh connection.
+fn fetch_server_stats(target: &Target) -> Result<ServerStats, ClientError> {
+    let (text, value) = fetch_json_text(target, "/stats", ADMIN_TIMEOUT)?;
+    parse_server_stats(&text, &value).map_err(|reason| ClientError::Server {
+        request: "GET /stats".into(),
+        reason,
+    })
 }
 
 /// What `/stats` says about the fault plan.
@@ -1160,6 +1383,10 @@ pub struct ServerStats {
     pub seed: Option<u64>,
     /// Indexed by [`Outcome::index`], summing to 1.
     pub probabilities: [f64; Outcome::COUNT],
+    /// Requests the server has logged since it started.
+    pub total: Option<u64>,
+    /// Seconds since the server started.
+    pub uptime_seconds: Option<f64>,
 }
 
 /// Reads the seed and the outcome probabilities (or, failing those, the weights) from `/stats`;
@@ -1198,7 +1425,51 @@ pub fn parse_server_stats(text: &str, value: &Value) -> Result<ServerStats, Stri
     Ok(ServerStats {
         seed,
         probabilities,
+        total: value.get("total").and_then(Value::as_u64),
+        uptime_seconds: value
+            .get("uptime_seconds")
+            .and_then(Value::as_f64)
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0),
     })
+}
+
+/// Whether the server restarted between two `/stats` reads: a new seed, fewer requests logged,
+/// or an uptime that grew less than `between` (the client's time from the end of the first read
+/// to the start of the second, which the server's clock saw pass too) allows, with
+/// [`UPTIME_SLACK`]. The verdict reason naming the evidence, or `None`.
+pub fn restart_evidence(
+    before: &ServerStats,
+    after: &ServerStats,
+    between: Duration,
+) -> Option<String> {
+    let mut evidence = Vec::new();
+    if let (Some(first), Some(second)) = (before.seed, after.seed) {
+        if first != second {
+            evidence.push(format!("seed {first}, then {second}"));
+        }
+    }
+    if let (Some(first), Some(second)) = (before.total, after.total) {
+        if second < first {
+            evidence.push(format!("{first} requests logged, then {second}"));
+        }
+    }
+    if let (Some(first), Some(second)) = (before.uptime_seconds, after.uptime_seconds) {
+        let least = first + between.as_secs_f64() - UPTIME_SLACK.as_secs_f64();
+        if second < least {
+            evidence.push(format!(
+                "uptime {first:.1}s, then {second:.1}s after {}",
+                format_duration(between)
+            ));
+        }
+    }
+    if evidence.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "the server restarted during the run ({})",
+            evidence.join("; ")
+        ))
+    }
 }
 
 /// The seed's digits read from the text: JSON numbers decode to f64, which cannot hold every
@@ -1610,23 +1881,24 @@ pub fn is_outside_tolerance(row: &DistributionRow, total: u64, tolerance_points:
 }
 
 /// A text bar: `#` for the actual share, `|` where the expected share ends.
+///
+/// The marker goes between cells, not on one: on a cell it hid that cell, so a share one cell
+/// past the expected one drew the same bar as the expected share itself. So every cell of the
+/// actual share shows, and the bar is one character wider than [`BAR_WIDTH`] at most.
 pub fn bar(actual: f64, expected: f64) -> String {
-    let cells = |share: f64| ((share.clamp(0.0, 1.0) * BAR_WIDTH as f64).round()) as usize;
+    let cells = |share: f64| (share.clamp(0.0, 1.0) * BAR_WIDTH as f64).round() as usize;
     let filled = cells(actual);
-    let marker = cells(expected).min(BAR_WIDTH.saturating_sub(1));
-    (0..BAR_WIDTH)
-        .map(|cell| {
-            if cell == marker {
-                '|'
-            } else if cell < filled {
-                '#'
-            } else {
-                ' '
-            }
-        })
-        .collect::<String>()
-        .trim_end()
-        .to_string()
+    let marker = cells(expected);
+    let mut drawn = String::with_capacity(BAR_WIDTH + 1);
+    for cell in 0..=BAR_WIDTH {
+        if cell == marker {
+            drawn.push('|');
+        }
+        if cell < BAR_WIDTH {
+            drawn.push(if cell < filled { '#' } else { ' ' });
+        }
+    }
+    drawn.trim_end().to_string()
 }
 
 /// The ± half-width (percentage points) of the interval of the most frequent outcome, and how
@@ -1734,7 +2006,17 @@ pub struct Report {
     /// Wall time of sending: from starting the workers until the last attempt is classified.
     pub elapsed: Duration,
     pub latency: Vec<LatencyRow>,
+    /// Logical requests without a single attempt (the run stopped before them).
+    pub requests_never_sent: u64,
+    /// Why the run stopped before sending every request, when it did.
+    pub stopped: Option<StopCause>,
+    /// Pending retries given up when the run stopped.
+    pub retries_dropped: u64,
+    /// Empty (all zero) when the reconciliation was not done; see `reconciliation_not_done`.
     pub reconciliation: Reconciliation,
+    /// Why the attempts could not be checked against the server's log, when they could not.
+    pub reconciliation_not_done: Option<String>,
+    pub restart: Restart,
     pub dropped_by_server: u64,
     /// The server entries to show (already cut to `show_logs`).
     pub shown_entries: Vec<LogEntry>,
@@ -1744,16 +2026,96 @@ pub struct Report {
     pub verdict: Verdict,
 }
 
-/// Builds the report from the attempts, the server's stats and this run's entries.
-fn build_report(
-    options: &ClientOptions,
-    run_id: &str,
-    target: &str,
-    server: &ServerStats,
-    attempts: &[AttemptRecord],
-    fetched: &LogFetch,
+/// Whether the server restarted during the run, as its two `/stats` answers tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restart {
+    /// `/stats` after the run could not be read.
+    Unknown,
+    No,
+    /// The verdict reason, naming the evidence (see [`restart_evidence`]).
+    Yes(String),
+}
+
+/// What the server told about the run.
+#[derive(Debug, Clone)]
+struct ServerAccount {
+    /// `/stats` before the run: the weights the run is judged against, read from the server
+    /// that served its start.
+    stats: ServerStats,
+    restart: Restart,
+    /// This run's entries, or why they could not be read (the reconciliation is then not done).
+    log: Result<LogFetch, String>,
+}
+
+/// What the run did, for the report.
+#[derive(Debug)]
+struct RunRecord<'a> {
+    run_id: &'a str,
+    /// The address connected to.
+    target: &'a str,
+    sent: &'a Sent,
+    /// Wall time of sending.
     elapsed: Duration,
-) -> Report {
+}
+
+/// The per-request category of a request whose pending retry was given up when the run
+/// stopped early.
+pub const RETRY_DROPPED: &str = "retry dropped";
+
+/// The verdict reason of a run stopped early: `the server became unreachable: 12 connection
+/// attempts in a row failed (connection refused); 1,234 requests not sent`.
+fn unreachable_reason(cause: &StopCause, never_sent: u64, retries_dropped: u64) -> String {
+    let mut reason = format!(
+        "the server became unreachable: {} connection attempts in a row failed ({}); {} \
+         requests not sent",
+        group_thousands(cause.failures_in_a_row),
+        cause.failure,
+        group_thousands(never_sent)
+    );
+    if retries_dropped > 0 {
+        let _ = write!(
+            reason,
+            ", {} retries dropped",
+            group_thousands(retries_dropped)
+        );
+    }
+    reason
+}
+
+/// The verdict reason for attempts the server logged as `timeout` but closed before the
+/// client's timeout, so the client saw a transport error: those were draws, left out.
+fn hung_closed_reason(count: u64) -> String {
+    format!(
+        "{count} attempts were hung requests the server closed before --timeout (its --hang is \
+         shorter): the mix cannot be judged; raise the server's --hang or lower --timeout"
+    )
+}
+
+/// Mismatches where the client gave up but the server answered (`client timeout, server 200`):
+/// the answer came after the client's timeout.
+fn late_answers(mismatches: &[Mismatch]) -> usize {
+    mismatches
+        .iter()
+        .filter(|mismatch| {
+            mismatch.client == Outcome::Timeout.name()
+                && Outcome::from_name(&mismatch.server).is_some_and(|o| o.status().is_some())
+        })
+        .count()
+}
+
+/// Builds the report from the attempts, the server's stats and this run's entries.
+fn build_report(options: &ClientOptions, run: &RunRecord<'_>, account: &ServerAccount) -> Report {
+    let run_id = run.run_id;
+    let attempts = run.sent.attempts.as_slice();
+    let server = &account.stats;
+    let no_entries = LogFetch {
+        entries: Vec::new(),
+        dropped: 0,
+    };
+    let (fetched, reconciliation_not_done) = match &account.log {
+        Ok(fetched) => (fetched, None),
+        Err(reason) => (&no_entries, Some(reason.clone())),
+    };
     let mut attempt_counts = [0u64; Outcome::COUNT];
     let mut attempt_other = BTreeMap::new();
     let mut transport_details = BTreeMap::new();
@@ -1777,8 +2139,14 @@ fn build_report(
     }
     let mut request_counts = [0u64; Outcome::COUNT];
     let mut request_other = BTreeMap::new();
-    for outcome in finals.values() {
+    // A request whose retry was given up has no final outcome: its last attempt's would count
+    // as final a timeout that the theory expects to be retried.
+    let dropped: HashSet<u64> = run.sent.retries_dropped.iter().copied().collect();
+    for (request, outcome) in &finals {
         match outcome {
+            _ if dropped.contains(request) => {
+                *request_other.entry(RETRY_DROPPED.to_string()).or_insert(0) += 1
+            }
             AttemptOutcome::Server(outcome) => request_counts[outcome.index()] += 1,
             other => *request_other.entry(other.category()).or_insert(0) += 1,
         }
@@ -1791,7 +2159,11 @@ fn build_report(
     let request_rows = distribution(&request_counts, &final_probabilities);
     let fit = stats::goodness_of_fit(&attempt_counts, &server.probabilities);
     let q = retried_probability(&server.probabilities, &options.retry_on);
-    let reconciliation = reconcile(run_id, attempts, &fetched.entries);
+    // Without the log every answered attempt would look missing: nothing is reconciled.
+    let reconciliation = match reconciliation_not_done {
+        None => reconcile(run_id, attempts, &fetched.entries),
+        Some(_) => Reconciliation::default(),
+    };
     let tolerance_violations: Vec<Outcome> = match options.tolerance {
         Some(tolerance) => attempt_rows
             .iter()
@@ -1815,8 +2187,31 @@ fn build_report(
             &attempt_other,
         ));
     }
+    let requests = finals.len() as u64;
+    let requests_never_sent = options.count.saturating_sub(requests);
+    if let Some(cause) = &run.sent.stopped {
+        verdict_reasons.push(unreachable_reason(
+            cause,
+            requests_never_sent,
+            run.sent.retries_dropped.len() as u64,
+        ));
+    }
+    if let Some(reason) = &reconciliation_not_done {
+        verdict_reasons.push(format!("reconciliation not done ({reason})"));
+    }
+    if let Restart::Yes(reason) = &account.restart {
+        verdict_reasons.push(reason.clone());
+    }
     if !reconciliation.is_clean() {
         verdict_reasons.push("client and server logs disagree".to_string());
+    }
+    // Those attempts were draws (the server's log says `timeout`) that the client could only
+    // count as transport errors, so the tables lack them and cannot pass for the weights.
+    if let Some(&hung) = reconciliation
+        .transport_logged_outcomes
+        .get(Outcome::Timeout.name())
+    {
+        verdict_reasons.push(hung_closed_reason(hung));
     }
     if let Some(tolerance) = options.tolerance {
         for outcome in &tolerance_violations {
@@ -1831,10 +2226,9 @@ fn build_report(
     } else {
         Verdict::Fail
     };
-    let requests = finals.len() as u64;
     Report {
         run_id: run_id.to_string(),
-        target: target.to_string(),
+        target: run.target.to_string(),
         seed: server.seed,
         probabilities: server.probabilities,
         attempts: attempts.len() as u64,
@@ -1854,9 +2248,14 @@ fn build_report(
             0.0
         },
         expected_mean_attempts: expected_attempts_per_request(q, options.retries),
-        elapsed,
+        elapsed: run.elapsed,
         latency: latency_rows(attempts),
+        requests_never_sent,
+        stopped: run.sent.stopped,
+        retries_dropped: run.sent.retries_dropped.len() as u64,
         reconciliation,
+        reconciliation_not_done,
+        restart: account.restart.clone(),
         dropped_by_server: fetched.dropped,
         shown_entries: fetched.entries[fetched.entries.len() - shown..].to_vec(),
         tolerance_violations,
@@ -2115,6 +2514,13 @@ pub fn write_text_report(
         .map(|seed| seed.to_string())
         .unwrap_or_else(|| "unknown".into());
     writeln!(text, "  server seed {seed}, weights {}", weights.join(", "))?;
+    if let Some(cause) = &report.stopped {
+        writeln!(
+            text,
+            "  stopped early: {}",
+            unreachable_reason(cause, report.requests_never_sent, report.retries_dropped)
+        )?;
+    }
 
     if !report.shown_entries.is_empty() {
         writeln!(text)?;
@@ -2171,20 +2577,23 @@ pub fn write_text_report(
     }
 
     writeln!(text)?;
-    write_distribution(
-        text,
-        &format!(
-            "Per logical request (final outcome after up to {} retries): {} requests",
-            if options.retry_on.is_empty() {
-                0
-            } else {
-                options.retries
-            },
-            report.requests
-        ),
-        &report.request_rows,
-        &report.request_other,
-    )?;
+    let retries = if options.retry_on.is_empty() || options.retries == 0 {
+        "final outcome (no retries)".to_string()
+    } else {
+        format!("final outcome after up to {} retries", options.retries)
+    };
+    let mut title = format!(
+        "Per logical request ({retries}): {} requests",
+        report.requests
+    );
+    if report.requests_never_sent > 0 {
+        let _ = write!(
+            title,
+            ", {} more never sent",
+            group_thousands(report.requests_never_sent)
+        );
+    }
+    write_distribution(text, &title, &report.request_rows, &report.request_other)?;
     writeln!(
         text,
         "  mean attempts per request {:.3} (theory {:.3})",
@@ -2222,19 +2631,36 @@ pub fn write_text_report(
 
     let reconciliation = &report.reconciliation;
     writeln!(text)?;
-    writeln!(
-        text,
-        "Reconciliation: {} attempts, {} server entries",
-        report.attempts, reconciliation.server_entries
-    )?;
-    writeln!(
-        text,
-        "  matched {}, not sent {}, transport errors logged {} / not logged {}",
-        reconciliation.matched,
-        reconciliation.not_sent,
-        reconciliation.transport_logged,
-        reconciliation.transport_unlogged
-    )?;
+    match &report.reconciliation_not_done {
+        Some(reason) => writeln!(
+            text,
+            "Reconciliation: {} attempts, not done ({reason})",
+            report.attempts
+        )?,
+        None => {
+            writeln!(
+                text,
+                "Reconciliation: {} attempts, {} server entries",
+                report.attempts, reconciliation.server_entries
+            )?;
+            writeln!(
+                text,
+                "  matched {}, not sent {}, transport errors logged {} / not logged {}",
+                reconciliation.matched,
+                reconciliation.not_sent,
+                reconciliation.transport_logged,
+                reconciliation.transport_unlogged
+            )?;
+        }
+    }
+    if let Restart::Yes(reason) = &report.restart {
+        // Named here because it explains the entries missing below.
+        writeln!(
+            text,
+            "  note: {reason}: its log in memory started over, so attempts before the restart \
+             have no entry there"
+        )?;
+    }
     if !reconciliation.transport_logged_outcomes.is_empty() {
         let outcomes: Vec<String> = reconciliation
             .transport_logged_outcomes
@@ -2281,6 +2707,14 @@ pub fn write_text_report(
                 visible(&mismatch.request_id),
                 visible(&mismatch.client),
                 visible(&mismatch.server)
+            )?;
+        }
+        let late = late_answers(&reconciliation.mismatches);
+        if late > 0 {
+            writeln!(
+                text,
+                "  note: {late} attempts timed out here but the server answered them: the \
+                 answers came after --timeout (network delay or loss?): raise --timeout"
             )?;
         }
     }
@@ -2372,29 +2806,38 @@ fn milliseconds(duration: Duration) -> f64 {
 ///   `retry_on` (outcome names), `backoff_ms`, `max_backoff_ms`, `interval_ms`,
 ///   `tolerance_points` (number or null).
 /// - `server`: `seed` (number or null) and `probabilities` (outcome name → probability, from
-///   `/stats`).
+///   `/stats` before the run), `restarted` (whether `/stats` after the run says the server
+///   restarted meanwhile; null when it could not be read).
 /// - `attempts`: `total`, `counts` (outcome name → count), `other` (category → count, for other
 ///   statuses like `status 404` and transport errors like `connection refused`), `draws` (the
 ///   attempts that are outcomes), `rows` (see below), `chi_square` (`statistic`,
 ///   `degrees_of_freedom`, `p_value`, `method`), `consistent` (p-value ≥ 0.05 and at least
 ///   one draw; false without a draw, whose chi-square is a trivial 0 with p-value 1),
 ///   `precision_points` (± half-width of the largest outcome's interval, or null).
-/// - `requests`: `total`, `counts`, `other` (final outcomes), `draws`, `rows` (expected from the
-///   retry theory), `mean_attempts`, `expected_mean_attempts`.
+/// - `requests`: `total` (requests with an attempt), `never_sent` (without one: the run stopped
+///   early), `counts`, `other` (final outcomes; `retry dropped` for a request whose retry the
+///   early stop gave up), `draws`, `rows` (expected from the retry theory), `mean_attempts`,
+///   `expected_mean_attempts`.
 /// - rows are objects: `outcome`, `expected_probability`, `expected_count`, `actual_count`,
 ///   `actual_proportion`, `interval_low`, `interval_high` (95% Wilson interval, proportions).
 /// - `latency_ms`: array of `category`, `count`, `p50`, `p90`, `p99`.
 /// - `elapsed_seconds` (wall time of all attempts, backoffs included), `attempts_per_second`.
+/// - `stopped_early`: null, or, when the server became unreachable mid-run,
+///   `failures_in_a_row`, `failure` (`connection refused` or `connect timeout`),
+///   `requests_not_sent`, `retries_dropped`.
 /// - `reconciliation`: `server_entries`, `matched`, `not_sent`, `transport_logged`,
 ///   `transport_unlogged`, `transport_logged_outcomes` (server outcome → count for the logged
 ///   transport errors), `missing_on_server`, `unknown_to_client`, `duplicates` (arrays of
 ///   request ids), `mismatches` (array of `request_id`, `client`, `server`), `dropped_by_server`,
-///   `clean` (bool).
+///   `clean` (bool; false when not done), `done` (bool: the log could be read after the run),
+///   `not_done_because` (why not, or null).
 /// - `logs`: the shown server entries: `id`, `time`, `client_ip`, `outcome`, `status` (or null),
 ///   `request_id` (or null).
 /// - `tolerance_violations`: outcome names whose interval lies outside expected ± tolerance.
 /// - `verdict_reasons`: why the verdict failed, one line each as in the text report (nothing
-///   to judge without a draw, logs that disagree, tolerance violations); empty on a pass.
+///   to judge without a draw, a server that became unreachable, a reconciliation not done, a
+///   restart, logs that disagree, hung requests closed by the server, tolerance violations);
+///   empty on a pass.
 /// - `verdict`: `pass` or `fail`.
 pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut String) {
     let mut document = ObjectWriter::new(out);
@@ -2440,6 +2883,11 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
             }
             probabilities.finish();
         }
+        match &report.restart {
+            Restart::Unknown => server.null("restarted"),
+            Restart::No => server.bool("restarted", false),
+            Restart::Yes(_) => server.bool("restarted", true),
+        };
         server.finish();
     }
     {
@@ -2469,7 +2917,9 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
     }
     {
         let mut requests = ObjectWriter::new(document.key("requests"));
-        requests.u64("total", report.requests);
+        requests
+            .u64("total", report.requests)
+            .u64("never_sent", report.requests_never_sent);
         write_outcome_counts(requests.key("counts"), &report.request_rows);
         write_count_object(requests.key("other"), &report.request_other);
         requests.u64("draws", report.request_draws);
@@ -2502,6 +2952,20 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
             0.0
         },
     );
+    match &report.stopped {
+        Some(cause) => {
+            let mut stopped = ObjectWriter::new(document.key("stopped_early"));
+            stopped
+                .u64("failures_in_a_row", cause.failures_in_a_row)
+                .string("failure", cause.failure)
+                .u64("requests_not_sent", report.requests_never_sent)
+                .u64("retries_dropped", report.retries_dropped);
+            stopped.finish();
+        }
+        None => {
+            document.null("stopped_early");
+        }
+    }
     {
         let reconciliation = &report.reconciliation;
         let mut object = ObjectWriter::new(document.key("reconciliation"));
@@ -2535,9 +2999,15 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
             }
             mismatches.finish();
         }
+        let done = report.reconciliation_not_done.is_none();
         object
             .u64("dropped_by_server", report.dropped_by_server)
-            .bool("clean", reconciliation.is_clean());
+            .bool("clean", done && reconciliation.is_clean())
+            .bool("done", done)
+            .optional_string(
+                "not_done_because",
+                report.reconciliation_not_done.as_deref(),
+            );
         object.finish();
     }
     {
@@ -2587,33 +3057,57 @@ fn run_with(
     page_limit: u64,
 ) -> Result<Verdict, ClientError> {
     let (target, first_connection) = reach(&options.host, options.port, options.timeout)?;
+    // Read before the run too, so that a server lost or restarted meanwhile still leaves the
+    // weights to judge the attempts by, and a restart shows as a changed seed or uptime.
+    let (before, first_connection) = stats_before_run(&target, first_connection)?;
+    let before_read = Instant::now();
     let run_id = fresh_run_id();
     let started = Instant::now();
-    let attempts = send_all(options, &target, &run_id, first_connection);
+    let sent = send_all(options, &target, &run_id, first_connection);
     let elapsed = started.elapsed();
-    let (stats_text, stats_value) = fetch_json_text(&target, "/stats", ADMIN_TIMEOUT)?;
-    let server =
-        parse_server_stats(&stats_text, &stats_value).map_err(|reason| ClientError::Server {
-            request: "GET /stats".into(),
-            reason,
-        })?;
-    let fetched = fetch_run_entries(
-        &target,
-        &format!("{run_id}-"),
-        page_limit,
-        MAX_LOG_PAGES,
-        (attempts.len() as u64, EXTRA_RUN_ENTRIES),
-        ADMIN_TIMEOUT,
-    )?;
-    let report = build_report(
-        options,
-        &run_id,
-        &target.address.to_string(),
-        &server,
-        &attempts,
-        &fetched,
+    let between = before_read.elapsed();
+    // From here on a failure costs the reconciliation, not the report: the attempts are what
+    // the user ran for, and a server gone mid-run is exactly when they are needed.
+    let not_done = |error: ClientError| match error {
+        ClientError::Server { request, reason } => {
+            format!("{request} after the run failed: {reason}")
+        }
+        other => other.to_string(),
+    };
+    let (restart, log) = match fetch_server_stats(&target) {
+        Ok(after) => {
+            let restart = match restart_evidence(&before, &after, between) {
+                Some(reason) => Restart::Yes(reason),
+                None => Restart::No,
+            };
+            let log = fetch_run_entries(
+                &target,
+                &format!("{run_id}-"),
+                page_limit,
+                MAX_LOG_PAGES,
+                (sent.attempts.len() as u64, EXTRA_RUN_ENTRIES),
+                ADMIN_TIMEOUT,
+            )
+            .map_err(not_done);
+            (restart, log)
+        }
+        // The log is not asked for: a server that cannot answer /stats will not page its log,
+        // and each try could cost another ADMIN_TIMEOUT.
+        Err(error) => (Restart::Unknown, Err(not_done(error))),
+    };
+    let target_text = target.address.to_string();
+    let run = RunRecord {
+        run_id: &run_id,
+        target: &target_text,
+        sent: &sent,
         elapsed,
-    );
+    };
+    let account = ServerAccount {
+        stats: before,
+        restart,
+        log,
+    };
+    let report = build_report(options, &run, &account);
     let mut text = String::new();
     if options.json {
         write_json_report(&report, options, &mut text);
@@ -2742,17 +3236,54 @@ mod tests {
     }
 
     #[test]
-    fn host_header_brackets_ipv6() {
+    fn host_header_brackets_ipv6_and_leaves_out_a_zone_id() {
         let cases = [
             ("127.0.0.1", 8080, "127.0.0.1:8080"),
             ("localhost", 80, "localhost:80"),
             ("::1", 8080, "[::1]:8080"),
             ("[::1]", 8080, "[::1]:8080"),
             ("fe80::1", 1, "[fe80::1]:1"),
+            // A zone id is this machine's business: a raw '%' makes a strict server say 400.
+            ("fe80::1%eth0", 8080, "[fe80::1]:8080"),
+            ("[fe80::1%eth0]", 8080, "[fe80::1]:8080"),
+            ("fe80::a:b%2", 80, "[fe80::a:b]:80"),
         ];
         for (host, port, expected) in cases {
             assert_eq!(host_header(host, port), expected);
         }
+    }
+
+    #[test]
+    fn an_unreachable_server_gets_a_hint_by_the_kind_of_failure() {
+        let remote = SocketAddr::from(([192, 0, 2, 10], 8080));
+        let link_local: SocketAddr = "[fe80::1]:8080".parse().unwrap();
+        let refused = unreachable_hint(&io::ErrorKind::ConnectionRefused.into(), &remote);
+        assert_eq!(
+            refused,
+            Some(
+                "is a server running on that port, and listening on this address? \
+                 (a server on another machine needs 'serve --host 0.0.0.0')"
+            )
+        );
+        let silent = Some("no answer: a wrong address, or a firewall dropping packets?");
+        for kind in [io::ErrorKind::TimedOut, io::ErrorKind::WouldBlock] {
+            assert_eq!(unreachable_hint(&kind.into(), &remote), silent, "{kind:?}");
+        }
+        let invalid = io::Error::from(io::ErrorKind::InvalidInput);
+        assert!(unreachable_hint(&invalid, &link_local)
+            .is_some_and(|hint| hint.contains("fe80::1%eth0")));
+        assert_eq!(unreachable_hint(&invalid, &remote), None);
+        // The hint is the second line under main's `unreliable: error: `.
+        let error = ClientError::Unreachable {
+            address: remote.to_string(),
+            reason: "timed out".into(),
+            hint: silent,
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot reach 192.0.2.10:8080: timed out\n\
+             hint: no answer: a wrong address, or a firewall dropping packets?"
+        );
     }
 
     #[test]
@@ -3224,16 +3755,41 @@ mod tests {
     // ---- rendering ---------------------------------------------------------------------------
 
     #[test]
-    fn bars_are_bar_width_and_mark_the_expectation() {
-        let full = bar(1.0, 0.5);
-        assert_eq!(full.chars().count(), BAR_WIDTH);
-        assert_eq!(full.chars().nth(BAR_WIDTH / 2), Some('|'));
-        assert_eq!(bar(0.0, 0.25), format!("{}|", " ".repeat(BAR_WIDTH / 4)));
-        assert_eq!(
-            bar(0.1, 0.0),
-            format!("|{}", "#".repeat(BAR_WIDTH / 10 - 1))
-        );
-        assert_eq!(bar(2.0, 2.0).chars().count(), BAR_WIDTH);
+    fn bars_show_every_cell_of_the_actual_share_with_the_marker_between_cells() {
+        let cases = [
+            // The audit's case: 10.0% and 13.4% against 10% drew the same `####|`.
+            (0.100, 0.1, "####|".to_string()),
+            (0.134, 0.1, "####|#".to_string()),
+            (0.05, 0.1, "##  |".to_string()),
+            (0.0, 0.25, format!("{}|", " ".repeat(BAR_WIDTH / 4))),
+            (0.1, 0.0, format!("|{}", "#".repeat(BAR_WIDTH / 10))),
+            (
+                1.0,
+                0.5,
+                format!(
+                    "{}|{}",
+                    "#".repeat(BAR_WIDTH / 2),
+                    "#".repeat(BAR_WIDTH / 2)
+                ),
+            ),
+            (1.0, 1.0, format!("{}|", "#".repeat(BAR_WIDTH))),
+            (2.0, 2.0, format!("{}|", "#".repeat(BAR_WIDTH))),
+            (f64::NAN, 0.5, format!("{}|", " ".repeat(BAR_WIDTH / 2))),
+        ];
+        for (actual, expected, drawn) in cases {
+            assert_eq!(bar(actual, expected), drawn, "{actual} against {expected}");
+        }
+        // Whatever the expectation, each cell of the actual share shows: bars one cell apart
+        // differ, and there is exactly one marker.
+        for marker in 0..=BAR_WIDTH {
+            let expected = marker as f64 / BAR_WIDTH as f64;
+            for filled in 0..=BAR_WIDTH {
+                let drawn = bar(filled as f64 / BAR_WIDTH as f64, expected);
+                assert_eq!(drawn.matches('#').count(), filled, "{drawn:?}");
+                assert_eq!(drawn.matches('|').count(), 1, "{drawn:?}");
+                assert!(drawn.chars().count() <= BAR_WIDTH + 1, "{drawn:?}");
+            }
+        }
     }
 
     #[test]
@@ -3473,29 +4029,59 @@ mod tests {
             .collect()
     }
 
-    /// The report of run `feed0123` against a server with the owner's weights.
+    /// `/stats` of a server with the owner's weights and seed 123.
+    fn owner_stats() -> ServerStats {
+        ServerStats {
+            seed: Some(123),
+            probabilities: OWNER,
+            total: Some(0),
+            uptime_seconds: Some(1.0),
+        }
+    }
+
+    /// What sending made of these attempts, without an early stop.
+    fn sent_of(attempts: &[AttemptRecord]) -> Sent {
+        Sent {
+            attempts: attempts.to_vec(),
+            stopped: None,
+            retries_dropped: Vec::new(),
+        }
+    }
+
+    /// The report of run `feed0123` of `options.count` requests against this account.
+    fn report_from(options: &ClientOptions, sent: &Sent, account: &ServerAccount) -> Report {
+        let run = RunRecord {
+            run_id: "feed0123",
+            target: "127.0.0.1:8080",
+            sent,
+            elapsed: Duration::from_secs(2),
+        };
+        build_report(options, &run, account)
+    }
+
+    /// The report of run `feed0123` against a server with the owner's weights that logged
+    /// `entries` and did not restart.
     fn report_of(
         options: &ClientOptions,
         attempts: &[AttemptRecord],
         entries: Vec<LogEntry>,
     ) -> Report {
-        let server = ServerStats {
-            seed: Some(123),
-            probabilities: OWNER,
+        let account = ServerAccount {
+            stats: owner_stats(),
+            restart: Restart::No,
+            log: Ok(LogFetch {
+                entries,
+                dropped: 0,
+            }),
         };
-        let fetched = LogFetch {
-            entries,
-            dropped: 0,
+        let sent = sent_of(attempts);
+        // Every request of the attempts, and no more, as a run that was not stopped.
+        let requests = attempts.iter().map(|a| a.request).max().unwrap_or(0);
+        let options = ClientOptions {
+            count: requests,
+            ..options.clone()
         };
-        build_report(
-            options,
-            "feed0123",
-            "127.0.0.1:8080",
-            &server,
-            attempts,
-            &fetched,
-            Duration::from_secs(2),
-        )
+        report_from(&options, &sent, &account)
     }
 
     #[test]
@@ -3662,6 +4248,184 @@ mod tests {
     }
 
     #[test]
+    fn hung_requests_the_server_closed_first_fail_the_verdict() {
+        use AttemptOutcome::{Server, Transport};
+        // Two more requests that hung on the server, which closed them before the client's
+        // timeout and logged them as timeouts: draws the tables could not count.
+        let mut attempts = synthetic_attempts();
+        for request in [101, 102] {
+            let closed = Transport(TransportError::ClosedBeforeResponse);
+            attempts.push(attempt(request, 1, closed, true));
+            attempts.push(attempt(request, 2, Server(Outcome::Balance), true));
+        }
+        let mut entries = faithful_entries(&attempts);
+        for entry in &mut entries {
+            if matches!(
+                entry.request_id.as_deref(),
+                Some("feed0123-101-1" | "feed0123-102-1")
+            ) {
+                entry.outcome = "timeout".into();
+                entry.status = None;
+            }
+        }
+        let options = ClientOptions::default();
+        let report = report_of(&options, &attempts, entries);
+        assert!(
+            report.reconciliation.is_clean(),
+            "{:?}",
+            report.reconciliation
+        );
+        let reason = "2 attempts were hung requests the server closed before --timeout (its \
+                      --hang is shorter): the mix cannot be judged; raise the server's --hang \
+                      or lower --timeout";
+        assert_eq!(report.verdict, Verdict::Fail);
+        assert_eq!(report.verdict_reasons, [reason]);
+        let mut text = String::new();
+        write_text_report(&report, &options, &mut text).unwrap();
+        assert!(
+            text.contains(&format!("verdict: FAIL ({reason})")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn timeouts_the_server_answered_get_a_note_to_raise_the_timeout() {
+        use AttemptOutcome::Server;
+        let attempts = [
+            attempt(1, 1, Server(Outcome::Timeout), true),
+            attempt(2, 1, Server(Outcome::Timeout), true),
+            attempt(3, 1, Server(Outcome::Timeout), true),
+            attempt(4, 1, Server(Outcome::ServerError), true),
+        ];
+        // The server answered two of the client's timeouts (late), logged the third as a
+        // timeout too, and the 500 as a 200: that one is no late answer.
+        let entries = vec![
+            entry(1, Some("feed0123-1-1"), "200"),
+            entry(2, Some("feed0123-2-1"), "403"),
+            entry(3, Some("feed0123-3-1"), "timeout"),
+            entry(4, Some("feed0123-4-1"), "200"),
+        ];
+        let options = ClientOptions::default();
+        let report = report_of(&options, &attempts, entries);
+        assert_eq!(late_answers(&report.reconciliation.mismatches), 2);
+        let mut text = String::new();
+        write_text_report(&report, &options, &mut text).unwrap();
+        assert!(
+            text.contains(
+                "\n  note: 2 attempts timed out here but the server answered them: the answers \
+                 came after --timeout (network delay or loss?): raise --timeout\n"
+            ),
+            "{text}"
+        );
+        let faithful = synthetic_report(&options);
+        let mut text = String::new();
+        write_text_report(&faithful, &options, &mut text).unwrap();
+        assert!(!text.contains("timed out here"), "{text}");
+    }
+
+    #[test]
+    fn the_request_table_says_no_retries_when_there_are_none() {
+        let cases = [
+            (
+                vec![],
+                3,
+                "Per logical request (final outcome (no retries)): 100 requests",
+            ),
+            (
+                vec![Outcome::Timeout],
+                0,
+                "Per logical request (final outcome (no retries)): 100 requests",
+            ),
+            (
+                vec![Outcome::Timeout],
+                3,
+                "Per logical request (final outcome after up to 3 retries): 100 requests",
+            ),
+        ];
+        for (retry_on, retries, title) in cases {
+            let options = ClientOptions {
+                retry_on,
+                retries,
+                ..ClientOptions::default()
+            };
+            let mut text = String::new();
+            write_text_report(&synthetic_report(&options), &options, &mut text).unwrap();
+            assert!(
+                text.contains(&format!("\n{title}\n")),
+                "no {title:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_shows_in_the_seed_the_requests_logged_or_the_uptime() {
+        let before = owner_stats();
+        let stats = |seed, total, uptime| ServerStats {
+            seed: Some(seed),
+            total: Some(total),
+            uptime_seconds: Some(uptime),
+            ..owner_stats()
+        };
+        let before = ServerStats {
+            total: Some(50),
+            uptime_seconds: Some(100.0),
+            ..before
+        };
+        let minute = Duration::from_secs(60);
+        let restarted =
+            |evidence: &str| Some(format!("the server restarted during the run ({evidence})"));
+        let cases = [
+            // The same server a minute on, within the slack or well past it.
+            (stats(123, 80, 160.0), None),
+            (stats(123, 50, 159.5), None),
+            (stats(123, 50, 1e6), None),
+            (stats(124, 80, 160.0), restarted("seed 123, then 124")),
+            (
+                stats(123, 3, 160.0),
+                restarted("50 requests logged, then 3"),
+            ),
+            (
+                stats(123, 80, 20.0),
+                restarted("uptime 100.0s, then 20.0s after 60s"),
+            ),
+            // A young server restarted with the same seed: the uptime grew, but too little.
+            (
+                stats(123, 80, 130.0),
+                restarted("uptime 100.0s, then 130.0s after 60s"),
+            ),
+            (
+                stats(9, 1, 2.0),
+                restarted(
+                    "seed 123, then 9; 50 requests logged, then 1; uptime 100.0s, then 2.0s \
+                     after 60s",
+                ),
+            ),
+        ];
+        for (after, expected) in cases {
+            assert_eq!(
+                restart_evidence(&before, &after, minute),
+                expected,
+                "{after:?}"
+            );
+        }
+        // What a server does not say proves nothing.
+        let silent = ServerStats {
+            seed: None,
+            total: None,
+            uptime_seconds: None,
+            ..owner_stats()
+        };
+        assert_eq!(restart_evidence(&before, &silent, minute), None);
+        assert_eq!(restart_evidence(&silent, &stats(1, 0, 0.0), minute), None);
+        let text = r#"{"seed":7,"total":12,"uptime_seconds":3.25,"weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        let parsed = parse_server_stats(text, &json::decode(text).unwrap()).unwrap();
+        assert_eq!(
+            (parsed.total, parsed.uptime_seconds),
+            (Some(12), Some(3.25))
+        );
+    }
+
+    #[test]
     fn json_report_is_valid_json_with_the_documented_fields() {
         let options = ClientOptions::default();
         let report = synthetic_report(&options);
@@ -3794,18 +4558,44 @@ mod tests {
         request_id: Option<String>,
     }
 
-    struct FakeState {
+    /// How a fake server behaves besides its script.
+    #[derive(Default)]
+    struct FakeConfig {
         script: Vec<&'static str>,
         unlogged: Vec<u64>,
         /// Requests logged twice, the second time under this id with "-x" appended too (an
         /// entry the client never sent).
         logged_twice: Vec<u64>,
+        /// `/stats` bodies answered in turn, the last one repeated ([`FAKE_STATS`] if none).
+        stats: Vec<String>,
+        /// The server dies after this many `/getbalance` answers: it closes every connection
+        /// after its answer, stops listening before the last answer goes out (so every later
+        /// connect is refused), and answers nothing more.
+        dies_after: Option<u64>,
+        /// `/getlogs` answers 500.
+        broken_logs: bool,
+    }
+
+    const FAKE_STATS: &str = r#"{"seed":99,"weights":{"timeout":1,"403":1,"500":1,"200":1},"probabilities":{"timeout":0.25,"403":0.25,"500":0.25,"200":0.25}}"#;
+
+    struct FakeState {
+        config: FakeConfig,
+        address: SocketAddr,
         next_id: Mutex<u64>,
+        stats_served: Mutex<usize>,
         entries: Mutex<Vec<FakeEntry>>,
+        /// Set when the server is to stop listening; the accept loop then drops its listener
+        /// and says so through `closed`.
+        dying: AtomicBool,
+        closed: (Mutex<bool>, std::sync::Condvar),
     }
 
     fn start_fake(script: Vec<&'static str>, unlogged: Vec<u64>) -> FakeServer {
-        start_fake_logging_twice(script, unlogged, Vec::new())
+        start_fake_with(FakeConfig {
+            script,
+            unlogged,
+            ..FakeConfig::default()
+        })
     }
 
     fn start_fake_logging_twice(
@@ -3813,23 +4603,56 @@ mod tests {
         unlogged: Vec<u64>,
         logged_twice: Vec<u64>,
     ) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(FakeState {
+        start_fake_with(FakeConfig {
             script,
             unlogged,
             logged_twice,
+            ..FakeConfig::default()
+        })
+    }
+
+    fn start_fake_with(config: FakeConfig) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let state = Arc::new(FakeState {
+            config,
+            address,
             next_id: Mutex::new(0),
+            stats_served: Mutex::new(0),
             entries: Mutex::new(Vec::new()),
+            dying: AtomicBool::new(false),
+            closed: (Mutex::new(false), std::sync::Condvar::new()),
         });
         std::thread::spawn(move || {
             for stream in listener.incoming() {
+                // The connection that woke the loop up to die, or one that came just before.
+                if state.dying.load(Ordering::SeqCst) {
+                    break;
+                }
                 let Ok(stream) = stream else { return };
                 let state = Arc::clone(&state);
                 std::thread::spawn(move || serve_fake(stream, &state));
             }
+            drop(listener);
+            let (closed, signal) = &state.closed;
+            *closed.lock().unwrap() = true;
+            signal.notify_all();
         });
-        FakeServer { port }
+        FakeServer {
+            port: address.port(),
+        }
+    }
+
+    /// Stops the fake's listener and returns once it is closed.
+    fn stop_listening(state: &FakeState) {
+        state.dying.store(true, Ordering::SeqCst);
+        // The accept loop sleeps in accept: a connection wakes it.
+        let _ = TcpStream::connect(state.address);
+        let (closed, signal) = &state.closed;
+        let mut is_closed = closed.lock().unwrap();
+        while !*is_closed {
+            is_closed = signal.wait(is_closed).unwrap();
+        }
     }
 
     fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<String> {
@@ -3873,10 +4696,17 @@ mod tests {
                         *next += 1;
                         *next
                     };
-                    let outcome = state.script[(id as usize - 1) % state.script.len()];
-                    if !state.unlogged.contains(&id) {
+                    let config = &state.config;
+                    match config.dies_after {
+                        // Dead already: a connection accepted just before gets no answer.
+                        Some(last) if id > last => return,
+                        Some(last) if id == last => stop_listening(state),
+                        _ => {}
+                    }
+                    let outcome = config.script[(id as usize - 1) % config.script.len()];
+                    if !config.unlogged.contains(&id) {
                         let mut entries = state.entries.lock().unwrap();
-                        let twice = state.logged_twice.contains(&id);
+                        let twice = config.logged_twice.contains(&id);
                         entries.push(FakeEntry {
                             id,
                             outcome,
@@ -3900,14 +4730,33 @@ mod tests {
                         while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
                         return;
                     }
+                    if config.dies_after.is_some() {
+                        let reply = format!(
+                            "HTTP/1.1 {outcome} Fake\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+                        );
+                        let _ = stream.write_all(reply.as_bytes());
+                        return;
+                    }
                     format!("HTTP/1.1 {outcome} Fake\r\nContent-Length: 5\r\n\r\nhello")
                 }
                 "/stats" => {
-                    let body = r#"{"seed":99,"weights":{"timeout":1,"403":1,"500":1,"200":1},"probabilities":{"timeout":0.25,"403":0.25,"500":0.25,"200":0.25}}"#;
+                    let body = {
+                        let mut served = state.stats_served.lock().unwrap();
+                        *served += 1;
+                        let bodies = &state.config.stats;
+                        match bodies.get(*served - 1).or(bodies.last()) {
+                            Some(body) => body.clone(),
+                            None => FAKE_STATS.to_string(),
+                        }
+                    };
                     format!(
                         "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
                     )
+                }
+                "/getlogs" if state.config.broken_logs => {
+                    "HTTP/1.1 500 Broken\r\nServer: unreliable/test\r\nContent-Length: 0\r\n\r\n"
+                        .to_string()
                 }
                 "/getlogs" => fake_logs(state, query),
                 _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
@@ -4294,6 +5143,320 @@ mod tests {
         }
     }
 
+    /// The report of a run against `fake`, as text or decoded JSON.
+    fn run_report(options: &ClientOptions) -> (Verdict, String) {
+        let mut out = Vec::new();
+        let verdict = run(options, &mut out).unwrap();
+        (verdict, String::from_utf8(out).unwrap())
+    }
+
+    fn reasons_of(value: &Value) -> Vec<String> {
+        let reasons = value
+            .get("verdict_reasons")
+            .and_then(Value::as_array)
+            .unwrap();
+        reasons
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn number_in(value: &Value, path: &[&str]) -> Option<u64> {
+        path.iter()
+            .try_fold(value, |value, key| value.get(key))
+            .and_then(Value::as_u64)
+    }
+
+    #[test]
+    fn a_server_lost_mid_run_still_gets_the_full_report_and_fails() {
+        // Three answers, then the server is gone: the last three requests are refused, and so
+        // is `/stats` after the run. Before, that `/stats` ended the run with one error line.
+        let dying = || {
+            start_fake_with(FakeConfig {
+                script: vec!["200", "403", "500"],
+                dies_after: Some(3),
+                ..FakeConfig::default()
+            })
+        };
+        let options = |port, json| ClientOptions {
+            concurrency: 1,
+            retry_on: Vec::new(),
+            json,
+            ..fake_options(port, 6)
+        };
+        let reason =
+            "reconciliation not done (GET /stats after the run failed: connection refused)";
+
+        let (verdict, text) = run_report(&options(dying().port, false));
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        for expected in [
+            "server seed 99, weights timeout 25.0%",
+            "Per attempt (each attempt is one draw): 6 attempts, 3 draws\n",
+            "\n  connection refused                  3  (not a draw from the weights)\n",
+            "\nReconciliation: 6 attempts, not done (GET /stats after the run failed: connection \
+             refused)\n",
+            &format!("\nverdict: FAIL ({reason})\n"),
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("stopped early"), "{text}");
+
+        let (verdict, text) = run_report(&options(dying().port, true));
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        assert_eq!(reasons_of(&value), [reason]);
+        assert_eq!(number_in(&value, &["attempts", "total"]), Some(6));
+        assert_eq!(number_in(&value, &["attempts", "draws"]), Some(3));
+        assert_eq!(
+            number_in(&value, &["attempts", "other", "connection refused"]),
+            Some(3)
+        );
+        assert_eq!(number_in(&value, &["requests", "never_sent"]), Some(0));
+        assert_eq!(number_in(&value, &["server", "seed"]), Some(99));
+        assert_eq!(value.get("stopped_early"), Some(&Value::Null));
+        let server = value.get("server").unwrap();
+        assert_eq!(server.get("restarted"), Some(&Value::Null));
+        let reconciliation = value.get("reconciliation").unwrap();
+        assert_eq!(reconciliation.get("done"), Some(&Value::Bool(false)));
+        assert_eq!(reconciliation.get("clean"), Some(&Value::Bool(false)));
+        assert_eq!(
+            reconciliation
+                .get("not_done_because")
+                .and_then(Value::as_str),
+            Some("GET /stats after the run failed: connection refused")
+        );
+    }
+
+    #[test]
+    fn the_unreachable_streak_grows_with_the_workers_from_a_floor() {
+        let cases = [(1, 10), (2, 10), (3, 10), (4, 12), (64, 192), (1024, 3072)];
+        for (workers, streak) in cases {
+            assert_eq!(unreachable_streak(workers), streak, "{workers} workers");
+        }
+        assert_eq!(unreachable_streak(usize::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn an_early_stop_counts_requests_never_sent_and_retries_dropped_apart() {
+        use AttemptOutcome::{Server, Transport};
+        let refused = || Transport(TransportError::ConnectionRefused);
+        // Of 10 requests: one answered, one timed out and its retry was dropped, one refused
+        // twice, and seven never started.
+        let sent = Sent {
+            attempts: vec![
+                attempt(1, 1, Server(Outcome::Balance), true),
+                attempt(2, 1, Server(Outcome::Timeout), true),
+                attempt(3, 1, refused(), false),
+                attempt(3, 2, refused(), false),
+            ],
+            stopped: Some(StopCause {
+                failures_in_a_row: 10,
+                failure: "connection refused",
+            }),
+            retries_dropped: vec![2],
+        };
+        let account = ServerAccount {
+            stats: owner_stats(),
+            restart: Restart::Unknown,
+            log: Err("GET /stats after the run failed: connection refused".into()),
+        };
+        let options = ClientOptions {
+            count: 10,
+            ..ClientOptions::default()
+        };
+        let report = report_from(&options, &sent, &account);
+        assert_eq!((report.requests, report.requests_never_sent), (3, 7));
+        assert_eq!(report.request_draws, 1);
+        assert_eq!(
+            report.request_rows[Outcome::Timeout.index()].actual_count,
+            0
+        );
+        assert_eq!(
+            report.request_other,
+            BTreeMap::from([
+                ("connection refused".to_string(), 1),
+                (RETRY_DROPPED.to_string(), 1)
+            ])
+        );
+        // Attempts are all counted, the dropped retry's timeout among the draws.
+        assert_eq!((report.attempts, report.attempt_draws), (4, 2));
+        let unreachable = "the server became unreachable: 10 connection attempts in a row \
+                           failed (connection refused); 7 requests not sent, 1 retries dropped";
+        assert_eq!(
+            report.verdict_reasons,
+            [
+                unreachable,
+                "reconciliation not done (GET /stats after the run failed: connection refused)"
+            ]
+        );
+        let mut text = String::new();
+        write_text_report(&report, &options, &mut text).unwrap();
+        for expected in [
+            format!("\n  stopped early: {unreachable}\n"),
+            "\nPer logical request (final outcome after up to 3 retries): 3 requests, 7 more \
+             never sent\n"
+                .to_string(),
+            format!(
+                "\n  {RETRY_DROPPED:<28} {:>8}  (not a draw from the weights)\n",
+                1
+            ),
+        ] {
+            assert!(text.contains(&expected), "no {expected:?} in\n{text}");
+        }
+        let mut json_text = String::new();
+        write_json_report(&report, &options, &mut json_text);
+        let value = json::decode(&json_text).unwrap();
+        let stopped = value.get("stopped_early").unwrap();
+        for (key, expected) in [
+            ("failures_in_a_row", 10),
+            ("requests_not_sent", 7),
+            ("retries_dropped", 1),
+        ] {
+            assert_eq!(number_in(stopped, &[key]), Some(expected), "{key}");
+        }
+        assert_eq!(number_in(&value, &["requests", "never_sent"]), Some(7));
+    }
+
+    #[test]
+    fn a_server_gone_for_good_stops_the_run_early() {
+        // Before, the client tried every one of the 10,000 requests three times and then gave
+        // up without a report. One worker, so that the order of the attempts is fixed: three
+        // answers, then refusals only (with more workers, one refused while another's answer
+        // is still on its way starts the count again).
+        let count = 10_000;
+        let dying = || {
+            start_fake_with(FakeConfig {
+                script: vec!["200"],
+                dies_after: Some(3),
+                ..FakeConfig::default()
+            })
+        };
+        let bound = unreachable_streak(1);
+        let options = |port, json| ClientOptions {
+            concurrency: 1,
+            json,
+            ..fake_options(port, count)
+        };
+        let (verdict, text) = run_report(&options(dying().port, true));
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        let stopped = value.get("stopped_early").unwrap();
+        assert_eq!(number_in(stopped, &["failures_in_a_row"]), Some(bound));
+        assert_eq!(
+            stopped.get("failure").and_then(Value::as_str),
+            Some("connection refused")
+        );
+        assert_eq!(number_in(&value, &["attempts", "total"]), Some(3 + bound));
+        assert_eq!(
+            number_in(&value, &["attempts", "other", "connection refused"]),
+            Some(bound)
+        );
+        // Requests never started are not requests with an outcome; the two add up to --count.
+        let requests = number_in(&value, &["requests", "total"]).unwrap();
+        let never_sent = number_in(&value, &["requests", "never_sent"]).unwrap();
+        assert_eq!(requests + never_sent, count);
+        assert!((3..=3 + bound).contains(&requests), "{requests} requests");
+        assert_eq!(number_in(stopped, &["requests_not_sent"]), Some(never_sent));
+        // Every request started ended answered, refused, or with its retry dropped.
+        let refused = number_in(&value, &["requests", "other", "connection refused"]);
+        let dropped = number_in(&value, &["requests", "other", RETRY_DROPPED]);
+        assert_eq!(
+            dropped.unwrap_or(0),
+            number_in(stopped, &["retries_dropped"]).unwrap()
+        );
+        assert_eq!(3 + refused.unwrap_or(0) + dropped.unwrap_or(0), requests);
+        let unreachable = format!(
+            "the server became unreachable: {bound} connection attempts in a row failed \
+             (connection refused); {} requests not sent",
+            group_thousands(never_sent)
+        );
+        let reasons = reasons_of(&value);
+        assert!(reasons[0].starts_with(&unreachable), "{reasons:?}");
+        assert_eq!(
+            reasons[1],
+            "reconciliation not done (GET /stats after the run failed: connection refused)"
+        );
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+
+        let (verdict, text) = run_report(&options(dying().port, false));
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        for expected in [
+            "\n  stopped early: the server became unreachable: 10 connection attempts in a row \
+             failed (connection refused); 9,9",
+            " more never sent\n",
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_restart_during_the_run_is_named_and_fails_the_run() {
+        let before = r#"{"seed":99,"total":40,"uptime_seconds":50.0,"weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        let after = r#"{"seed":100,"total":4,"uptime_seconds":0.5,"weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        let restarting = start_fake_with(FakeConfig {
+            script: vec!["200", "403"],
+            stats: vec![before.into(), after.into()],
+            ..FakeConfig::default()
+        });
+        let options = ClientOptions {
+            concurrency: 1,
+            ..fake_options(restarting.port, 4)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let evidence = "the server restarted during the run (seed 99, then 100; 40 requests \
+                        logged, then 4; uptime 50.0s, then 0.5s after ";
+        for expected in [
+            "server seed 99,".to_string(),
+            format!("\n  note: {evidence}"),
+            format!("\nverdict: FAIL ({evidence}"),
+        ] {
+            assert!(text.contains(&expected), "no {expected:?} in\n{text}");
+        }
+
+        // The same server both times: no restart.
+        let steady = start_fake(vec!["200"], vec![]);
+        let options = ClientOptions {
+            json: true,
+            ..fake_options(steady.port, 2)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Pass, "{text}");
+        let value = json::decode(&text).unwrap();
+        let server = value.get("server").unwrap();
+        assert_eq!(server.get("restarted"), Some(&Value::Bool(false)));
+        let reconciliation = value.get("reconciliation").unwrap();
+        assert_eq!(reconciliation.get("done"), Some(&Value::Bool(true)));
+        assert_eq!(reconciliation.get("not_done_because"), Some(&Value::Null));
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_read_leaves_the_run_unreconciled_but_reported() {
+        let fake = start_fake_with(FakeConfig {
+            script: vec!["200"],
+            broken_logs: true,
+            ..FakeConfig::default()
+        });
+        let options = ClientOptions {
+            json: true,
+            ..fake_options(fake.port, 3)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        let reasons = reasons_of(&value);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("reconciliation not done (GET /getlogs?request_id_prefix=")
+                && reasons[0].ends_with(" after the run failed: answered status 500)"),
+            "{reasons:?}"
+        );
+        assert_eq!(number_in(&value, &["attempts", "counts", "200"]), Some(3));
+        let server = value.get("server").unwrap();
+        assert_eq!(server.get("restarted"), Some(&Value::Bool(false)));
+    }
+
     #[test]
     fn an_unreachable_server_is_exit_status_3() {
         let port = {
@@ -4305,7 +5468,11 @@ mod tests {
         assert_eq!(error.exit_code(), 3);
         assert_eq!(
             error.to_string(),
-            format!("cannot reach 127.0.0.1:{port}: connection refused")
+            format!(
+                "cannot reach 127.0.0.1:{port}: connection refused\nhint: is a server running on \
+                 that port, and listening on this address? (a server on another machine needs \
+                 'serve --host 0.0.0.0')"
+            )
         );
         assert!(out.is_empty());
         let unresolvable = ClientOptions {

@@ -177,6 +177,10 @@ fn serve(options: &ServeOptions) -> ExitCode {
             None => "in memory only".into(),
         }
     );
+    // The first thing a tester on another machine runs into: say it where they will look.
+    if address.ip().is_loopback() {
+        say!("unreliable: loopback only: for clients on other machines, --host 0.0.0.0 (or ::)");
+    }
     let signal = sys::wait_for_termination_signal();
     server.shutdown();
     let mut status = ExitCode::SUCCESS;
@@ -229,16 +233,32 @@ fn demo(mut options: DemoOptions) -> ExitCode {
     options.client.host = address.ip().to_string();
     options.client.port = address.port();
     if !options.client.json {
+        // The equivalent commands, so a run can be reproduced outside the demo.
+        let client = &options.client;
+        let retry_on = if client.retry_on.is_empty() {
+            "none".to_string()
+        } else {
+            let names: Vec<&str> = client
+                .retry_on
+                .iter()
+                .map(|outcome| outcome.name())
+                .collect();
+            names.join(",")
+        };
         let preamble = format!(
-            "demo: server listening on http://{address} seed={seed} weights={} hang={}\n\
-             demo: unreliable client --host {} --port {} --count {} --concurrency {} --timeout {}\n\n",
+            "demo: unreliable serve --seed {seed} --weights {} --hang {}   (on http://{address})\n\
+             demo: unreliable client --host {} --port {} --count {} --concurrency {} --timeout {} \
+             --retries {} --retry-on {retry_on} --backoff {} --max-backoff {}\n\n",
             options.weights,
             cli::show_duration(options.hang),
-            options.client.host,
-            options.client.port,
-            options.client.count,
-            options.client.concurrency,
-            cli::show_duration(options.client.timeout)
+            client.host,
+            client.port,
+            client.count,
+            client.concurrency,
+            cli::show_duration(client.timeout),
+            client.retries,
+            cli::show_duration(client.backoff),
+            cli::show_duration(client.max_backoff),
         );
         if let Err(error) = write_stdout(&preamble) {
             server.shutdown();

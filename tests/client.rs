@@ -371,8 +371,9 @@ fn tolerance_sets_the_exit_status() {
     // "closed before a response", a transport error that is retried but is no draw. Of the
     // draws the client counts, then, every one is a 200 although the weights say 50%: the 200
     // interval lies near 100% and the timeout interval near 0%, both far outside 50% ± 5. The
-    // reconciliation stays clean (the server logged those as timeouts, which is accepted), so
-    // the tolerance alone decides, and the same run with a 100-point tolerance passes.
+    // reconciliation stays clean (the server logged those as timeouts, which is accepted), and
+    // the same run with a 100-point tolerance has no violation. Both fail all the same, since
+    // the server drew those hung requests and the mix without them cannot be judged.
     let skewed = Server::start(
         "client-tolerance-violated",
         &[
@@ -421,9 +422,39 @@ fn tolerance_sets_the_exit_status() {
         .collect();
     assert_eq!(violations, ["timeout", "200"]);
 
+    let hung = count_at(&report, "reconciliation.transport_logged_outcomes.timeout");
+    assert!(hung > 0);
+    let reasons: Vec<&str> = items_at(&report, "verdict_reasons")
+        .iter()
+        .filter_map(json::Value::as_str)
+        .collect();
+    let hung_reason = hung_closed_reason(hung);
+    assert_eq!(
+        reasons,
+        [
+            hung_reason.as_str(),
+            "timeout: 95% interval outside expected ± 5 points",
+            "200: 95% interval outside expected ± 5 points"
+        ]
+    );
+
     let lenient = skewed_run("100");
-    assert_eq!(lenient.code, Some(0), "{lenient:#?}");
-    assert!(items_at(&json_report(&lenient), "tolerance_violations").is_empty());
+    assert_eq!(lenient.code, Some(1), "{lenient:#?}");
+    let report = json_report(&lenient);
+    assert!(items_at(&report, "tolerance_violations").is_empty());
+    let hung = count_at(&report, "reconciliation.transport_logged_outcomes.timeout");
+    assert_eq!(
+        items_at(&report, "verdict_reasons"),
+        [json::Value::String(hung_closed_reason(hung))]
+    );
+}
+
+/// The verdict reason for `count` hung requests the server closed before the client's timeout.
+fn hung_closed_reason(count: u64) -> String {
+    format!(
+        "{count} attempts were hung requests the server closed before --timeout (its --hang is \
+         shorter): the mix cannot be judged; raise the server's --hang or lower --timeout"
+    )
 }
 
 /// Asserts `value` at `path` is an object with at least these members.
@@ -513,6 +544,7 @@ fn json_report_has_the_documented_fields() {
             "latency_ms",
             "elapsed_seconds",
             "attempts_per_second",
+            "stopped_early",
             "reconciliation",
             "logs",
             "tolerance_violations",
@@ -563,8 +595,13 @@ fn json_report_has_the_documented_fields() {
     assert_eq!(number_at(&report, "configuration.interval_ms"), 0.0);
     assert_eq!(number_at(&report, "configuration.tolerance_points"), 40.0);
 
-    assert_members(&report, "server", &["seed", "probabilities"]);
+    assert_members(&report, "server", &["seed", "probabilities", "restarted"]);
     assert_eq!(count_at(&report, "server.seed"), 8);
+    assert_eq!(
+        member(&report, "server.restarted"),
+        &json::Value::Bool(false)
+    );
+    assert_eq!(member(&report, "stopped_early"), &json::Value::Null);
     for (outcome, probability) in [("timeout", 0.2), ("403", 0.2), ("500", 0.1), ("200", 0.5)] {
         let shown = number_at(&report, &format!("server.probabilities.{outcome}"));
         assert!((shown - probability).abs() < 1e-12, "{outcome}: {shown}");
@@ -601,6 +638,7 @@ fn json_report_has_the_documented_fields() {
         "requests",
         &[
             "total",
+            "never_sent",
             "counts",
             "other",
             "draws",
@@ -610,6 +648,7 @@ fn json_report_has_the_documented_fields() {
         ],
     );
     assert_eq!(count_at(&report, "requests.total"), 30);
+    assert_eq!(count_at(&report, "requests.never_sent"), 0);
     for table in ["attempts.rows", "requests.rows"] {
         let rows = items_at(&report, table);
         let outcomes: Vec<&str> = rows.iter().map(|row| text_at(row, "outcome")).collect();
@@ -651,7 +690,17 @@ fn json_report_has_the_documented_fields() {
             "mismatches",
             "dropped_by_server",
             "clean",
+            "done",
+            "not_done_because",
         ],
+    );
+    assert_eq!(
+        member(&report, "reconciliation.done"),
+        &json::Value::Bool(true)
+    );
+    assert_eq!(
+        member(&report, "reconciliation.not_done_because"),
+        &json::Value::Null
     );
     assert_reconciles_exactly(&report, &server);
 
@@ -738,11 +787,17 @@ fn an_unreachable_server_exits_3_with_a_clear_message() {
     assert_eq!(finished.code, Some(3), "{finished:#?}");
     assert!(finished.stdout.is_empty(), "{finished:#?}");
     let message = finished.stderr.trim_end();
-    assert_eq!(message.lines().count(), 1, "{message}");
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), 2, "{message}");
     assert!(
-        message.starts_with("unreliable: error: cannot reach ")
-            && message.contains(&format!("127.0.0.1:{port}"))
-            && message.contains("refused"),
+        lines[0].starts_with("unreliable: error: cannot reach ")
+            && lines[0].contains(&format!("127.0.0.1:{port}"))
+            && lines[0].contains("refused"),
+        "{message}"
+    );
+    assert!(
+        lines[1].starts_with("hint: is a server running on that port")
+            && lines[1].contains("serve --host 0.0.0.0"),
         "{message}"
     );
 }
@@ -895,12 +950,43 @@ fn shell_scripts_pass_shellcheck() {
 }
 
 #[test]
+fn client_script_without_a_binary_or_the_sources_says_what_to_do() {
+    // client.sh copied alone to another machine, with no unreliable on PATH and no cargo.
+    let directory = scratch_directory("client-script-alone");
+    let script = directory.join("client.sh");
+    std::fs::copy(repository_root().join("client.sh"), &script).expect("copy client.sh");
+    let mut command = Command::new("bash");
+    command
+        .arg(&script)
+        .args(["127.0.0.1", "8080"])
+        .env("PATH", "/usr/bin:/bin");
+    let finished = run_until(command, STEP_TIMEOUT, "client.sh without a binary");
+    assert_eq!(finished.code, Some(127), "{finished:#?}");
+    assert!(
+        finished
+            .stderr
+            .contains("no unreliable binary on PATH, next to this script or in target/release")
+            && finished
+                .stderr
+                .contains("copy the binary next to client.sh"),
+        "{finished:#?}"
+    );
+}
+
+#[test]
 fn demo_runs_end_to_end_and_passes() {
     let _shared = share_the_machine();
     let finished = unreliable(&["demo", "--count", "50", "--seed", "1"]);
     assert_eq!(finished.code, Some(0), "{finished:#?}");
+    assert!(finished.stdout.contains("verdict: PASS"), "{finished:#?}");
+    // The preamble gives commands that reproduce the run outside the demo.
     assert!(
-        finished.stdout.contains("seed=1") && finished.stdout.contains("verdict: PASS"),
+        finished
+            .stdout
+            .contains("demo: unreliable serve --seed 1 --weights ")
+            && finished
+                .stdout
+                .contains("--retry-on timeout --backoff 10ms --max-backoff 100ms"),
         "{finished:#?}"
     );
     assert!(
@@ -971,7 +1057,8 @@ fn acceptance_run_of_ten_thousand_requests_reconciles_with_zero_mismatches() {
 fn retry_on_none_retries_nothing_and_transport_errors_are_retried_otherwise() {
     let _shared = share_the_machine();
     // A `--hang` of 0 ms closes each hung request at once, so the client sees "closed before a
-    // response", a transport error, for about half of the attempts (seeded, one worker).
+    // response", a transport error, for about half of the attempts (seeded, one worker). Those
+    // were draws the client cannot count, so each run fails for that reason, and that alone.
     let server = Server::start(
         "client-retry-on-none",
         &[
@@ -1005,8 +1092,14 @@ fn retry_on_none_retries_nothing_and_transport_errors_are_retried_otherwise() {
                 "--json",
             ],
         );
-        assert_eq!(finished.code, Some(0), "{finished:#?}");
-        json_report(&finished)
+        assert_eq!(finished.code, Some(1), "{finished:#?}");
+        let report = json_report(&finished);
+        let hung = count_at(&report, "reconciliation.transport_logged_outcomes.timeout");
+        assert_eq!(
+            items_at(&report, "verdict_reasons"),
+            [json::Value::String(hung_closed_reason(hung))]
+        );
+        report
     };
     let none = run("none");
     let closed = count_at(&none, "attempts.other.closed before a response");
@@ -1065,9 +1158,13 @@ fn a_run_without_a_single_draw_fails_and_says_why() {
     assert_eq!(text.code, Some(1), "{text:#?}");
     let reason = "nothing to judge, all 20 attempts ended in transport errors: \
                   closed before a response 20";
+    // The server logged every one of them as a timeout it closed: that says why.
+    let hung = hung_closed_reason(20);
     assert!(
         text.stdout.contains(&format!("\n  {reason}\n"))
-            && text.stdout.contains(&format!("verdict: FAIL ({reason})")),
+            && text
+                .stdout
+                .contains(&format!("verdict: FAIL ({reason}; {hung})")),
         "{}",
         text.stdout
     );
@@ -1088,5 +1185,5 @@ fn a_run_without_a_single_draw_fails_and_says_why() {
         .iter()
         .filter_map(json::Value::as_str)
         .collect();
-    assert_eq!(reasons, [reason]);
+    assert_eq!(reasons, [reason, hung.as_str()]);
 }
