@@ -576,6 +576,9 @@ struct Connection {
     /// is not reading fast enough): the poller writes it as room opens up, then goes on as its
     /// [`AfterSent`] says.
     unsent: Option<UnsentAnswer>,
+    /// Bytes still queued in the kernel when an idle or closing deadline was moved on to this
+    /// one for them (see `Poller::await_kernel_queue`).
+    kernel_queue_at_deadline: Option<(Instant, usize)>,
     _slot: ConnectionSlot,
 }
 
@@ -616,6 +619,7 @@ impl Connection {
             registered: false,
             peer_closed: false,
             unsent: None,
+            kernel_queue_at_deadline: None,
             _slot: slot,
         }
     }
@@ -1647,6 +1651,7 @@ impl Poller<'_> {
                         }
                     }
                     Ok(InPlace::Sending) => self.start_sending(token, watched),
+                    Ok(InPlace::NoProgress) => {}
                     Ok(InPlace::Again) => {
                         if self.watch_as(token, watched, Watch::Edge) {
                             self.again.push(token);
@@ -1778,6 +1783,39 @@ impl Poller<'_> {
         self.schedule(deadline, token);
     }
 
+    /// At the deadline of an idle or closing connection: whether answers it was sent are still
+    /// queued in the kernel. All of an answer may fit in the send buffer, so the server never
+    /// saw a stall; closed plainly, the kernel would keep the unread bytes (megabytes each) for
+    /// as long as the client keeps its end, outside `max_connections`. While the queue shrinks
+    /// the connection is kept (its deadline moved by the write timeout), as a stalled write
+    /// would be; once it stops shrinking for that long, it is reset like one.
+    fn await_kernel_queue(&mut self, token: u64, now: Instant) -> KernelQueue {
+        let Some(parked) = self.parked.get_mut(token) else {
+            return KernelQueue::Empty;
+        };
+        if !matches!(parked.kind, ParkKind::Idle | ParkKind::Closing) {
+            return KernelQueue::Empty;
+        }
+        let queued = sys::unsent_bytes(&parked.connection.stream).unwrap_or(0);
+        if queued == 0 {
+            return KernelQueue::Empty;
+        }
+        let connection = &mut parked.connection;
+        let moving = match connection.kernel_queue_at_deadline {
+            // Kept for exactly this deadline: compare with then.
+            Some((deadline, before)) if deadline == parked.deadline => queued < before,
+            _ => true,
+        };
+        if !moving {
+            return KernelQueue::Stuck;
+        }
+        let deadline = now + self.shared.timeouts.write;
+        connection.kernel_queue_at_deadline = Some((deadline, queued));
+        parked.deadline = deadline;
+        self.deadlines.push(Reverse((deadline, token)));
+        KernelQueue::Moving
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some(&Reverse((deadline, token))) = self.deadlines.peek() {
             if deadline > now {
@@ -1792,10 +1830,14 @@ impl Poller<'_> {
                 self.deadlines.push(Reverse((parked.deadline, token)));
                 continue;
             }
+            let kernel_queue = self.await_kernel_queue(token, now);
+            if kernel_queue == KernelQueue::Moving {
+                continue;
+            }
             let Some(mut parked) = self.parked.remove(token) else {
                 continue;
             };
-            if parked.kind == ParkKind::Sending {
+            if parked.kind == ParkKind::Sending || kernel_queue == KernelQueue::Stuck {
                 // It stopped reading: a plain close would leave its unread answers queued in
                 // the kernel for as long as the client keeps its end, past any limit here.
                 let _ = sys::reset_on_close(&parked.connection.stream);
@@ -1826,6 +1868,16 @@ impl Poller<'_> {
     }
 }
 
+/// Answers of an idle or closing connection still in the kernel at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelQueue {
+    Empty,
+    /// Going out: the connection is kept a while longer.
+    Moving,
+    /// Not going out since the last deadline: the client stopped reading.
+    Stuck,
+}
+
 /// What became of a connection the poller served where it was parked.
 enum InPlace {
     /// Everything that arrived is answered or is part of the next request: it waits for more
@@ -1834,8 +1886,12 @@ enum InPlace {
     /// Needs a thread that may block: a request with a body, a slow route, a request to refuse,
     /// or a long pipeline.
     ToWorker,
-    /// Part of a response is still to be sent ([`Connection::unsent`]).
+    /// Part of a response is still to be sent ([`Connection::unsent`]): a new stall, or
+    /// progress; the write deadline starts again.
     Sending,
+    /// Still sending and nothing went out: the write deadline stays where it is, so a client
+    /// that keeps sending but never reads is still given up on.
+    NoProgress,
     /// It had its share ([`REQUESTS_PER_TURN`]) and more may be waiting: another turn after
     /// the other connections.
     Again,
@@ -1988,17 +2044,18 @@ fn resume_sending(
     };
     // Input alone changes nothing: it waits until the response is out.
     if !event.writable && !event.closed {
-        return InPlace::Sending;
+        return InPlace::NoProgress;
     }
     let Ok(written) = send_without_waiting(&connection.stream, &unsent.bytes) else {
         return InPlace::Close;
     };
     unsent.bytes.drain(..written);
     if !unsent.bytes.is_empty() {
-        if written > 0 {
-            parked.deadline = Instant::now() + shared.timeouts.write;
-        }
-        return InPlace::Sending;
+        return if written > 0 {
+            InPlace::Sending
+        } else {
+            InPlace::NoProgress
+        };
     }
     if unsent.rest.is_some() {
         // A worker formats the next pieces (`Connection::unsent` stays for it).
@@ -2437,13 +2494,115 @@ mod tests {
         stuck
             .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
+        assert_given_up_and_reset(&server, &mut stuck);
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_reader_that_stalls_but_keeps_sending_is_still_given_up_on() {
+        // As above, but the client sends a request now and then: input is not progress of the
+        // answer, so it must not move the write deadline.
+        let app = app_with_long_log(100_000);
+        let timeouts = Timeouts {
+            write: Duration::from_millis(300),
+            ..Timeouts::STANDARD
+        };
+        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
+        let mut stuck = connect(&server);
+        stuck
+            .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut chatty = stuck.try_clone().unwrap();
+        let sending = Arc::new(AtomicBool::new(true));
+        let still_sending = Arc::clone(&sending);
+        let sender = thread::spawn(move || {
+            while still_sending.load(Ordering::Relaxed) {
+                let sent = chatty.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+                if let Err(error) = sent {
+                    return Some(error.kind());
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            None
+        });
+        let read = wait_until_given_up(&server, &mut stuck);
+        sending.store(false, Ordering::Relaxed);
+        let write = sender.join().unwrap();
+        // The reset is reported once, to whichever call on the socket comes first.
+        let reset = Some(io::ErrorKind::ConnectionReset);
+        assert!(read.err() == reset || write == reset, "{read:?} {write:?}");
+        server.shutdown();
+    }
+
+    #[test]
+    fn an_answer_that_fit_in_the_kernel_but_is_never_read_is_reset_not_left_behind() {
+        // About 600 KB: on loopback the kernel takes all of it at once (its send buffer starts
+        // near 1.3 MB), so no write ever stalls and the connection goes idle with the answer
+        // still queued. Closed plainly at the idle deadline, the kernel would keep it.
+        let app = app_with_long_log(1_700);
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(300),
+            write: Duration::from_millis(300),
+            ..Timeouts::STANDARD
+        };
+        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
+        let mut stuck = connect(&server);
+        stuck
+            .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_given_up_and_reset(&server, &mut stuck);
+        server.shutdown();
+    }
+
+    #[test]
+    fn an_idle_connection_whose_answer_is_still_being_read_is_kept() {
+        let app = app_with_long_log(1_700);
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(300),
+            write: Duration::from_millis(300),
+            ..Timeouts::STANDARD
+        };
+        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
+        let mut slow = connect(&server);
+        slow.write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // Reads 64 KB every 100 ms: the answer is all in the kernel at once and the connection
+        // idle, and reading it takes longer than the idle timeout; the queue keeps moving.
+        let mut answer = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        while !answer.ends_with(b"0\r\n\r\n") {
+            assert!(Instant::now() < deadline, "the answer never ended");
+            match slow.read(&mut chunk) {
+                Ok(0) => panic!("closed after {} bytes", answer.len()),
+                Ok(read) => answer.extend_from_slice(&chunk[..read]),
+                Err(error) => panic!("after {} bytes: {error}", answer.len()),
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(answer.len() > 500_000, "{} bytes", answer.len());
+        server.shutdown();
+    }
+
+    /// Waits until the server gives up on `stuck`, a client whose answer piles up in the
+    /// server's send queue, and checks that it was reset. A plain close would leave the answer
+    /// queued in the kernel for as long as the client keeps its end (an orphaned socket, no
+    /// descriptor in the server): a reset frees it.
+    fn assert_given_up_and_reset(server: &RunningServer, stuck: &mut TcpStream) {
+        let read = wait_until_given_up(server, stuck);
+        assert_eq!(read, Err(io::ErrorKind::ConnectionReset));
+    }
+
+    /// Waits until the server's side of `stuck` is gone (its queued answer seen first), then
+    /// reads to the end: how the reading ended.
+    fn wait_until_given_up(
+        server: &RunningServer,
+        stuck: &mut TcpStream,
+    ) -> Result<(), io::ErrorKind> {
         let (server_port, client_port) = (
             server.local_addr().port(),
             stuck.local_addr().unwrap().port(),
         );
-        // The answer piles up in the server's send queue, then the write timeout gives up on the
-        // client. A plain close would leave it queued in the kernel for as long as the client
-        // keeps its end (an orphaned socket, no descriptor in the server): a reset frees it.
         let deadline = Instant::now() + CLIENT_TIMEOUT;
         let mut seen_queued = false;
         loop {
@@ -2459,15 +2618,13 @@ mod tests {
             thread::sleep(Duration::from_millis(20));
         }
         let mut chunk = vec![0u8; 1 << 20];
-        let outcome = loop {
+        loop {
             match stuck.read(&mut chunk) {
-                Ok(0) => break Ok(()),
+                Ok(0) => return Ok(()),
                 Ok(_) => {}
-                Err(error) => break Err(error.kind()),
+                Err(error) => return Err(error.kind()),
             }
-        };
-        assert_eq!(outcome, Err(io::ErrorKind::ConnectionReset));
-        server.shutdown();
+        }
     }
 
     /// Bytes queued for sending on the server's side of the loopback connection from

@@ -1,6 +1,7 @@
 //! The few operating-system calls std does not offer: epoll (to hold thousands of parked
 //! connections on one thread), blocking and awaiting SIGINT/SIGTERM/SIGHUP (a clean shutdown
-//! without an async-signal handler), ignoring SIGXFSZ, and raising the open-file limit.
+//! without an async-signal handler), ignoring SIGXFSZ, the bytes a socket still has queued, and
+//! raising the open-file limit.
 //!
 //! This is the only module allowed `unsafe`: each block is one libc call on memory this module owns,
 //! with the reason beside it. Linux only (x86_64 and aarch64 layouts).
@@ -51,6 +52,9 @@ const SIG_ERR: usize = usize::MAX;
 const RLIMIT_NOFILE: i32 = 7;
 const SOL_SOCKET: i32 = 1;
 const SO_LINGER: i32 = 13;
+/// `ioctl` request: bytes in a TCP socket's send queue not yet acknowledged by the peer
+/// (`SIOCOUTQ`, the same number as `TIOCOUTQ`).
+const SIOCOUTQ: u64 = 0x5411;
 const RLIM_INFINITY: u64 = u64::MAX;
 /// What to ask for when the hard open-file limit is "unlimited": the kernel refuses an infinite
 /// soft limit, and its default ceiling (`fs.nr_open`) is this value.
@@ -127,6 +131,7 @@ extern "C" {
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, length: u32) -> i32;
     fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
     fn signal(signal: i32, handler: usize) -> usize;
+    fn ioctl(fd: i32, request: u64, ...) -> i32;
 }
 
 /// Reads what has already arrived on a socket without waiting, whatever its blocking mode or
@@ -185,6 +190,19 @@ pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Bytes sent on `socket` that the peer has not acknowledged yet: answers still queued in the
+/// kernel, which a client that stopped reading leaves there.
+pub fn unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
+    let mut queued: i32 = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points to `queued`, live for
+    // the whole call; the descriptor is open while `socket` is borrowed.
+    let result = unsafe { ioctl(socket.as_raw_fd(), SIOCOUTQ, &mut queued as *mut i32) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
 }
 
 /// How a descriptor's readiness is reported.
