@@ -2484,16 +2484,7 @@ mod tests {
     fn a_reader_that_stalls_past_the_write_timeout_is_reset_and_its_answer_freed() {
         // A /getlogs of about 35 MB, far more than the socket buffers take, asked for once and
         // never read.
-        let app = app_with_long_log(100_000);
-        let timeouts = Timeouts {
-            write: Duration::from_millis(300),
-            ..Timeouts::STANDARD
-        };
-        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
-        let mut stuck = connect(&server);
-        stuck
-            .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        let (server, mut stuck) = asked_for_the_log(100_000);
         assert_given_up_and_reset(&server, &mut stuck);
         server.shutdown();
     }
@@ -2502,16 +2493,7 @@ mod tests {
     fn a_reader_that_stalls_but_keeps_sending_is_still_given_up_on() {
         // As above, but the client sends a request now and then: input is not progress of the
         // answer, so it must not move the write deadline.
-        let app = app_with_long_log(100_000);
-        let timeouts = Timeouts {
-            write: Duration::from_millis(300),
-            ..Timeouts::STANDARD
-        };
-        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
-        let mut stuck = connect(&server);
-        stuck
-            .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        let (server, mut stuck) = asked_for_the_log(100_000);
         let mut chatty = stuck.try_clone().unwrap();
         let sending = Arc::new(AtomicBool::new(true));
         let still_sending = Arc::clone(&sending);
@@ -2539,33 +2521,14 @@ mod tests {
         // About 600 KB: on loopback the kernel takes all of it at once (its send buffer starts
         // near 1.3 MB), so no write ever stalls and the connection goes idle with the answer
         // still queued. Closed plainly at the idle deadline, the kernel would keep it.
-        let app = app_with_long_log(1_700);
-        let timeouts = Timeouts {
-            idle: Duration::from_millis(300),
-            write: Duration::from_millis(300),
-            ..Timeouts::STANDARD
-        };
-        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
-        let mut stuck = connect(&server);
-        stuck
-            .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        let (server, mut stuck) = asked_for_the_log(1_700);
         assert_given_up_and_reset(&server, &mut stuck);
         server.shutdown();
     }
 
     #[test]
     fn an_idle_connection_whose_answer_is_still_being_read_is_kept() {
-        let app = app_with_long_log(1_700);
-        let timeouts = Timeouts {
-            idle: Duration::from_millis(300),
-            write: Duration::from_millis(300),
-            ..Timeouts::STANDARD
-        };
-        let server = start_with_timeouts(&config(1, 64), app, timeouts).unwrap();
-        let mut slow = connect(&server);
-        slow.write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        let (server, mut slow) = asked_for_the_log(1_700);
         // Reads 64 KB every 100 ms: the answer is all in the kernel at once and the connection
         // idle, and reading it takes longer than the idle timeout; the queue keeps moving.
         let mut answer = Vec::new();
@@ -2582,6 +2545,24 @@ mod tests {
         }
         assert!(answer.len() > 500_000, "{} bytes", answer.len());
         server.shutdown();
+    }
+
+    /// A server whose log has `entries` entries of about 350 bytes in `/getlogs`, quick to give
+    /// up on a client (idle and write timeouts of 300 ms), and a client that has asked for the
+    /// whole log.
+    fn asked_for_the_log(entries: u64) -> (RunningServer, TcpStream) {
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(300),
+            write: Duration::from_millis(300),
+            ..Timeouts::STANDARD
+        };
+        let server =
+            start_with_timeouts(&config(1, 64), app_with_long_log(entries), timeouts).unwrap();
+        let mut client = connect(&server);
+        client
+            .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        (server, client)
     }
 
     /// Waits until the server gives up on `stuck`, a client whose answer piles up in the

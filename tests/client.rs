@@ -729,7 +729,7 @@ fn busy_refusals_fail_the_run_and_are_explained() {
     let _shared = share_the_machine();
     // The first worker keeps its keep-alive connection open for the run, so with a limit of two
     // connections some of the other five workers' connections are refused with 503. The
-    // server answers those before reading the request and logs nothing.
+    // server answers those without drawing an outcome and logs nothing.
     let server = Server::start(
         "client-busy",
         &[
