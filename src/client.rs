@@ -3060,12 +3060,11 @@ fn run_with(
     // Read before the run too, so that a server lost or restarted meanwhile still leaves the
     // weights to judge the attempts by, and a restart shows as a changed seed or uptime.
     let (before, first_connection) = stats_before_run(&target, first_connection)?;
-    let before_read = Instant::now();
     let run_id = fresh_run_id();
     let started = Instant::now();
     let sent = send_all(options, &target, &run_id, first_connection);
+    // Also the time between the two /stats reads, as far as the server's uptime can tell.
     let elapsed = started.elapsed();
-    let between = before_read.elapsed();
     // From here on a failure costs the reconciliation, not the report: the attempts are what
     // the user ran for, and a server gone mid-run is exactly when they are needed.
     let not_done = |error: ClientError| match error {
@@ -3076,7 +3075,7 @@ fn run_with(
     };
     let (restart, log) = match fetch_server_stats(&target) {
         Ok(after) => {
-            let restart = match restart_evidence(&before, &after, between) {
+            let restart = match restart_evidence(&before, &after, elapsed) {
                 Some(reason) => Restart::Yes(reason),
                 None => Restart::No,
             };

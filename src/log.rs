@@ -1647,13 +1647,12 @@ mod tests {
 
     #[test]
     fn a_stop_while_the_disk_is_full_names_the_entries_not_in_the_file() {
-        let log = Arc::new(RequestLog::new(1000, true).unwrap());
-        for _ in 0..10 {
-            log.record(&new_entry("x"), cycle);
-        }
+        // Entries 1 to 9 have lines of the same length: that of entry 1 of any log.
         let line_length = {
+            let sample = RequestLog::new(1, true).unwrap();
+            sample.record(&new_entry("x"), cycle);
             let mut line = String::new();
-            write_entry_json(&mut line, &log.take_unwritten(1)[0]);
+            write_entry_json(&mut line, &sample.take_unwritten(1)[0]);
             line.len() + 1
         };
         let log = Arc::new(RequestLog::new(1000, true).unwrap());

@@ -706,6 +706,16 @@ mod tests {
         }
     }
 
+    /// An app drawing from `weights` with `seed`, logging to `log`, holding hangs for 1 s.
+    fn test_app(seed: u64, weights: crate::chaos::Weights, log: RequestLog) -> App {
+        App {
+            chaos: Chaos::new(seed, weights),
+            log: Arc::new(log),
+            started: Instant::now(),
+            hang: Duration::from_secs(1),
+        }
+    }
+
     /// Answers each request in turn the way a worker does (parse, respond into a reused buffer).
     fn answer_all(
         app: &App,
@@ -743,12 +753,11 @@ mod tests {
         use crate::chaos::Weights;
         use crate::sys::counting_allocator::allocations_on_this_thread;
         // A small ring, so the warm-up fills it and the measured requests also evict.
-        let app = App {
-            chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
-            log: Arc::new(RequestLog::new(16, false).unwrap()),
-            started: Instant::now(),
-            hang: Duration::from_secs(1),
-        };
+        let app = test_app(
+            1,
+            Weights::parse("200=1").unwrap(),
+            RequestLog::new(16, false).unwrap(),
+        );
         let requests: [&[u8]; 7] = [
             b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /getbalance HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nX-Request-Id: run-1-1\r\n\r\n",
@@ -787,12 +796,11 @@ mod tests {
     #[test]
     fn a_stalled_log_file_refuses_balance_and_fails_health_until_it_recovers() {
         use crate::chaos::Weights;
-        let app = App {
-            chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
-            log: Arc::new(RequestLog::new(16, true).unwrap()),
-            started: Instant::now(),
-            hang: Duration::from_secs(1),
-        };
+        let app = test_app(
+            1,
+            Weights::parse("200=1").unwrap(),
+            RequestLog::new(16, true).unwrap(),
+        );
         let balance: &[u8] = b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n";
         let health: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
         let head: &[u8] = b"HEAD /getbalance HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -826,12 +834,11 @@ mod tests {
     #[test]
     fn refusals_escape_control_text_and_non_utf8_request_ids_are_not_logged() {
         use crate::chaos::Weights;
-        let app = App {
-            chaos: Chaos::new(1, Weights::parse("200=1").unwrap()),
-            log: Arc::new(RequestLog::new(16, false).unwrap()),
-            started: Instant::now(),
-            hang: Duration::from_secs(1),
-        };
+        let app = test_app(
+            1,
+            Weights::parse("200=1").unwrap(),
+            RequestLog::new(16, false).unwrap(),
+        );
         let mut out = Vec::new();
         let mut dispositions = Vec::new();
         let escaping: &[u8] =
@@ -863,12 +870,11 @@ mod tests {
     #[test]
     fn a_long_log_answer_comes_in_pieces_that_add_up() {
         use crate::chaos::Weights;
-        let app = App {
-            chaos: Chaos::new(3, Weights::owner_default()),
-            log: Arc::new(RequestLog::new(5000, false).unwrap()),
-            started: Instant::now(),
-            hang: Duration::from_secs(1),
-        };
+        let app = test_app(
+            3,
+            Weights::owner_default(),
+            RequestLog::new(5000, false).unwrap(),
+        );
         for index in 0..3000 {
             let request_id = format!("piece-{index:0>100}");
             app.log.record(
