@@ -287,23 +287,36 @@ fn slowhttptest_slow_readers_do_not_starve_other_clients() {
 
 /// A Python client with a 4 KB receive window (set before it connects, so the window stays
 /// small) pipelines COUNT `GET /getbalance` and reads as fast as it can; prints how many
-/// answers came and how it ended. Every stall of the server's sends must be watched for room:
-/// a missed one leaves the connection silent until the write timeout drops it.
+/// answers came and how it ended, and on stderr what a failure needs to be understood. Every
+/// stall of the server's sends must be watched for room: a missed one leaves the connection
+/// silent until the write timeout (10 s) drops it. The reader gives up after 5 s of silence,
+/// which load never comes near (the longest gap measured with wrk on both cores was 35 ms);
+/// the sender has no time limit of its own, as a socket timeout would bound all of `sendall`.
 const SMALL_WINDOW_CLIENT: &str = r#"
-import socket, sys, threading
+import select, socket, sys, threading, time
 port, count = int(sys.argv[1]), int(sys.argv[2])
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 s.connect(("127.0.0.1", port))
-s.settimeout(3)
 request = b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n"
-threading.Thread(target=lambda: s.sendall(request * count), daemon=True).start()
-answers, tail, how = 0, b"", "eof"
+sent = []
+def send_all():
+    s.sendall(request * count)
+    sent.append(time.monotonic())
+threading.Thread(target=send_all, daemon=True).start()
+answers, tail, how, received, longest_gap = 0, b"", "eof", 0, 0.0
+started = last = time.monotonic()
 try:
     while answers < count or not tail.endswith(b"</html>\n"):
+        if not select.select([s], [], [], 5)[0]:
+            how = "silent-5s"
+            break
         data = s.recv(1 << 20)
+        now = time.monotonic()
+        longest_gap, last = max(longest_gap, now - last), now
         if not data:
             break
+        received += len(data)
         both = tail + data
         answers += both.count(b"HTTP/1.1 200") - tail.count(b"HTTP/1.1 200")
         tail = both[-16:]
@@ -312,6 +325,9 @@ try:
 except OSError as error:
     how = type(error).__name__
 print(answers, how)
+print("bytes", received, "seconds %.3f" % (time.monotonic() - started),
+      "longest gap %.3f" % longest_gap, "all sent" if sent else "not all sent",
+      "last bytes", repr(tail), file=sys.stderr)
 "#;
 
 #[test]
