@@ -656,6 +656,10 @@ pub enum LogError {
     FifoWithoutReader {
         path: PathBuf,
     },
+    /// Another process holds the file's lock: another server writes to it.
+    InUse {
+        path: PathBuf,
+    },
     /// The ring for `--log-capacity` could not be reserved.
     Capacity {
         capacity: usize,
@@ -683,6 +687,13 @@ impl std::fmt::Display for LogError {
                 f,
                 "cannot open log file '{}': it is a FIFO and nothing reads it (start its reader \
                  first, or choose another --log-file)",
+                path.display()
+            ),
+            LogError::InUse { path } => write!(
+                f,
+                "log file '{}' is being written by another process (another unreliable server?): \
+                 two runs in one file would mix their entries (choose another --log-file, or \
+                 --no-log-file)",
                 path.display()
             ),
             LogError::Capacity { capacity, error } => write!(
@@ -850,6 +861,14 @@ impl LogFile {
                 }
             }
         })?;
+        // Two servers appending to one file would interleave two runs' ids 1, 2, 3 …: the
+        // file would no longer prove what either did. A file system that cannot lock is used
+        // as it is.
+        if let Ok(false) = crate::sys::try_lock_exclusive(&file) {
+            return Err(LogError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
         let mut log_file = LogFile {
             identity: identity(&file),
             file,
@@ -935,6 +954,8 @@ impl Sink for LogFile {
         }
         match open_for_append(&self.path) {
             Ok(file) => {
+                // The path was free, so no other server can hold the new file yet.
+                let _ = crate::sys::try_lock_exclusive(&file);
                 self.identity = identity(&file);
                 self.file = file;
                 self.reopen_failed = false;
@@ -1713,6 +1734,22 @@ mod tests {
                 && error.ends_with("(choose a smaller --log-capacity)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_log_file_is_written_by_one_writer_at_a_time() {
+        let path = std::env::temp_dir().join(format!("unreliable-lock-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let first = LogFile::open(&path).unwrap();
+        let error = LogFile::open(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("is being written by another process"),
+            "{error}"
+        );
+        assert!(error.contains("--no-log-file"), "{error}");
+        drop(first);
+        assert!(LogFile::open(&path).is_ok());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The few operating-system calls std does not offer: epoll (to hold thousands of parked
 //! connections on one thread), blocking and awaiting SIGINT/SIGTERM/SIGHUP (a clean shutdown
-//! without an async-signal handler), ignoring SIGXFSZ, the bytes a socket still has queued, and
-//! raising the open-file limit.
+//! without an async-signal handler), ignoring SIGXFSZ, the bytes a socket still has queued,
+//! raising the open-file limit, and an advisory lock on the log file.
 //!
 //! This is the only module allowed `unsafe`: each block is one libc call on memory this module owns,
 //! with the reason beside it. Linux only (x86_64 and aarch64 layouts).
@@ -32,6 +32,10 @@ const EPOLLHUP: u32 = 0x010;
 const EPOLLRDHUP: u32 = 0x2000;
 const EPOLLET: u32 = 1 << 31;
 const EINTR: i32 = 4;
+/// `flock` operations and the error for a lock held elsewhere.
+const LOCK_EX: i32 = 2;
+const LOCK_NB: i32 = 4;
+const EWOULDBLOCK: i32 = 11;
 /// `recv`/`send` flag: return `EAGAIN` at once instead of waiting.
 const MSG_DONTWAIT: i32 = 0x40;
 /// `send` flag: a peer that has gone away is an `EPIPE` error, not a SIGPIPE.
@@ -132,6 +136,7 @@ extern "C" {
     fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
     fn signal(signal: i32, handler: usize) -> usize;
     fn ioctl(fd: i32, request: u64, ...) -> i32;
+    fn flock(fd: i32, operation: i32) -> i32;
 }
 
 /// Reads what has already arrived on a socket without waiting, whatever its blocking mode or
@@ -203,6 +208,21 @@ pub fn unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(queued).unwrap_or(0))
+}
+
+/// Takes an exclusive advisory lock (`flock`) on `file` without waiting: `Ok(false)` when another
+/// open file holds one. The lock goes with the open file, so it ends when the file is closed or
+/// the process exits, however it exits. An error means this file system cannot lock.
+pub fn try_lock_exclusive(file: &impl AsRawFd) -> io::Result<bool> {
+    // SAFETY: flock takes a descriptor and flags only; the descriptor is open while borrowed.
+    if unsafe { flock(file.as_raw_fd(), LOCK_EX | LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(error)
 }
 
 /// How a descriptor's readiness is reported.

@@ -309,6 +309,53 @@ fn a_fifo_log_file_that_nothing_reads_is_refused_at_once() {
 }
 
 #[test]
+fn a_second_server_on_the_same_log_file_is_refused_until_the_first_stops() {
+    let first = Server::start(
+        "log-shared",
+        &["--weights", "200=1", "--log-format", "json"],
+    );
+    balance_status(&first, "first-1");
+    let log_path = first.path("unreliable.log");
+    let second = |what: &str| {
+        let mut command = std::process::Command::new(binary());
+        command
+            .args(["serve", "--port", "0", "--log-format", "json", "--log-file"])
+            .arg(&log_path);
+        run_until(command, STEP_TIMEOUT, what)
+    };
+    let refused = second("a second server on a log file in use");
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("is being written by another process"),
+        "{refused:?}"
+    );
+    balance_status(&first, "first-2");
+    let (status, stderr, _directory) = first.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(log_ids(&log_path), vec![1, 2]);
+
+    // The lock ends with the process that held it: the next run may append.
+    let log_file = log_path.to_str().expect("a UTF-8 scratch path").to_string();
+    let next = Server::start(
+        "log-shared-next",
+        &[
+            "--weights",
+            "200=1",
+            "--log-format",
+            "json",
+            "--log-file",
+            &log_file,
+        ],
+    );
+    balance_status(&next, "next-1");
+    let (status, stderr, _directory) = next.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(log_ids(&log_path), vec![1, 2, 1]);
+}
+
+#[test]
 fn a_stop_gives_up_on_a_log_reader_that_never_reads_and_names_what_is_missing() {
     use std::os::unix::fs::OpenOptionsExt;
     let directory = scratch_directory("log-fifo-stuck");
