@@ -576,8 +576,8 @@ struct Connection {
     /// is not reading fast enough): the poller writes it as room opens up, then goes on as its
     /// [`AfterSent`] says.
     unsent: Option<UnsentAnswer>,
-    /// Bytes still queued in the kernel when an idle or closing deadline was moved on to this
-    /// one for them (see `Poller::await_kernel_queue`).
+    /// Bytes queued in the kernel when a write stalled, or when a deadline was moved on for
+    /// them, with the deadline that followed (see `Poller::await_kernel_queue`).
     kernel_queue_at_deadline: Option<(Instant, usize)>,
     _slot: ConnectionSlot,
 }
@@ -663,6 +663,13 @@ impl Connection {
         }
         self.filled += read;
         Ok(read)
+    }
+
+    /// Notes what the kernel holds for the client when a write stalls: at `deadline`, less
+    /// means the client is still reading.
+    fn note_kernel_queue(&mut self, deadline: Instant) {
+        let queued = sys::unsent_bytes(&self.stream).unwrap_or(0);
+        self.kernel_queue_at_deadline = Some((deadline, queued));
     }
 
     /// Drops `count` bytes after the first `keep` (the answered part, or a discarded body).
@@ -1591,6 +1598,9 @@ impl Poller<'_> {
         let fd = parked.connection.stream.as_raw_fd();
         let watch = parked.kind.watch();
         let deadline = parked.deadline;
+        if parked.kind == ParkKind::Sending {
+            parked.connection.note_kernel_queue(deadline);
+        }
         let registered = parked.connection.registered;
         parked.connection.registered = true;
         let token = self.parked.insert(parked);
@@ -1762,6 +1772,7 @@ impl Poller<'_> {
         parked.kind = ParkKind::Sending;
         parked.deadline = Instant::now() + self.shared.timeouts.write;
         let deadline = parked.deadline;
+        parked.connection.note_kernel_queue(deadline);
         // A later deadline is found by the earlier entry when it surfaces (see `expire`).
         if self.watch_as(token, current, Watch::EdgeAndWritable) && deadline < earlier {
             self.schedule(deadline, token);
@@ -1783,17 +1794,22 @@ impl Poller<'_> {
         self.schedule(deadline, token);
     }
 
-    /// At the deadline of an idle or closing connection: whether answers it was sent are still
-    /// queued in the kernel. All of an answer may fit in the send buffer, so the server never
-    /// saw a stall; closed plainly, the kernel would keep the unread bytes (megabytes each) for
-    /// as long as the client keeps its end, outside `max_connections`. While the queue shrinks
-    /// the connection is kept (its deadline moved by the write timeout), as a stalled write
-    /// would be; once it stops shrinking for that long, it is reset like one.
+    /// At the deadline of a sending, idle or closing connection: whether answers it was sent
+    /// are still queued in the kernel, and going out. All of an answer may fit in the send
+    /// buffer, so the server never saw a stall; closed plainly, the kernel would keep the unread
+    /// bytes (megabytes each) for as long as the client keeps its end, outside
+    /// `max_connections`. And a stalled write may see no room for longer than the write timeout
+    /// while a slow client reads steadily: the kernel reports room only once a third of its
+    /// buffer (up to 4 MB) is free. While the queue shrinks the connection is kept (its deadline
+    /// moved by the write timeout); once it stops shrinking for that long, it is reset.
     fn await_kernel_queue(&mut self, token: u64, now: Instant) -> KernelQueue {
         let Some(parked) = self.parked.get_mut(token) else {
             return KernelQueue::Empty;
         };
-        if !matches!(parked.kind, ParkKind::Idle | ParkKind::Closing) {
+        if !matches!(
+            parked.kind,
+            ParkKind::Sending | ParkKind::Idle | ParkKind::Closing
+        ) {
             return KernelQueue::Empty;
         }
         let queued = sys::unsent_bytes(&parked.connection.stream).unwrap_or(0);
@@ -2547,10 +2563,52 @@ mod tests {
         server.shutdown();
     }
 
+    #[test]
+    fn a_stalled_answer_still_being_read_is_kept_though_no_room_opens_up() {
+        // About 35 MB, read at 1.3 MB/s for five write timeouts: the kernel's queue shrinks all
+        // the while, but it reports room only once a third of its buffer (megabytes) is free,
+        // which takes longer than a write timeout, so the poller sends nothing meanwhile. The
+        // client is reading: that is not a stall to give up on.
+        // A small receive buffer, or the client's kernel would take megabytes for it and the
+        // server's queue would not move while it reads.
+        let (server, mut slow) = asked_for_the_log_with(100_000, |client| {
+            sys::set_receive_buffer(client, 64 * 1024).unwrap()
+        });
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut read_in_all = 0;
+        let reading = Instant::now();
+        while reading.elapsed() < Duration::from_millis(1_500) {
+            match slow.read(&mut chunk) {
+                Ok(0) => panic!("closed after {read_in_all} bytes"),
+                Ok(read) => read_in_all += read,
+                Err(error) => panic!("after {read_in_all} bytes: {error}"),
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        // Still served: the rest comes when the client reads faster.
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..8 {
+            match slow.read(&mut chunk) {
+                Ok(0) => panic!("closed after {read_in_all} bytes"),
+                Ok(read) => read_in_all += read,
+                Err(error) => panic!("after {read_in_all} bytes: {error}"),
+            }
+        }
+        server.shutdown();
+    }
+
     /// A server whose log has `entries` entries of about 350 bytes in `/getlogs`, quick to give
     /// up on a client (idle and write timeouts of 300 ms), and a client that has asked for the
     /// whole log.
     fn asked_for_the_log(entries: u64) -> (RunningServer, TcpStream) {
+        asked_for_the_log_with(entries, |_| {})
+    }
+
+    /// As [`asked_for_the_log`], with `prepare` applied to the client before it asks.
+    fn asked_for_the_log_with(
+        entries: u64,
+        prepare: impl FnOnce(&TcpStream),
+    ) -> (RunningServer, TcpStream) {
         let timeouts = Timeouts {
             idle: Duration::from_millis(300),
             write: Duration::from_millis(300),
@@ -2559,6 +2617,7 @@ mod tests {
         let server =
             start_with_timeouts(&config(1, 64), app_with_long_log(entries), timeouts).unwrap();
         let mut client = connect(&server);
+        prepare(&client);
         client
             .write_all(b"GET /getlogs HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();

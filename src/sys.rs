@@ -197,6 +197,29 @@ pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
+/// Caps a socket's receive buffer (`SO_RCVBUF`), as a client on a slow link has: the tests'
+/// slow readers need it, or the kernel buffers megabytes for them whatever they read.
+#[cfg(test)]
+pub fn set_receive_buffer(socket: &impl AsRawFd, bytes: i32) -> io::Result<()> {
+    const SO_RCVBUF: i32 = 8;
+    // SAFETY: `bytes` is a live int for the whole call, its size given; the descriptor is open
+    // while `socket` is borrowed.
+    let result = unsafe {
+        setsockopt(
+            socket.as_raw_fd(),
+            SOL_SOCKET,
+            SO_RCVBUF,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Bytes sent on `socket` that the peer has not acknowledged yet: answers still queued in the
 /// kernel, which a client that stopped reading leaves there.
 pub fn unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
