@@ -684,7 +684,10 @@ impl Connection {
 
     /// Gives back memory a parked connection does not need.
     fn shrink_for_parking(&mut self, kind: ParkKind) {
-        if matches!(kind, ParkKind::Hung | ParkKind::Closing) {
+        if matches!(
+            kind,
+            ParkKind::Hung | ParkKind::Closing | ParkKind::Flushing
+        ) {
             self.buffer = Vec::new();
             self.filled = 0;
         } else if self.filled <= READ_BUFFER_INITIAL && self.buffer.len() > READ_BUFFER_INITIAL {
@@ -928,7 +931,17 @@ fn run_worker(shared: &Shared) {
                 shared.park(connection, kind, deadline);
             }
             Ok(Next::Requeue) => shared.enqueue(connection),
-            Ok(Next::Close) | Err(_) => drop(connection),
+            Ok(Next::Close) | Err(_) => {
+                // As `Poller::close_when_sent`: answers still queued in the kernel wait in a
+                // poller rather than outlive the socket's descriptor.
+                if sys::unsent_bytes(&connection.stream).unwrap_or(0) > 0 {
+                    let _ = connection.stream.shutdown(Shutdown::Write);
+                    let deadline = Instant::now() + shared.timeouts.write;
+                    connection.note_kernel_queue(deadline);
+                    connection.shrink_for_parking(ParkKind::Flushing);
+                    shared.park(connection, ParkKind::Flushing, deadline);
+                }
+            }
         }
         if worker.out.capacity() > OUT_BUFFER_RETAINED {
             worker.out = Vec::with_capacity(READ_BUFFER_INITIAL * 4);
@@ -1406,6 +1419,11 @@ enum ParkKind {
     /// Past `max_connections`: readable means its request line may be in, to be answered 503
     /// (see [`turn_away`]); the deadline closes it quietly, as an idle connection.
     TurnedAway,
+    /// Done on both sides (the client closed, a hang or a body deadline ended) but answers are
+    /// still queued in the kernel: closed plainly, the socket would keep them, orphaned and
+    /// outside `max_connections`, for as long as the client keeps its end. It waits while they
+    /// go out and is reset once they stop (see `Poller::close_when_sent`).
+    Flushing,
 }
 
 impl ParkKind {
@@ -1415,6 +1433,8 @@ impl ParkKind {
     fn watch(self) -> Watch {
         match self {
             ParkKind::Idle | ParkKind::PartialRequest | ParkKind::PartialBody => Watch::Edge,
+            // Its peer's close was read: by level, that close would be reported forever.
+            ParkKind::Flushing => Watch::Edge,
             ParkKind::Hung | ParkKind::Closing | ParkKind::TurnedAway => Watch::Level,
             ParkKind::Sending => Watch::EdgeAndWritable,
         }
@@ -1670,7 +1690,7 @@ impl Poller<'_> {
                     Ok(InPlace::Drain(kind, deadline)) => {
                         self.start_draining(token, kind, deadline)
                     }
-                    Ok(InPlace::Close) | Err(_) => drop(self.parked.remove(token)),
+                    Ok(InPlace::Close) | Err(_) => self.close_when_sent(token),
                 }
             }
             ParkKind::PartialBody => self.hand_to_worker(token),
@@ -1680,9 +1700,10 @@ impl Poller<'_> {
                 let finished =
                     drain(&mut parked.connection.stream, &mut self.scratch) || event.closed;
                 if finished {
-                    self.parked.remove(token);
+                    self.close_when_sent(token);
                 }
             }
+            ParkKind::Flushing => self.close_when_sent(token),
         }
     }
 
@@ -1779,6 +1800,25 @@ impl Poller<'_> {
         }
     }
 
+    /// Closes a connection the server and the client are done with, unless answers are still
+    /// queued in the kernel for it: then it waits as [`ParkKind::Flushing`] for them to go out.
+    fn close_when_sent(&mut self, token: u64) {
+        let Some(parked) = self.parked.get_mut(token) else {
+            return;
+        };
+        if sys::unsent_bytes(&parked.connection.stream).unwrap_or(0) == 0 {
+            self.parked.remove(token);
+            return;
+        }
+        if parked.kind == ParkKind::Flushing {
+            return; // its deadline decides
+        }
+        let _ = parked.connection.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + self.shared.timeouts.write;
+        parked.connection.note_kernel_queue(deadline);
+        self.start_draining(token, ParkKind::Flushing, deadline);
+    }
+
     fn start_draining(&mut self, token: u64, kind: ParkKind, deadline: Instant) {
         let Some(parked) = self.parked.get_mut(token) else {
             return;
@@ -1808,7 +1848,7 @@ impl Poller<'_> {
         };
         if !matches!(
             parked.kind,
-            ParkKind::Sending | ParkKind::Idle | ParkKind::Closing
+            ParkKind::Sending | ParkKind::Idle | ParkKind::Closing | ParkKind::Flushing
         ) {
             return KernelQueue::Empty;
         }
@@ -1844,6 +1884,10 @@ impl Poller<'_> {
             // Answered in place since this entry was made: its deadline moved on.
             if parked.deadline > now {
                 self.deadlines.push(Reverse((parked.deadline, token)));
+                continue;
+            }
+            if matches!(parked.kind, ParkKind::Hung | ParkKind::PartialBody) {
+                self.close_when_sent(token);
                 continue;
             }
             let kernel_queue = self.await_kernel_queue(token, now);
@@ -2594,6 +2638,39 @@ mod tests {
                 Err(error) => panic!("after {read_in_all} bytes: {error}"),
             }
         }
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_client_that_half_closes_and_never_reads_is_reset_not_left_behind() {
+        // The client's close ends the connection for the server, but the answer (about 600 KB,
+        // all taken by the kernel) is still queued for it: closed plainly, it would stay there.
+        let (server, mut stuck) = asked_for_the_log(1_700);
+        stuck.shutdown(Shutdown::Write).unwrap();
+        assert_given_up_and_reset(&server, &mut stuck);
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_client_that_half_closes_still_gets_its_whole_answer() {
+        let (server, mut slow) = asked_for_the_log(1_700);
+        slow.shutdown(Shutdown::Write).unwrap();
+        // Slower than the write timeout (300 ms) allows for the whole answer: it is kept while
+        // the queue moves, then closed in order (no reset).
+        let mut answer = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            assert!(Instant::now() < deadline, "the answer never ended");
+            match slow.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => answer.extend_from_slice(&chunk[..read]),
+                Err(error) => panic!("after {} bytes: {error}", answer.len()),
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(answer.ends_with(b"0\r\n\r\n"), "{} bytes", answer.len());
+        assert!(answer.len() > 500_000, "{} bytes", answer.len());
         server.shutdown();
     }
 
