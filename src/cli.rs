@@ -808,8 +808,10 @@ Options:
   -h, --help              print this help
 
 GET /stats (before and after the run) and each GET /getlogs page have a
-fixed timeout of 10s of their own, whatever --timeout is. After 10 connect
-failures in a row (3 per worker when more) the run stops early and fails.
+fixed timeout of 10s of their own, connecting included, whatever --timeout is.
+After 10 attempts in a row (3 per worker when more) over at least 1s (or
+--timeout) without an answer, the run stops early and fails: when all failed
+to connect, or when they timed out and GET /health does not answer either.
 
 Exit status: 0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable.
 ";
@@ -1014,14 +1016,15 @@ mod tests {
     #[test]
     fn client_help_states_the_admin_timeout_the_client_uses() {
         let stated = format!(
-            "fixed timeout of {}s",
+            "fixed timeout of {}s of their own, connecting included",
             crate::client::ADMIN_TIMEOUT.as_secs()
         );
         assert!(CLIENT_HELP.contains(&stated), "{stated:?} not in the help");
         let early_stop = format!(
-            "After {} connect\nfailures in a row ({} per worker when more)",
+            "After {} attempts in a row ({} per worker when more) over at least {}s",
             crate::client::MIN_UNREACHABLE_STREAK,
-            crate::client::UNREACHABLE_STREAK_PER_WORKER
+            crate::client::UNREACHABLE_STREAK_PER_WORKER,
+            crate::client::MIN_STREAK_SPAN.as_secs()
         );
         assert!(
             CLIENT_HELP.contains(&early_stop),
