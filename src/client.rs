@@ -1652,6 +1652,11 @@ pub fn parse_server_stats(text: &str, value: &Value) -> Result<ServerStats, Stri
         probabilities[outcome.index()] = number;
     }
     let sum: f64 = probabilities.iter().sum();
+    // Each value finite does not make the sum finite (1e308 each): dividing by an infinite
+    // sum would make every probability 0.
+    if !sum.is_finite() {
+        return Err("the probabilities do not sum to a finite number".into());
+    }
     if sum <= 0.0 {
         return Err("all probabilities are zero".into());
     }
@@ -2435,6 +2440,17 @@ fn build_report(options: &ClientOptions, run: &RunRecord<'_>, account: &ServerAc
             &attempt_other,
         ));
     }
+    // Not chance but an impossibility: the server gave what its own weights say it never
+    // draws, so its weights (or its draws) are wrong, whatever the p-value says.
+    for outcome in Outcome::ALL {
+        let count = attempt_counts[outcome.index()];
+        if count > 0 && server.probabilities[outcome.index()] == 0.0 {
+            verdict_reasons.push(format!(
+                "{} was the outcome of {count} attempts but its weight is 0",
+                outcome.name()
+            ));
+        }
+    }
     let requests = finals.len() as u64;
     let requests_never_sent = options.count.saturating_sub(requests);
     if let Some(cause) = &run.sent.stopped {
@@ -2645,7 +2661,11 @@ pub fn format_log_entry(entry: &LogEntry) -> String {
 /// The sentence judging the chi-square p-value, whole: the report prints it as it is.
 /// Only for a run with draws; one without has its `nothing to judge` reason instead.
 pub fn fit_sentence(fit: &GoodnessOfFit) -> String {
-    if fit.p_value >= SIGNIFICANCE {
+    if fit.impossible_observed > 0 {
+        "the mix is impossible under the configured weights: an outcome of weight 0 was seen \
+         (the test is over the others)"
+            .to_string()
+    } else if fit.p_value >= SIGNIFICANCE {
         format!(
             "the mix is consistent with the configured weights (p = {:.3} >= {SIGNIFICANCE})",
             fit.p_value
@@ -2658,9 +2678,12 @@ pub fn fit_sentence(fit: &GoodnessOfFit) -> String {
     }
 }
 
-/// Whether the chi-square found the mix consistent with the weights; never without a draw.
+/// Whether the chi-square found the mix consistent with the weights; never without a draw,
+/// nor with an outcome the weights make impossible.
 fn is_consistent(report: &Report) -> bool {
-    report.attempt_draws > 0 && report.fit.p_value >= SIGNIFICANCE
+    report.attempt_draws > 0
+        && report.fit.impossible_observed == 0
+        && report.fit.p_value >= SIGNIFICANCE
 }
 
 fn write_distribution(
@@ -4793,6 +4816,16 @@ mod tests {
             [0.25, 0.25, 0.0, 0.5]
         );
         assert!(parse_server_stats("", &json::decode(r#"{"seed":1}"#).unwrap()).is_err());
+        // Each value finite, the sum not: before, every probability became 0 and the run
+        // passed against a table of zeros.
+        let overflowing = json::decode(
+            r#"{"probabilities":{"timeout":1e308,"403":1e308,"500":1e308,"200":1e308}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_server_stats("", &overflowing),
+            Err("the probabilities do not sum to a finite number".to_string())
+        );
 
         let page = json::decode(
             r#"{"total":9,"dropped":2,"returned":2,"next_since":7,"entries":[
@@ -5803,6 +5836,47 @@ mod tests {
             );
         }
         assert_eq!(streak.note(timeout, at(5000)), StreakStep::Probe);
+    }
+
+    #[test]
+    fn an_outcome_of_weight_zero_that_was_seen_fails_the_verdict() {
+        // The server says only 200 can happen, and answers a mix: before, the run passed.
+        let fake = start_fake_with(FakeConfig {
+            script: vec!["200", "403", "500", "200"],
+            stats: vec![
+                r#"{"seed":7,"probabilities":{"timeout":0,"403":0,"500":0,"200":1}}"#.into(),
+            ],
+            ..FakeConfig::default()
+        });
+        let options = ClientOptions {
+            concurrency: 1,
+            json: true,
+            ..fake_options(fake.port, 8)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        assert_eq!(
+            reasons_of(&value),
+            [
+                "403 was the outcome of 2 attempts but its weight is 0",
+                "500 was the outcome of 2 attempts but its weight is 0"
+            ]
+        );
+        let attempts = value.get("attempts").unwrap();
+        assert_eq!(attempts.get("consistent"), Some(&Value::Bool(false)));
+        // The test is over the one outcome of non-zero weight: nothing to test, no infinity.
+        let fit = attempts.get("chi_square").unwrap();
+        assert_eq!(fit.get("statistic").and_then(Value::as_f64), Some(0.0));
+        assert_eq!(number_in(fit, &["degrees_of_freedom"]), Some(0));
+        let (_, text) = run_report(&ClientOptions {
+            json: false,
+            ..options
+        });
+        assert!(
+            text.contains("\n  the mix is impossible under the configured weights"),
+            "{text}"
+        );
     }
 
     #[test]
