@@ -802,7 +802,8 @@ Options:
   --max-backoff DURATION  cap on the retry delay [default: 2s]
   --interval DURATION     pause before each fresh request a worker takes [default: 0ms]
   --show-logs N|all|none  server log entries to show [default: 20]
-  --json                  print one JSON document instead of the report
+  --json                  print one JSON document instead of the report (also
+                          when the run fails before it: verdict, error, exit_status)
   --quiet                 no progress line
   --tolerance PP          exit 1 when any 95% interval lies outside expected +/- PP points
   -h, --help              print this help

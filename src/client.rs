@@ -3396,10 +3396,35 @@ fn run_with(
         // Writing into a String cannot fail.
         let _ = write_text_report(&report, options, &mut text);
     }
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(ClientError::Output)?;
-    Ok(report.verdict)
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A reader that went away (`| head -3`) is no failure of the run: the verdict stands.
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => Err(ClientError::Output(error)),
+        _ => Ok(report.verdict),
+    }
+}
+
+/// The `--json` document of a run that ended before its report (unreachable, `/stats` before
+/// the run failed): `{"version":…,"verdict":"fail","error":…,"hint":…,"exit_status":3}`, so
+/// that a pipeline reading stdout always gets one JSON document. The error also goes to
+/// stderr, as without `--json`.
+pub fn json_failure(error: &ClientError) -> String {
+    let text = error.to_string();
+    // Display puts the hint on a line of its own; JSON gives it a member.
+    let (reason, hint) = match text.split_once("\nhint: ") {
+        Some((reason, hint)) => (reason, Some(hint)),
+        None => (text.as_str(), None),
+    };
+    let mut out = String::new();
+    let mut document = ObjectWriter::new(&mut out);
+    document
+        .string("version", env!("CARGO_PKG_VERSION"))
+        .string("verdict", "fail")
+        .string("error", reason)
+        .optional_string("hint", hint)
+        .u64("exit_status", u64::try_from(error.exit_code()).unwrap_or(1));
+    document.finish();
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
