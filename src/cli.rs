@@ -538,12 +538,26 @@ fn apply_client_flag(
     match flag.name.as_str() {
         "--host" => {
             let value = flag.value().trim();
-            let bare = value
+            let bracketed = value
                 .strip_prefix('[')
-                .and_then(|rest| rest.strip_suffix(']'))
-                .unwrap_or(value);
-            if bare.is_empty() || bare.contains(char::is_whitespace) || bare.contains('/') {
-                return Err(flag.invalid(subcommand, "expected a hostname or an IP address"));
+                .and_then(|rest| rest.strip_suffix(']'));
+            let bare = bracketed.unwrap_or(value);
+            // A ':' appears only in an IPv6 address (a zone id after '%' aside), and brackets
+            // only around one: `[::1]:8080` or `127.0.0.1:8080` carry a port, which would
+            // otherwise fail to resolve and pass for an unreachable server (exit 3).
+            let address = bare
+                .split_once('%')
+                .map_or(bare, |(address, _zone)| address);
+            let is_ipv6 = address.parse::<std::net::Ipv6Addr>().is_ok();
+            let malformed = bare.is_empty()
+                || bare.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '[' | ']'))
+                || ((bracketed.is_some() || bare.contains(':')) && !is_ipv6);
+            if malformed {
+                return Err(flag.invalid(
+                    subcommand,
+                    "expected a hostname or an IP address (IPv6 with or without brackets; \
+                     the port goes in --port)",
+                ));
             }
             options.host = bare.to_string();
         }
@@ -894,6 +908,18 @@ mod tests {
         };
         assert_eq!(options.host, "::1");
         assert_eq!(options.timeout, Duration::from_millis(1500));
+        for (host, kept) in [
+            ("[::1]", "::1"),
+            ("[fe80::1%eth0]", "fe80::1%eth0"),
+            ("fe80::1%2", "fe80::1%2"),
+            ("localhost", "localhost"),
+            ("192.0.2.10", "192.0.2.10"),
+        ] {
+            let Ok(Command::Client(options)) = parse_words(&format!("client --host {host}")) else {
+                panic!("--host {host} did not parse");
+            };
+            assert_eq!(options.host, kept);
+        }
         assert_eq!(options.retries, 0);
         assert_eq!(
             options.retry_on,
@@ -957,6 +983,21 @@ mod tests {
                 "--max-backoff (1s) is shorter than --backoff (3s)",
             ),
             ("demo --host 1.2.3.4", "invalid option '--host'"),
+            (
+                "client --host [::1]:8080",
+                "invalid value '[::1]:8080' for '--host': expected a hostname or an IP \
+                 address (IPv6 with or without brackets; the port goes in --port)",
+            ),
+            ("client --host [::1", "invalid value '[::1' for '--host'"),
+            (
+                "client --host [127.0.0.1]",
+                "invalid value '[127.0.0.1]' for '--host'",
+            ),
+            (
+                "client --host 127.0.0.1:8080",
+                "invalid value '127.0.0.1:8080' for '--host'",
+            ),
+            ("client --host [localhost]", "invalid value '[localhost]'"),
             (
                 "client --host 127.0.0.1 --port 8080 --port 9",
                 "option '--port' is given twice ('8080', then '9'); give it once",
