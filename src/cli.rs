@@ -538,12 +538,26 @@ fn apply_client_flag(
     match flag.name.as_str() {
         "--host" => {
             let value = flag.value().trim();
-            let bare = value
+            let bracketed = value
                 .strip_prefix('[')
-                .and_then(|rest| rest.strip_suffix(']'))
-                .unwrap_or(value);
-            if bare.is_empty() || bare.contains(char::is_whitespace) || bare.contains('/') {
-                return Err(flag.invalid(subcommand, "expected a hostname or an IP address"));
+                .and_then(|rest| rest.strip_suffix(']'));
+            let bare = bracketed.unwrap_or(value);
+            // A ':' appears only in an IPv6 address (a zone id after '%' aside), and brackets
+            // only around one: `[::1]:8080` or `127.0.0.1:8080` carry a port, which would
+            // otherwise fail to resolve and pass for an unreachable server (exit 3).
+            let address = bare
+                .split_once('%')
+                .map_or(bare, |(address, _zone)| address);
+            let is_ipv6 = address.parse::<std::net::Ipv6Addr>().is_ok();
+            let malformed = bare.is_empty()
+                || bare.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '[' | ']'))
+                || ((bracketed.is_some() || bare.contains(':')) && !is_ipv6);
+            if malformed {
+                return Err(flag.invalid(
+                    subcommand,
+                    "expected a hostname or an IP address (IPv6 with or without brackets; \
+                     the port goes in --port)",
+                ));
             }
             options.host = bare.to_string();
         }
@@ -802,14 +816,17 @@ Options:
   --max-backoff DURATION  cap on the retry delay [default: 2s]
   --interval DURATION     pause before each fresh request a worker takes [default: 0ms]
   --show-logs N|all|none  server log entries to show [default: 20]
-  --json                  print one JSON document instead of the report
+  --json                  print one JSON document instead of the report (also
+                          when the run fails before it: verdict, error, exit_status)
   --quiet                 no progress line
   --tolerance PP          exit 1 when any 95% interval lies outside expected +/- PP points
   -h, --help              print this help
 
 GET /stats (before and after the run) and each GET /getlogs page have a
-fixed timeout of 10s of their own, whatever --timeout is. After 10 connect
-failures in a row (3 per worker when more) the run stops early and fails.
+fixed timeout of 10s of their own, connecting included, whatever --timeout is.
+After 10 attempts in a row (3 per worker when more) over at least 1s (or
+--timeout) without an answer, the run stops early and fails: when all failed
+to connect, or when they timed out and GET /health does not answer either.
 
 Exit status: 0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable.
 ";
@@ -891,6 +908,18 @@ mod tests {
         };
         assert_eq!(options.host, "::1");
         assert_eq!(options.timeout, Duration::from_millis(1500));
+        for (host, kept) in [
+            ("[::1]", "::1"),
+            ("[fe80::1%eth0]", "fe80::1%eth0"),
+            ("fe80::1%2", "fe80::1%2"),
+            ("localhost", "localhost"),
+            ("192.0.2.10", "192.0.2.10"),
+        ] {
+            let Ok(Command::Client(options)) = parse_words(&format!("client --host {host}")) else {
+                panic!("--host {host} did not parse");
+            };
+            assert_eq!(options.host, kept);
+        }
         assert_eq!(options.retries, 0);
         assert_eq!(
             options.retry_on,
@@ -955,6 +984,21 @@ mod tests {
             ),
             ("demo --host 1.2.3.4", "invalid option '--host'"),
             (
+                "client --host [::1]:8080",
+                "invalid value '[::1]:8080' for '--host': expected a hostname or an IP \
+                 address (IPv6 with or without brackets; the port goes in --port)",
+            ),
+            ("client --host [::1", "invalid value '[::1' for '--host'"),
+            (
+                "client --host [127.0.0.1]",
+                "invalid value '[127.0.0.1]' for '--host'",
+            ),
+            (
+                "client --host 127.0.0.1:8080",
+                "invalid value '127.0.0.1:8080' for '--host'",
+            ),
+            ("client --host [localhost]", "invalid value '[localhost]'"),
+            (
                 "client --host 127.0.0.1 --port 8080 --port 9",
                 "option '--port' is given twice ('8080', then '9'); give it once",
             ),
@@ -1014,14 +1058,15 @@ mod tests {
     #[test]
     fn client_help_states_the_admin_timeout_the_client_uses() {
         let stated = format!(
-            "fixed timeout of {}s",
+            "fixed timeout of {}s of their own, connecting included",
             crate::client::ADMIN_TIMEOUT.as_secs()
         );
         assert!(CLIENT_HELP.contains(&stated), "{stated:?} not in the help");
         let early_stop = format!(
-            "After {} connect\nfailures in a row ({} per worker when more)",
+            "After {} attempts in a row ({} per worker when more) over at least {}s",
             crate::client::MIN_UNREACHABLE_STREAK,
-            crate::client::UNREACHABLE_STREAK_PER_WORKER
+            crate::client::UNREACHABLE_STREAK_PER_WORKER,
+            crate::client::MIN_STREAK_SPAN.as_secs()
         );
         assert!(
             CLIENT_HELP.contains(&early_stop),

@@ -21,9 +21,11 @@
 //! - `/stats` and each `/getlogs` page have their own fixed [`ADMIN_TIMEOUT`], whatever
 //!   `--timeout` is: that one is sized for a `/getbalance` answer, not for a log page of up to
 //!   [`MAX_ADMIN_RESPONSE_BYTES`].
-//! - Once [`unreachable_streak`] attempts in a row could not connect, the workers take no more
-//!   requests and drop their pending retries: a server that is gone would otherwise cost
-//!   count × attempts × `--timeout`. Requests never started count as never sent, not as
+//! - Once [`unreachable_streak`] attempts in a row got no answer over [`MIN_STREAK_SPAN`]
+//!   ([`NoAnswerStreak`]) and either all failed to connect or `/health` does not answer
+//!   either, the workers take no more requests and drop their pending retries: a server that
+//!   is gone or frozen would otherwise cost count × attempts × `--timeout`. A timeout alone
+//!   proves nothing (a server may hang every request on purpose), hence the probe. Requests never started count as never sent, not as
 //!   requests with an outcome; one whose retry was dropped has no final outcome either, and
 //!   counts as `retry dropped` among the requests that are no draws.
 //! - An attempt that failed before its request was written ("not sent") has no server entry by
@@ -63,7 +65,7 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const MAX_INTERIM_RESPONSES: usize = 16;
 /// Largest `/stats` answer or `/getlogs` page read.
 pub const MAX_ADMIN_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
-/// How long `/stats` and each `/getlogs` page may take, connecting included.
+/// How long `/stats` and each `/getlogs` page may take, connecting included (one deadline).
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Entries asked for per `/getlogs` page.
 pub const LOG_PAGE_LIMIT: u64 = 1000;
@@ -82,8 +84,8 @@ pub const EXTRA_RUN_ENTRIES: u64 = 1000;
 /// A keep-alive connection idle longer than this is replaced before the next attempt: the server
 /// closes idle connections after 5 s, and a request written into one it is closing is lost.
 pub const MAX_IDLE_REUSE: Duration = Duration::from_secs(2);
-/// Connect failures in a row (refused or timed out, across all workers, in the order they end)
-/// after which the run stops early, at the least. A server that is gone (killed, firewalled)
+/// Attempts in a row without an answer (connect failures and timeouts, across all workers, in
+/// the order they end; see [`NoAnswerStreak`]) after which the run stops early, at the least. A server that is gone (killed, firewalled)
 /// fails every connect, and without a stop the client would try on for count × attempts ×
 /// --timeout (20 minutes with the defaults) to print a report of failures. A handful in a row
 /// can be a blip (SYNs lost, a listen queue full for a moment), so a lone worker stops only
@@ -94,6 +96,12 @@ pub const MIN_UNREACHABLE_STREAK: u64 = 10;
 /// failure each proves nothing, while three rounds of every worker failing do. Connect
 /// timeouts run in parallel, so that is about three --timeouts of wall time.
 pub const UNREACHABLE_STREAK_PER_WORKER: u64 = 3;
+/// How long `/stats` after a run that stopped early is tried, retries included (or the attempt
+/// timeout when longer): long enough for a server being restarted to listen again, short
+/// enough not to wait on one already known to be gone.
+pub const STATS_RETRY_WINDOW: Duration = Duration::from_secs(2);
+/// The pause between two tries of `/stats` within [`STATS_RETRY_WINDOW`].
+const STATS_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How often a waiting worker (backoff, --interval) looks whether the run has stopped: a
 /// backoff may be long, and a stopped run must not wait it out.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -225,6 +233,14 @@ pub enum TransportError {
     ConnectionRefused,
     /// Connecting took longer than the attempt timeout (request not sent).
     ConnectTimeout,
+    /// No route to the server's host (`EHOSTUNREACH`: a firewall's reject, a host that does
+    /// not answer ARP); the request was not sent.
+    HostUnreachable,
+    /// No route to the server's network (`ENETUNREACH`: a route or interface gone).
+    NetworkUnreachable,
+    /// No local address to connect from (`EADDRNOTAVAIL`: an address removed, or no local
+    /// ports left).
+    AddressNotAvailable,
     /// The peer reset the connection.
     ConnectionReset,
     /// The connection closed before any byte of a response.
@@ -243,12 +259,27 @@ impl TransportError {
         match self {
             TransportError::ConnectionRefused => "connection refused",
             TransportError::ConnectTimeout => "connect timeout",
+            TransportError::HostUnreachable => "no route to host",
+            TransportError::NetworkUnreachable => "network unreachable",
+            TransportError::AddressNotAvailable => "address not available",
             TransportError::ConnectionReset => "connection reset",
             TransportError::ClosedBeforeResponse => "closed before a response",
             TransportError::ClosedMidResponse => "closed mid-response",
             TransportError::Malformed(_) => "malformed response",
             TransportError::Io(_) => "I/O error",
         }
+    }
+    /// Whether connecting failed, so the request was never sent: what a server that is gone or
+    /// cut off gives, as opposed to one that answered badly.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            TransportError::ConnectionRefused
+                | TransportError::ConnectTimeout
+                | TransportError::HostUnreachable
+                | TransportError::NetworkUnreachable
+                | TransportError::AddressNotAvailable
+        )
     }
     /// The variable part, if any (what was malformed, which I/O error).
     pub fn detail(&self) -> Option<&str> {
@@ -641,6 +672,9 @@ fn is_timeout(error: &io::Error) -> bool {
 fn io_failure(error: &io::Error) -> TransportError {
     match error.kind() {
         io::ErrorKind::ConnectionRefused => TransportError::ConnectionRefused,
+        io::ErrorKind::HostUnreachable => TransportError::HostUnreachable,
+        io::ErrorKind::NetworkUnreachable => TransportError::NetworkUnreachable,
+        io::ErrorKind::AddrNotAvailable => TransportError::AddressNotAvailable,
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::BrokenPipe => TransportError::ConnectionReset,
@@ -832,14 +866,36 @@ fn reach(host: &str, port: u16, timeout: Duration) -> Result<(Target, TcpStream)
 /// What to check when connecting to `address` failed with `error`, for the errors that point
 /// somewhere: the first thing a tester meets is a server listening on loopback only.
 fn unreachable_hint(error: &io::Error, address: &SocketAddr) -> Option<&'static str> {
-    if error.kind() == io::ErrorKind::ConnectionRefused {
-        return Some(
-            "is a server running on that port, and listening on this address? \
-             (a server on another machine needs 'serve --host 0.0.0.0')",
-        );
+    // The wildcard to suggest is the one of the address family tried: `0.0.0.0` listens on
+    // IPv4 only, so it would not help a client connecting over IPv6.
+    match (error.kind(), address) {
+        (io::ErrorKind::ConnectionRefused, SocketAddr::V4(_)) => {
+            return Some(
+                "is a server running on that port, and listening on this address? \
+                 (a server on another machine needs 'serve --host 0.0.0.0')",
+            )
+        }
+        (io::ErrorKind::ConnectionRefused, SocketAddr::V6(_)) => {
+            return Some(
+                "is a server running on that port, and listening on this address? \
+                 (a server on another machine needs 'serve --host ::')",
+            )
+        }
+        (io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable, _) => {
+            return Some(
+                "no route to the server: a wrong address, a network or interface down, or a \
+                 firewall rejecting the connection?",
+            )
+        }
+        _ => {}
     }
     if is_timeout(error) {
-        return Some("no answer: a wrong address, or a firewall dropping packets?");
+        // A server that is stopped or hung still gets its handshakes done by the kernel until
+        // its accept queue is full; then connecting times out exactly as for a lost packet.
+        return Some(
+            "no answer: a wrong address, a firewall dropping packets, or a server that is hung \
+             (its accept queue full)?",
+        );
     }
     match address {
         // fe80::/10 without a zone id: the system cannot know which interface to use.
@@ -917,13 +973,146 @@ pub fn unreachable_streak(workers: usize) -> u64 {
     per_workers.max(MIN_UNREACHABLE_STREAK)
 }
 
+/// The least time a streak of attempts without an answer must span before it stops the run
+/// (or, for timeouts, starts a `/health` probe), or the attempt timeout when that is longer.
+/// A refused connect takes microseconds, so a count alone is reached within a millisecond of a
+/// restart's first refusal: a server restarted with a gap of a tenth of a second would be
+/// called unreachable and the rest of the run thrown away.
+pub const MIN_STREAK_SPAN: Duration = Duration::from_secs(1);
+/// How long a worker whose connect failed waits before its next attempt: a refusing server
+/// answers in microseconds, and without a pause a worker would burn through thousands of
+/// requests during a restart's gap (or the [`MIN_STREAK_SPAN`] before an early stop).
+pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_millis(100);
+
 /// Why the workers stopped before sending every request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopCause {
-    /// Connect failures in a row when the run stopped (the bound).
+    /// Attempts in a row without an answer when the run stopped (at least the bound).
     pub failures_in_a_row: u64,
-    /// The failure that reached the bound: `connection refused` or `connect timeout`.
+    /// The last of them: `connection refused`, `connect timeout`, `no route to host`, …, or
+    /// `timeout`.
     pub failure: &'static str,
+    /// `None` when every one of them failed to connect (the server is unreachable). When
+    /// some timed out instead (a frozen server whose kernel still accepts connections), why
+    /// `GET /health` did not answer either: the server stopped answering.
+    pub health_failure: Option<String>,
+}
+
+/// Attempts in a row, across all workers in the order they ended, that got no answer at all:
+/// connect failures and timeouts. Anything the server answered (any status, even a reset or a
+/// malformed answer) ends the streak. Pure, so its rules are tested without sockets.
+#[derive(Debug)]
+struct NoAnswerStreak {
+    /// [`unreachable_streak`] of the run.
+    bound: u64,
+    /// [`MIN_STREAK_SPAN`], or the attempt timeout when longer.
+    min_span: Duration,
+    count: u64,
+    /// When the streak's first attempt ended.
+    since: Option<Instant>,
+    /// Whether a timeout is among them; else every one failed to connect.
+    timed_out: bool,
+    /// A worker is asking `/health`; the others do not ask too.
+    probing: bool,
+}
+
+/// What the worker that noted an attempt does about the streak.
+#[derive(Debug, PartialEq, Eq)]
+enum StreakStep {
+    Continue,
+    /// Ask `GET /health`: the streak holds timeouts, which a healthy server with a high
+    /// timeout weight gives too, so only a `/health` that does not answer either stops the run.
+    Probe,
+    /// Every attempt of the streak failed to connect: the server is unreachable.
+    Stop(StopCause),
+}
+
+impl NoAnswerStreak {
+    fn new(workers: usize, timeout: Duration) -> NoAnswerStreak {
+        NoAnswerStreak {
+            bound: unreachable_streak(workers),
+            min_span: MIN_STREAK_SPAN.max(timeout),
+            count: 0,
+            since: None,
+            timed_out: false,
+            probing: false,
+        }
+    }
+
+    /// Notes an attempt that ended at `now`: `no_answer` names the failure when it got no
+    /// answer (see [`no_answer_name`]).
+    fn note(&mut self, no_answer: Option<&'static str>, now: Instant) -> StreakStep {
+        let Some(failure) = no_answer else {
+            self.restart();
+            return StreakStep::Continue;
+        };
+        self.count += 1;
+        let since = *self.since.get_or_insert(now);
+        self.timed_out |= failure == Outcome::Timeout.name();
+        if self.count < self.bound || now.saturating_duration_since(since) < self.min_span {
+            return StreakStep::Continue;
+        }
+        if !self.timed_out {
+            return StreakStep::Stop(StopCause {
+                failures_in_a_row: self.count,
+                failure,
+                health_failure: None,
+            });
+        }
+        if self.probing {
+            return StreakStep::Continue;
+        }
+        self.probing = true;
+        StreakStep::Probe
+    }
+
+    /// `/health` answered: the server is alive, whatever its attempts time out with.
+    fn probe_answered(&mut self) {
+        self.probing = false;
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        self.count = 0;
+        self.since = None;
+        self.timed_out = false;
+    }
+}
+
+/// The failure's name when an attempt got no answer at all (a timeout, or a connect failure),
+/// `None` when something answered.
+fn no_answer_name(outcome: &AttemptOutcome) -> Option<&'static str> {
+    match outcome {
+        AttemptOutcome::Server(Outcome::Timeout) => Some(Outcome::Timeout.name()),
+        AttemptOutcome::Transport(error) if error.is_connect_failure() => Some(error.name()),
+        _ => None,
+    }
+}
+
+/// Whether anything answers `GET /health` within `timeout`, connecting included: any complete
+/// response will do (a `503` while the server's log file is stuck is an answer too). Why not,
+/// otherwise.
+fn probe_health(target: &Target, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = connect(target.address, timeout).map_err(|e| describe_io_error(&e))?;
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n",
+        target.host_header
+    );
+    stream
+        .set_write_timeout(Some(timeout))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .map_err(|e| describe_io_error(&e))?;
+    let mut assembler = ResponseAssembler::new(MAX_RESPONSE_BYTES, false);
+    let mut chunk = vec![0; READ_CHUNK];
+    let left = deadline.saturating_duration_since(Instant::now());
+    match receive(&mut stream, &mut assembler, left, &mut chunk, &mut None) {
+        Ok(_) => Ok(()),
+        Err(ReceiveFailure::Timeout) => {
+            Err(format!("no answer within {}", format_duration(timeout)))
+        }
+        Err(ReceiveFailure::Transport(error)) => Err(error.name().to_string()),
+    }
 }
 
 /// What the workers share.
@@ -935,37 +1124,49 @@ struct RunContext<'a> {
     next_request: AtomicU64,
     progress: Progress,
     first_connection: Mutex<Option<TcpStream>>,
-    /// Attempts in a row, in the order they ended, that could not connect.
-    connect_failures_in_a_row: AtomicU64,
-    /// [`unreachable_streak`] of this run.
-    streak_bound: u64,
-    /// Set once, when the streak reaches its bound; workers then take no more work.
+    streak: Mutex<NoAnswerStreak>,
+    /// Set once, when the server is found unreachable or not answering; workers then take no
+    /// more work.
     stopped: OnceLock<StopCause>,
 }
 
 impl RunContext<'_> {
-    /// Counts a connect failure towards the streak, or ends the streak.
-    fn note_connect_outcome(&self, outcome: &AttemptOutcome) {
-        let failure = match outcome {
-            AttemptOutcome::Transport(
-                error @ (TransportError::ConnectionRefused | TransportError::ConnectTimeout),
-            ) => error.name(),
-            _ => {
-                self.connect_failures_in_a_row.store(0, Ordering::Relaxed);
-                return;
+    /// Counts an attempt towards the streak of attempts without an answer, or ends the
+    /// streak; stops the run when the streak says so, after asking `/health` in this worker
+    /// when the streak holds timeouts.
+    fn note_outcome(&self, outcome: &AttemptOutcome) {
+        let no_answer = no_answer_name(outcome);
+        let step = match self.streak.lock() {
+            Ok(mut streak) => streak.note(no_answer, Instant::now()),
+            // A worker never panics holding it; should one, the run just goes on unguarded.
+            Err(_) => return,
+        };
+        let cause = match step {
+            StreakStep::Continue => return,
+            StreakStep::Stop(cause) => cause,
+            StreakStep::Probe => {
+                // At least the streak's span: a probe that gives up on a loaded but healthy
+                // server would stop a good run, while a frozen one costs this once.
+                let timeout = self.options.timeout.max(MIN_STREAK_SPAN);
+                let health = probe_health(self.target, timeout);
+                let Ok(mut streak) = self.streak.lock() else {
+                    return;
+                };
+                match health {
+                    Ok(()) => {
+                        streak.probe_answered();
+                        return;
+                    }
+                    Err(reason) => StopCause {
+                        failures_in_a_row: streak.count,
+                        failure: no_answer.unwrap_or(""),
+                        health_failure: Some(reason),
+                    },
+                }
             }
         };
-        let streak = self
-            .connect_failures_in_a_row
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        if streak >= self.streak_bound {
-            // Only the first cause is kept: the stop is for good, whatever ends after it.
-            let _ = self.stopped.set(StopCause {
-                failures_in_a_row: streak,
-                failure,
-            });
-        }
+        // Only the first cause is kept: the stop is for good, whatever ends after it.
+        let _ = self.stopped.set(cause);
     }
 
     fn is_stopped(&self) -> bool {
@@ -1017,8 +1218,7 @@ fn send_all(
         next_request: AtomicU64::new(0),
         progress: Progress::default(),
         first_connection: Mutex::new(first_connection),
-        connect_failures_in_a_row: AtomicU64::new(0),
-        streak_bound: unreachable_streak(workers),
+        streak: Mutex::new(NoAnswerStreak::new(workers, options.timeout)),
         stopped: OnceLock::new(),
     };
     let show_progress = !options.quiet && io::stderr().is_terminal();
@@ -1057,7 +1257,7 @@ fn send_all(
     records.sort_by_key(|record| (record.request, record.attempt));
     Sent {
         attempts: records,
-        stopped: context.stopped.get().copied(),
+        stopped: context.stopped.get().cloned(),
         retries_dropped,
     }
 }
@@ -1165,7 +1365,11 @@ fn run_worker(context: &RunContext<'_>, worker: usize) -> (Vec<AttemptRecord>, V
         };
         let record = perform_attempt(context, &mut connection, &mut scratch, request, attempt);
         context.progress.record(&record.outcome);
-        context.note_connect_outcome(&record.outcome);
+        context.note_outcome(&record.outcome);
+        if matches!(&record.outcome, AttemptOutcome::Transport(error) if error.is_connect_failure())
+        {
+            context.pause(CONNECT_FAILURE_PAUSE);
+        }
         let again = attempt <= options.retries && is_retried(&record.outcome, &options.retry_on);
         records.push(record);
         if again {
@@ -1272,23 +1476,30 @@ fn exchange(
 // ---------------------------------------------------------------------------------------------
 // Asking the server
 
-/// `GET path` on a fresh connection; the body of a 200 answer, decoded as JSON.
+/// `GET path` on a fresh connection within `timeout`, connecting included; the body of a 200
+/// answer, decoded as JSON.
 fn fetch_json(target: &Target, path: &str, timeout: Duration) -> Result<Value, ClientError> {
-    fetch_json_text(target, path, timeout).map(|(_, value)| value)
+    fetch_json_text(target, path, timeout, timeout).map(|(_, value)| value)
 }
 
-/// Like [`fetch_json`], also handing back the text.
+/// Like [`fetch_json`], also handing back the text; connecting may take `connect_timeout` of
+/// the `timeout` at most.
 fn fetch_json_text(
     target: &Target,
     path: &str,
     timeout: Duration,
+    connect_timeout: Duration,
 ) -> Result<(String, Value), ClientError> {
     let fail = |reason: String| ClientError::Server {
         request: format!("GET {path}"),
         reason,
     };
-    let mut stream = connect(target.address, timeout).map_err(|e| fail(describe_io_error(&e)))?;
-    let answer = ask_json(&mut stream, target, path, timeout, true).map_err(fail)?;
+    // One deadline for both: a server slow to accept and then slow to answer must not get
+    // the timeout twice over.
+    let deadline = Instant::now() + timeout;
+    let mut stream = connect(target.address, connect_timeout.min(timeout))
+        .map_err(|e| fail(describe_io_error(&e)))?;
+    let answer = ask_json(&mut stream, target, path, (deadline, timeout), true).map_err(fail)?;
     Ok((answer.text, answer.value))
 }
 
@@ -1301,13 +1512,15 @@ struct JsonAnswer {
 
 /// `GET path` on an open connection, asking the server to close it after the answer when
 /// `close`; the body of a 200 answer from an unreliable server, decoded as JSON, or why not.
+/// `deadline` ends the exchange; `timeout` is what the caller gave it, for the message.
 fn ask_json(
     stream: &mut TcpStream,
     target: &Target,
     path: &str,
-    timeout: Duration,
+    (deadline, timeout): (Instant, Duration),
     close: bool,
 ) -> Result<JsonAnswer, String> {
+    let left = || deadline.saturating_duration_since(Instant::now());
     let connection = if close { "Connection: close\r\n" } else { "" };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: {USER_AGENT}\r\n\
@@ -1315,12 +1528,12 @@ fn ask_json(
         target.host_header
     );
     stream
-        .set_write_timeout(Some(timeout))
+        .set_write_timeout(Some(left().max(Duration::from_millis(1))))
         .and_then(|()| stream.write_all(request.as_bytes()))
         .map_err(|e| describe_io_error(&e))?;
     let mut assembler = ResponseAssembler::new(MAX_ADMIN_RESPONSE_BYTES, true);
     let mut chunk = vec![0; READ_CHUNK];
-    let received = receive(stream, &mut assembler, timeout, &mut chunk, &mut None);
+    let received = receive(stream, &mut assembler, left(), &mut chunk, &mut None);
     let response = match received {
         Ok(response) => response,
         Err(ReceiveFailure::Timeout) => {
@@ -1363,18 +1576,41 @@ fn stats_before_run(
         request: "GET /stats".into(),
         reason,
     };
-    let answer = ask_json(&mut stream, target, "/stats", ADMIN_TIMEOUT, false).map_err(fail)?;
+    let deadline = (Instant::now() + ADMIN_TIMEOUT, ADMIN_TIMEOUT);
+    let answer = ask_json(&mut stream, target, "/stats", deadline, false).map_err(fail)?;
     let stats = parse_server_stats(&answer.text, &answer.value).map_err(fail)?;
     Ok((stats, answer.reusable.then_some(stream)))
 }
 
-/// `/stats` on a fresh connection.
-fn fetch_server_stats(target: &Target) -> Result<ServerStats, ClientError> {
-    let (text, value) = fetch_json_text(target, "/stats", ADMIN_TIMEOUT)?;
-    parse_server_stats(&text, &value).map_err(|reason| ClientError::Server {
-        request: "GET /stats".into(),
-        reason,
-    })
+/// `/stats` on a fresh connection, after the run. After an early stop the server was just
+/// found unreachable or not answering, so the whole read, retries included, gets
+/// [`STATS_RETRY_WINDOW`] (or the attempt timeout when longer) instead of [`ADMIN_TIMEOUT`],
+/// connecting the attempt timeout at most each time; and it is tried again while that lasts,
+/// so that a server that was restarting is reached and its restart named.
+fn fetch_server_stats(
+    target: &Target,
+    after_stop: bool,
+    attempt_timeout: Duration,
+) -> Result<ServerStats, ClientError> {
+    let read = |timeout: Duration, connect_timeout: Duration| {
+        let (text, value) = fetch_json_text(target, "/stats", timeout, connect_timeout)?;
+        parse_server_stats(&text, &value).map_err(|reason| ClientError::Server {
+            request: "GET /stats".into(),
+            reason,
+        })
+    };
+    if !after_stop {
+        return read(ADMIN_TIMEOUT, ADMIN_TIMEOUT);
+    }
+    let window_end = Instant::now() + STATS_RETRY_WINDOW.max(attempt_timeout);
+    loop {
+        let left = window_end.saturating_duration_since(Instant::now());
+        let result = read(left.max(Duration::from_millis(1)), attempt_timeout);
+        if result.is_ok() || left <= STATS_RETRY_PAUSE {
+            return result;
+        }
+        std::thread::sleep(STATS_RETRY_PAUSE);
+    }
 }
 
 /// What `/stats` says about the fault plan.
@@ -1416,6 +1652,11 @@ pub fn parse_server_stats(text: &str, value: &Value) -> Result<ServerStats, Stri
         probabilities[outcome.index()] = number;
     }
     let sum: f64 = probabilities.iter().sum();
+    // Each value finite does not make the sum finite (1e308 each): dividing by an infinite
+    // sum would make every probability 0.
+    if !sum.is_finite() {
+        return Err("the probabilities do not sum to a finite number".into());
+    }
     if sum <= 0.0 {
         return Err("all probabilities are zero".into());
     }
@@ -2063,13 +2304,25 @@ struct RunRecord<'a> {
 pub const RETRY_DROPPED: &str = "retry dropped";
 
 /// The verdict reason of a run stopped early: `the server became unreachable: 12 connection
-/// attempts in a row failed (connection refused); 1,234 requests not sent`.
+/// attempts in a row failed (connection refused); 1,234 requests not sent`, or `the server
+/// stopped answering: 10 attempts in a row got no answer (timeout), nor did GET /health (no
+/// answer within 1s); …`.
 fn unreachable_reason(cause: &StopCause, never_sent: u64, retries_dropped: u64) -> String {
-    let mut reason = format!(
-        "the server became unreachable: {} connection attempts in a row failed ({}); {} \
-         requests not sent",
-        group_thousands(cause.failures_in_a_row),
-        cause.failure,
+    let failures = group_thousands(cause.failures_in_a_row);
+    let mut reason = match &cause.health_failure {
+        None => format!(
+            "the server became unreachable: {failures} connection attempts in a row failed ({})",
+            cause.failure
+        ),
+        Some(health) => format!(
+            "the server stopped answering: {failures} attempts in a row got no answer (last: \
+             {}), nor did GET /health ({health})",
+            cause.failure
+        ),
+    };
+    let _ = write!(
+        reason,
+        "; {} requests not sent",
         group_thousands(never_sent)
     );
     if retries_dropped > 0 {
@@ -2187,6 +2440,17 @@ fn build_report(options: &ClientOptions, run: &RunRecord<'_>, account: &ServerAc
             &attempt_other,
         ));
     }
+    // Not chance but an impossibility: the server gave what its own weights say it never
+    // draws, so its weights (or its draws) are wrong, whatever the p-value says.
+    for outcome in Outcome::ALL {
+        let count = attempt_counts[outcome.index()];
+        if count > 0 && server.probabilities[outcome.index()] == 0.0 {
+            verdict_reasons.push(format!(
+                "{} was the outcome of {count} attempts but its weight is 0",
+                outcome.name()
+            ));
+        }
+    }
     let requests = finals.len() as u64;
     let requests_never_sent = options.count.saturating_sub(requests);
     if let Some(cause) = &run.sent.stopped {
@@ -2251,7 +2515,7 @@ fn build_report(options: &ClientOptions, run: &RunRecord<'_>, account: &ServerAc
         elapsed: run.elapsed,
         latency: latency_rows(attempts),
         requests_never_sent,
-        stopped: run.sent.stopped,
+        stopped: run.sent.stopped.clone(),
         retries_dropped: run.sent.retries_dropped.len() as u64,
         reconciliation,
         reconciliation_not_done,
@@ -2397,7 +2661,11 @@ pub fn format_log_entry(entry: &LogEntry) -> String {
 /// The sentence judging the chi-square p-value, whole: the report prints it as it is.
 /// Only for a run with draws; one without has its `nothing to judge` reason instead.
 pub fn fit_sentence(fit: &GoodnessOfFit) -> String {
-    if fit.p_value >= SIGNIFICANCE {
+    if fit.impossible_observed > 0 {
+        "the mix is impossible under the configured weights: an outcome of weight 0 was seen \
+         (the test is over the others)"
+            .to_string()
+    } else if fit.p_value >= SIGNIFICANCE {
         format!(
             "the mix is consistent with the configured weights (p = {:.3} >= {SIGNIFICANCE})",
             fit.p_value
@@ -2410,9 +2678,12 @@ pub fn fit_sentence(fit: &GoodnessOfFit) -> String {
     }
 }
 
-/// Whether the chi-square found the mix consistent with the weights; never without a draw.
+/// Whether the chi-square found the mix consistent with the weights; never without a draw,
+/// nor with an outcome the weights make impossible.
 fn is_consistent(report: &Report) -> bool {
-    report.attempt_draws > 0 && report.fit.p_value >= SIGNIFICANCE
+    report.attempt_draws > 0
+        && report.fit.impossible_observed == 0
+        && report.fit.p_value >= SIGNIFICANCE
 }
 
 fn write_distribution(
@@ -2822,9 +3093,11 @@ fn milliseconds(duration: Duration) -> f64 {
 ///   `actual_proportion`, `interval_low`, `interval_high` (95% Wilson interval, proportions).
 /// - `latency_ms`: array of `category`, `count`, `p50`, `p90`, `p99`.
 /// - `elapsed_seconds` (wall time of all attempts, backoffs included), `attempts_per_second`.
-/// - `stopped_early`: null, or, when the server became unreachable mid-run,
-///   `failures_in_a_row`, `failure` (`connection refused` or `connect timeout`),
-///   `requests_not_sent`, `retries_dropped`.
+/// - `stopped_early`: null, or, when the server became unreachable or stopped answering
+///   mid-run, `cause` (`unreachable` or `stopped answering`), `failures_in_a_row`, `failure`
+///   (the last: `connection refused`, `connect timeout`, `no route to host`, …, `timeout`),
+///   `health_check` (why `/health` did not answer, or null), `requests_not_sent`,
+///   `retries_dropped`.
 /// - `reconciliation`: `server_entries`, `matched`, `not_sent`, `transport_logged`,
 ///   `transport_unlogged`, `transport_logged_outcomes` (server outcome → count for the logged
 ///   transport errors), `missing_on_server`, `unknown_to_client`, `duplicates` (arrays of
@@ -2956,8 +3229,16 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
         Some(cause) => {
             let mut stopped = ObjectWriter::new(document.key("stopped_early"));
             stopped
+                .string(
+                    "cause",
+                    match cause.health_failure {
+                        None => "unreachable",
+                        Some(_) => "stopped answering",
+                    },
+                )
                 .u64("failures_in_a_row", cause.failures_in_a_row)
                 .string("failure", cause.failure)
+                .optional_string("health_check", cause.health_failure.as_deref())
                 .u64("requests_not_sent", report.requests_never_sent)
                 .u64("retries_dropped", report.retries_dropped);
             stopped.finish();
@@ -3073,7 +3354,8 @@ fn run_with(
         }
         other => other.to_string(),
     };
-    let (restart, log) = match fetch_server_stats(&target) {
+    let (restart, log) = match fetch_server_stats(&target, sent.stopped.is_some(), options.timeout)
+    {
         Ok(after) => {
             let restart = match restart_evidence(&before, &after, elapsed) {
                 Some(reason) => Restart::Yes(reason),
@@ -3114,10 +3396,35 @@ fn run_with(
         // Writing into a String cannot fail.
         let _ = write_text_report(&report, options, &mut text);
     }
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(ClientError::Output)?;
-    Ok(report.verdict)
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A reader that went away (`| head -3`) is no failure of the run: the verdict stands.
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => Err(ClientError::Output(error)),
+        _ => Ok(report.verdict),
+    }
+}
+
+/// The `--json` document of a run that ended before its report (unreachable, `/stats` before
+/// the run failed): `{"version":…,"verdict":"fail","error":…,"hint":…,"exit_status":3}`, so
+/// that a pipeline reading stdout always gets one JSON document. The error also goes to
+/// stderr, as without `--json`.
+pub fn json_failure(error: &ClientError) -> String {
+    let text = error.to_string();
+    // Display puts the hint on a line of its own; JSON gives it a member.
+    let (reason, hint) = match text.split_once("\nhint: ") {
+        Some((reason, hint)) => (reason, Some(hint)),
+        None => (text.as_str(), None),
+    };
+    let mut out = String::new();
+    let mut document = ObjectWriter::new(&mut out);
+    document
+        .string("version", env!("CARGO_PKG_VERSION"))
+        .string("verdict", "fail")
+        .string("error", reason)
+        .optional_string("hint", hint)
+        .u64("exit_status", u64::try_from(error.exit_code()).unwrap_or(1));
+    document.finish();
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -3264,9 +3571,27 @@ mod tests {
                  (a server on another machine needs 'serve --host 0.0.0.0')"
             )
         );
-        let silent = Some("no answer: a wrong address, or a firewall dropping packets?");
+        let refused_v6 = unreachable_hint(&io::ErrorKind::ConnectionRefused.into(), &link_local);
+        assert!(
+            refused_v6.is_some_and(|hint| hint.ends_with("needs 'serve --host ::')")),
+            "{refused_v6:?}"
+        );
+        let silent = Some(
+            "no answer: a wrong address, a firewall dropping packets, or a server that is hung \
+             (its accept queue full)?",
+        );
         for kind in [io::ErrorKind::TimedOut, io::ErrorKind::WouldBlock] {
             assert_eq!(unreachable_hint(&kind.into(), &remote), silent, "{kind:?}");
+        }
+        for kind in [
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::NetworkUnreachable,
+        ] {
+            let hint = unreachable_hint(&kind.into(), &link_local);
+            assert!(
+                hint.is_some_and(|hint| hint.starts_with("no route to the server")),
+                "{kind:?}: {hint:?}"
+            );
         }
         let invalid = io::Error::from(io::ErrorKind::InvalidInput);
         assert!(unreachable_hint(&invalid, &link_local)
@@ -3281,7 +3606,8 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "cannot reach 192.0.2.10:8080: timed out\n\
-             hint: no answer: a wrong address, or a firewall dropping packets?"
+             hint: no answer: a wrong address, a firewall dropping packets, or a server that is \
+             hung (its accept queue full)?"
         );
     }
 
@@ -4515,6 +4841,16 @@ mod tests {
             [0.25, 0.25, 0.0, 0.5]
         );
         assert!(parse_server_stats("", &json::decode(r#"{"seed":1}"#).unwrap()).is_err());
+        // Each value finite, the sum not: before, every probability became 0 and the run
+        // passed against a table of zeros.
+        let overflowing = json::decode(
+            r#"{"probabilities":{"timeout":1e308,"403":1e308,"500":1e308,"200":1e308}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_server_stats("", &overflowing),
+            Err("the probabilities do not sum to a finite number".to_string())
+        );
 
         let page = json::decode(
             r#"{"total":9,"dropped":2,"returned":2,"next_since":7,"entries":[
@@ -4548,6 +4884,7 @@ mod tests {
     /// `/stats` and chunked `/getlogs`.
     struct FakeServer {
         port: u16,
+        state: Arc<FakeState>,
     }
 
     #[derive(Clone)]
@@ -4573,6 +4910,13 @@ mod tests {
         dies_after: Option<u64>,
         /// `/getlogs` answers 500.
         broken_logs: bool,
+        /// After dying (`dies_after`), the server listens again on the same port after this
+        /// long, as a restarted server would, and answers everything again.
+        restart_gap: Option<Duration>,
+        /// After this many `/getbalance` requests the server freezes like a stopped process:
+        /// the kernel still accepts connections, but nothing is ever answered (`/health` and
+        /// `/stats` included) or logged.
+        freezes_after: Option<u64>,
     }
 
     const FAKE_STATS: &str = r#"{"seed":99,"weights":{"timeout":1,"403":1,"500":1,"200":1},"probabilities":{"timeout":0.25,"403":0.25,"500":0.25,"200":0.25}}"#;
@@ -4587,6 +4931,9 @@ mod tests {
         /// and says so through `closed`.
         dying: AtomicBool,
         closed: (Mutex<bool>, std::sync::Condvar),
+        /// `GET /health` requests answered.
+        health_answered: AtomicU64,
+        frozen: AtomicBool,
     }
 
     fn start_fake(script: Vec<&'static str>, unlogged: Vec<u64>) -> FakeServer {
@@ -4621,24 +4968,41 @@ mod tests {
             entries: Mutex::new(Vec::new()),
             dying: AtomicBool::new(false),
             closed: (Mutex::new(false), std::sync::Condvar::new()),
+            health_answered: AtomicU64::new(0),
+            frozen: AtomicBool::new(false),
         });
+        let accepting = Arc::clone(&state);
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                // The connection that woke the loop up to die, or one that came just before.
-                if state.dying.load(Ordering::SeqCst) {
-                    break;
+            let state = accepting;
+            let mut listener = listener;
+            loop {
+                for stream in listener.incoming() {
+                    // The connection that woke the loop up to die, or one that came just before.
+                    if state.dying.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { return };
+                    let state = Arc::clone(&state);
+                    std::thread::spawn(move || serve_fake(stream, &state));
                 }
-                let Ok(stream) = stream else { return };
-                let state = Arc::clone(&state);
-                std::thread::spawn(move || serve_fake(stream, &state));
+                drop(listener);
+                {
+                    let (closed, signal) = &state.closed;
+                    *closed.lock().unwrap() = true;
+                    signal.notify_all();
+                }
+                let Some(gap) = state.config.restart_gap else {
+                    return;
+                };
+                std::thread::sleep(gap);
+                // std sets SO_REUSEADDR, so the port is free again despite TIME_WAIT.
+                listener = TcpListener::bind(state.address).unwrap();
+                state.dying.store(false, Ordering::SeqCst);
             }
-            drop(listener);
-            let (closed, signal) = &state.closed;
-            *closed.lock().unwrap() = true;
-            signal.notify_all();
         });
         FakeServer {
             port: address.port(),
+            state,
         }
     }
 
@@ -4688,6 +5052,12 @@ mod tests {
                 name.eq_ignore_ascii_case("x-request-id")
                     .then(|| value.trim().to_string())
             });
+            if state.frozen.load(Ordering::SeqCst) {
+                // Hang: read until the client gives up and closes.
+                let mut sink = [0u8; 256];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                return;
+            }
             let reply = match path {
                 "/getbalance" => {
                     let id = {
@@ -4696,9 +5066,13 @@ mod tests {
                         *next
                     };
                     let config = &state.config;
+                    if config.freezes_after.is_some_and(|last| id > last) {
+                        state.frozen.store(true, Ordering::SeqCst);
+                        continue;
+                    }
                     match config.dies_after {
                         // Dead already: a connection accepted just before gets no answer.
-                        Some(last) if id > last => return,
+                        Some(last) if id > last && config.restart_gap.is_none() => return,
                         Some(last) if id == last => stop_listening(state),
                         _ => {}
                     }
@@ -4752,6 +5126,10 @@ mod tests {
                         "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
                     )
+                }
+                "/health" => {
+                    state.health_answered.fetch_add(1, Ordering::SeqCst);
+                    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_string()
                 }
                 "/getlogs" if state.config.broken_logs => {
                     "HTTP/1.1 500 Broken\r\nServer: unreliable/test\r\nContent-Length: 0\r\n\r\n"
@@ -5252,6 +5630,7 @@ mod tests {
             stopped: Some(StopCause {
                 failures_in_a_row: 10,
                 failure: "connection refused",
+                health_failure: None,
             }),
             retries_dropped: vec![2],
         };
@@ -5341,15 +5720,27 @@ mod tests {
         assert_eq!(verdict, Verdict::Fail, "{text}");
         let value = json::decode(&text).unwrap();
         let stopped = value.get("stopped_early").unwrap();
-        assert_eq!(number_in(stopped, &["failures_in_a_row"]), Some(bound));
+        // At least the bound: the streak must also span MIN_STREAK_SPAN, and a worker pauses
+        // CONNECT_FAILURE_PAUSE after each refusal, so how many more it takes depends on
+        // the machine's timing; every one of them is counted.
+        let in_a_row = number_in(stopped, &["failures_in_a_row"]).unwrap();
+        assert!(in_a_row >= bound, "{in_a_row} in a row");
         assert_eq!(
             stopped.get("failure").and_then(Value::as_str),
             Some("connection refused")
         );
-        assert_eq!(number_in(&value, &["attempts", "total"]), Some(3 + bound));
+        assert_eq!(
+            stopped.get("cause").and_then(Value::as_str),
+            Some("unreachable")
+        );
+        assert_eq!(stopped.get("health_check"), Some(&Value::Null));
+        assert_eq!(
+            number_in(&value, &["attempts", "total"]),
+            Some(3 + in_a_row)
+        );
         assert_eq!(
             number_in(&value, &["attempts", "other", "connection refused"]),
-            Some(bound)
+            Some(in_a_row)
         );
         // Requests never started are not requests with an outcome; the two add up to --count.
         let requests = number_in(&value, &["requests", "total"]).unwrap();
@@ -5366,7 +5757,7 @@ mod tests {
         );
         assert_eq!(3 + refused.unwrap_or(0) + dropped.unwrap_or(0), requests);
         let unreachable = format!(
-            "the server became unreachable: {bound} connection attempts in a row failed \
+            "the server became unreachable: {in_a_row} connection attempts in a row failed \
              (connection refused); {} requests not sent",
             group_thousands(never_sent)
         );
@@ -5381,12 +5772,264 @@ mod tests {
         let (verdict, text) = run_report(&options(dying().port, false));
         assert_eq!(verdict, Verdict::Fail, "{text}");
         for expected in [
-            "\n  stopped early: the server became unreachable: 10 connection attempts in a row \
-             failed (connection refused); 9,9",
+            "\n  stopped early: the server became unreachable: ",
+            " connection attempts in a row failed (connection refused); 9,9",
             " more never sent\n",
         ] {
             assert!(text.contains(expected), "no {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn unreachable_routes_are_connect_failures_with_their_own_names() {
+        // Before, these were "I/O error"s, which reset the streak: a firewalled server was
+        // tried for every request instead of stopping the run.
+        let cases = [
+            (io::ErrorKind::HostUnreachable, "no route to host"),
+            (io::ErrorKind::NetworkUnreachable, "network unreachable"),
+            (io::ErrorKind::AddrNotAvailable, "address not available"),
+            (io::ErrorKind::ConnectionRefused, "connection refused"),
+        ];
+        for (kind, name) in cases {
+            let error = io_failure(&kind.into());
+            assert!(error.is_connect_failure(), "{kind:?}");
+            assert_eq!(error.name(), name);
+            let outcome = AttemptOutcome::Transport(error);
+            assert_eq!(no_answer_name(&outcome), Some(name));
+        }
+        assert_eq!(
+            no_answer_name(&AttemptOutcome::Server(Outcome::Timeout)),
+            Some("timeout")
+        );
+        for answered in [
+            AttemptOutcome::Server(Outcome::Forbidden),
+            AttemptOutcome::OtherStatus(503),
+            AttemptOutcome::Transport(TransportError::ConnectionReset),
+            AttemptOutcome::Transport(io_failure(&io::ErrorKind::PermissionDenied.into())),
+        ] {
+            assert_eq!(no_answer_name(&answered), None, "{answered:?}");
+        }
+    }
+
+    #[test]
+    fn a_streak_stops_the_run_only_when_long_enough_in_count_and_in_time() {
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        let refused = Some("connection refused");
+        // One worker: a bound of 10, and a span of at least MIN_STREAK_SPAN (1 s > 200 ms).
+        let mut streak = NoAnswerStreak::new(1, Duration::from_millis(200));
+        // A restart's gap: twenty refusals within a millisecond do not stop the run.
+        for _ in 0..20 {
+            assert_eq!(streak.note(refused, at(1)), StreakStep::Continue);
+        }
+        // An answer ends the streak; the span starts again with the next failure.
+        assert_eq!(streak.note(None, at(2)), StreakStep::Continue);
+        for millis in 3..12 {
+            assert_eq!(streak.note(refused, at(millis)), StreakStep::Continue);
+        }
+        // Ten in a row, but spanning 9 ms; then one a second after the first: stop.
+        assert_eq!(streak.note(refused, at(500)), StreakStep::Continue);
+        let unreachable = Some("no route to host");
+        assert_eq!(
+            streak.note(unreachable, at(1003)),
+            StreakStep::Stop(StopCause {
+                failures_in_a_row: 11,
+                failure: "no route to host",
+                health_failure: None,
+            })
+        );
+
+        // A timeout among them: /health decides, asked by one worker at a time.
+        let mut streak = NoAnswerStreak::new(4, Duration::from_secs(2));
+        assert_eq!(
+            (streak.bound, streak.min_span),
+            (12, Duration::from_secs(2))
+        );
+        let timeout = Some("timeout");
+        for millis in 0..12 {
+            assert_eq!(streak.note(timeout, at(millis)), StreakStep::Continue);
+        }
+        assert_eq!(streak.note(refused, at(2000)), StreakStep::Probe);
+        assert_eq!(streak.note(timeout, at(2001)), StreakStep::Continue);
+        streak.probe_answered();
+        assert_eq!(streak.count, 0);
+        // The next probe only after another full streak.
+        for millis in 0..12 {
+            assert_eq!(
+                streak.note(timeout, at(3000 + millis)),
+                StreakStep::Continue
+            );
+        }
+        assert_eq!(streak.note(timeout, at(5000)), StreakStep::Probe);
+    }
+
+    #[test]
+    fn an_outcome_of_weight_zero_that_was_seen_fails_the_verdict() {
+        // The server says only 200 can happen, and answers a mix: before, the run passed.
+        let fake = start_fake_with(FakeConfig {
+            script: vec!["200", "403", "500", "200"],
+            stats: vec![
+                r#"{"seed":7,"probabilities":{"timeout":0,"403":0,"500":0,"200":1}}"#.into(),
+            ],
+            ..FakeConfig::default()
+        });
+        let options = ClientOptions {
+            concurrency: 1,
+            json: true,
+            ..fake_options(fake.port, 8)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        assert_eq!(
+            reasons_of(&value),
+            [
+                "403 was the outcome of 2 attempts but its weight is 0",
+                "500 was the outcome of 2 attempts but its weight is 0"
+            ]
+        );
+        let attempts = value.get("attempts").unwrap();
+        assert_eq!(attempts.get("consistent"), Some(&Value::Bool(false)));
+        // The test is over the one outcome of non-zero weight: nothing to test, no infinity.
+        let fit = attempts.get("chi_square").unwrap();
+        assert_eq!(fit.get("statistic").and_then(Value::as_f64), Some(0.0));
+        assert_eq!(number_in(fit, &["degrees_of_freedom"]), Some(0));
+        let (_, text) = run_report(&ClientOptions {
+            json: false,
+            ..options
+        });
+        assert!(
+            text.contains("\n  the mix is impossible under the configured weights"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_frozen_server_stops_the_run_once_health_does_not_answer_either() {
+        // The kernel completes handshakes for a stopped process, so every attempt is a read
+        // timeout; before, the run went on for count x --timeout (hours with defaults).
+        let frozen = start_fake_with(FakeConfig {
+            script: vec!["200", "403"],
+            freezes_after: Some(4),
+            ..FakeConfig::default()
+        });
+        let options = ClientOptions {
+            json: true,
+            ..fake_options(frozen.port, 100_000)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        let stopped = value.get("stopped_early").unwrap();
+        assert_eq!(
+            stopped.get("cause").and_then(Value::as_str),
+            Some("stopped answering"),
+            "{text}"
+        );
+        let health = stopped.get("health_check").and_then(Value::as_str).unwrap();
+        assert_eq!(health, "no answer within 1s");
+        let in_a_row = number_in(stopped, &["failures_in_a_row"]).unwrap();
+        assert!(in_a_row >= unreachable_streak(2), "{in_a_row}");
+        let never_sent = number_in(&value, &["requests", "never_sent"]).unwrap();
+        assert!(never_sent > 90_000, "{never_sent}");
+        let reasons = reasons_of(&value);
+        assert!(
+            reasons[0].starts_with(&format!(
+                "the server stopped answering: {in_a_row} attempts in a row got no answer \
+                 (last: timeout), nor did GET /health (no answer within 1s); "
+            )),
+            "{reasons:?}"
+        );
+        assert_eq!(frozen.state.health_answered.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_healthy_server_that_only_hangs_is_probed_and_never_stopped() {
+        // `--weights timeout=1`: every attempt times out, as for a frozen server, but /health
+        // answers, so the run goes to its end and passes.
+        let hanging = start_fake_with(FakeConfig {
+            script: vec!["timeout"],
+            stats: vec![
+                r#"{"seed":5,"probabilities":{"timeout":1,"403":0,"500":0,"200":0}}"#.into(),
+            ],
+            ..FakeConfig::default()
+        });
+        let options = ClientOptions {
+            concurrency: 4,
+            retries: 0,
+            json: true,
+            ..fake_options(hanging.port, 40)
+        };
+        let (verdict, text) = run_report(&options);
+        let value = json::decode(&text).unwrap();
+        assert_eq!(reasons_of(&value), Vec::<String>::new(), "{text}");
+        assert_eq!(verdict, Verdict::Pass, "{text}");
+        assert_eq!(value.get("stopped_early"), Some(&Value::Null));
+        assert_eq!(
+            number_in(&value, &["attempts", "counts", "timeout"]),
+            Some(40)
+        );
+        assert!(hanging.state.health_answered.load(Ordering::SeqCst) >= 1);
+    }
+
+    fn restarting_fake(gap: Duration) -> FakeServer {
+        let before = r#"{"seed":99,"total":0,"uptime_seconds":0.1,"weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        let after = r#"{"seed":100,"total":3,"uptime_seconds":0.1,"weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        start_fake_with(FakeConfig {
+            script: vec!["200", "403"],
+            stats: vec![before.into(), after.into()],
+            dies_after: Some(4),
+            restart_gap: Some(gap),
+            ..FakeConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_quick_restart_is_named_as_a_restart_not_as_unreachable() {
+        // A gap of 150 ms: before, ten refusals within a millisecond stopped the run as
+        // "unreachable", and /stats, asked at once, was refused too.
+        let fake = restarting_fake(Duration::from_millis(150));
+        let options = ClientOptions {
+            concurrency: 1,
+            json: true,
+            ..fake_options(fake.port, 30)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        assert_eq!(value.get("stopped_early"), Some(&Value::Null), "{text}");
+        let server = value.get("server").unwrap();
+        assert_eq!(server.get("restarted"), Some(&Value::Bool(true)), "{text}");
+        assert_eq!(number_in(&value, &["requests", "never_sent"]), Some(0));
+        let reasons = reasons_of(&value);
+        assert!(
+            reasons.iter().any(|reason| reason
+                .starts_with("the server restarted during the run (seed 99, then 100")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn after_an_early_stop_stats_is_retried_briefly_and_names_a_restart() {
+        // Down for 2 s: the run stops early after a second of refusals, and /stats after the
+        // run, tried again within STATS_RETRY_WINDOW, reaches the restarted server.
+        let fake = restarting_fake(Duration::from_secs(2));
+        let options = ClientOptions {
+            concurrency: 1,
+            json: true,
+            ..fake_options(fake.port, 10_000)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        let stopped = value.get("stopped_early").unwrap();
+        assert_eq!(
+            stopped.get("cause").and_then(Value::as_str),
+            Some("unreachable"),
+            "{text}"
+        );
+        let server = value.get("server").unwrap();
+        assert_eq!(server.get("restarted"), Some(&Value::Bool(true)), "{text}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         Command::Serve(options) => serve(&options),
         Command::Client(options) => {
             let mut stdout = std::io::stdout().lock();
-            finish_client(client::run(&options, &mut stdout))
+            finish_client(client::run(&options, &mut stdout), options.json)
         }
         Command::Demo(options) => demo(options),
     }
@@ -81,11 +81,17 @@ fn write_stdout(text: &str) -> std::io::Result<()> {
     stdout.flush()
 }
 
-fn finish_client(result: Result<client::Verdict, client::ClientError>) -> ExitCode {
+/// The exit status of a client run; with `json`, a run that ended before its report still
+/// prints one JSON document (see [`client::json_failure`]).
+fn finish_client(result: Result<client::Verdict, client::ClientError>, json: bool) -> ExitCode {
     match result {
         Ok(client::Verdict::Pass) => ExitCode::SUCCESS,
         Ok(client::Verdict::Fail) => ExitCode::from(EXIT_FAILURE),
         Err(error) => {
+            if json && !matches!(error, client::ClientError::Output(_)) {
+                // A stdout that fails here is said nowhere else: stderr has the error.
+                let _ = write_stdout(&client::json_failure(&error));
+            }
             say!("unreliable: error: {error}");
             ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_FAILURE))
         }
@@ -204,9 +210,64 @@ fn serve(options: &ServeOptions) -> ExitCode {
     status
 }
 
+/// Entries the demo's server keeps in memory: enough for the longest demo anyone waits for.
+const DEMO_LOG_CAPACITY: usize = 1_000_000;
+
+/// Worker threads of the demo's server: one per client connection, at least 4.
+fn demo_threads(options: &DemoOptions) -> usize {
+    options.client.concurrency.clamp(4, cli::MAX_THREADS)
+}
+
+/// The `serve` and `client` command lines that repeat a demo run in two terminals, each on a
+/// line of its own that can be pasted whole; the address is a shell comment above them.
+/// Every option the demo set is spelled out, so the pasted run is the demo's run.
+fn equivalent_commands(seed: u64, options: &DemoOptions, address: SocketAddr) -> String {
+    let client = &options.client;
+    let retry_on = if client.retry_on.is_empty() {
+        "none".to_string()
+    } else {
+        let names: Vec<&str> = client.retry_on.iter().map(|o| o.name()).collect();
+        names.join(",")
+    };
+    let show_logs = match client.show_logs {
+        cli::ShowLogs::All => "all".to_string(),
+        cli::ShowLogs::None => "none".to_string(),
+        cli::ShowLogs::Last(count) => count.to_string(),
+    };
+    let mut client_line = format!(
+        "unreliable client --host {} --port {} --count {} --concurrency {} --timeout {} \
+         --retries {} --retry-on {retry_on} --backoff {} --max-backoff {} --interval {} \
+         --show-logs {show_logs}",
+        address.ip(),
+        address.port(),
+        client.count,
+        client.concurrency,
+        cli::show_duration(client.timeout),
+        client.retries,
+        cli::show_duration(client.backoff),
+        cli::show_duration(client.max_backoff),
+        cli::show_duration(client.interval),
+    );
+    if let Some(tolerance) = client.tolerance {
+        client_line.push_str(&format!(" --tolerance {tolerance}"));
+    }
+    if client.quiet {
+        client_line.push_str(" --quiet");
+    }
+    format!(
+        "# demo: a server on http://{address} and a client; the same run in two terminals:\n\
+         unreliable serve --port {} --no-log-file --log-capacity {DEMO_LOG_CAPACITY} --seed {seed} \
+         --weights {} --hang {} --threads {} --pollers 1\n{client_line}\n\n",
+        address.port(),
+        options.weights,
+        cli::show_duration(options.hang),
+        demo_threads(options),
+    )
+}
+
 fn demo(mut options: DemoOptions) -> ExitCode {
     let seed = options.seed.unwrap_or_else(chaos::fresh_seed);
-    let log = match RequestLog::new(1_000_000, false) {
+    let log = match RequestLog::new(DEMO_LOG_CAPACITY, false) {
         Ok(log) => Arc::new(log),
         Err(error) => {
             say!("unreliable: error: {error}");
@@ -218,7 +279,7 @@ fn demo(mut options: DemoOptions) -> ExitCode {
         Chaos::new(seed, options.weights.clone()),
         &log,
         options.hang,
-        options.client.concurrency.clamp(4, cli::MAX_THREADS),
+        demo_threads(&options),
         // One client's few connections: one event loop is plenty.
         1,
         10_000,
@@ -234,35 +295,13 @@ fn demo(mut options: DemoOptions) -> ExitCode {
     options.client.port = address.port();
     if !options.client.json {
         // The equivalent commands, so a run can be reproduced outside the demo.
-        let client = &options.client;
-        let retry_on = if client.retry_on.is_empty() {
-            "none".to_string()
-        } else {
-            let names: Vec<&str> = client
-                .retry_on
-                .iter()
-                .map(|outcome| outcome.name())
-                .collect();
-            names.join(",")
-        };
-        let preamble = format!(
-            "demo: unreliable serve --seed {seed} --weights {} --hang {}   (on http://{address})\n\
-             demo: unreliable client --host {} --port {} --count {} --concurrency {} --timeout {} \
-             --retries {} --retry-on {retry_on} --backoff {} --max-backoff {}\n\n",
-            options.weights,
-            cli::show_duration(options.hang),
-            client.host,
-            client.port,
-            client.count,
-            client.concurrency,
-            cli::show_duration(client.timeout),
-            client.retries,
-            cli::show_duration(client.backoff),
-            cli::show_duration(client.max_backoff),
-        );
-        if let Err(error) = write_stdout(&preamble) {
+        if let Err(error) = write_stdout(&equivalent_commands(seed, &options, address)) {
             server.shutdown();
-            return finish_client(Err(client::ClientError::Output(error)));
+            // A reader that went away (`| head -1`) stops the demo quietly, as for --help.
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            return finish_client(Err(client::ClientError::Output(error)), false);
         }
     }
     let result = {
@@ -270,5 +309,66 @@ fn demo(mut options: DemoOptions) -> ExitCode {
         client::run(&options.client, &mut stdout)
     };
     server.shutdown();
-    finish_client(result)
+    finish_client(result, options.client.json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn parse_line(line: &str) -> cli::Command {
+        let words = line.split_whitespace().skip(1).map(OsString::from);
+        cli::parse(words).unwrap_or_else(|error| panic!("{line}: {error}"))
+    }
+
+    #[test]
+    fn the_demos_equivalent_commands_parse_back_into_the_demos_own_options() {
+        // Before, the serve line carried "(on http://...)" (a shell syntax error) and no
+        // --port or --no-log-file, and the client line dropped --interval, --show-logs,
+        // --tolerance and --quiet.
+        let cli::Command::Demo(mut demo) = parse_line(
+            "unreliable demo --count 50 --seed 8685685047142600061 --weights timeout=1,200=3 \
+             --hang 3s --interval 5ms --show-logs 3 --tolerance 10 --quiet --retry-on none \
+             --concurrency 2",
+        ) else {
+            panic!("demo did not parse");
+        };
+        let address = SocketAddr::from(([127, 0, 0, 1], 35739));
+        demo.client.host = address.ip().to_string();
+        demo.client.port = address.port();
+        let text = equivalent_commands(8685685047142600061, &demo, address);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("# demo: a server on http://127.0.0.1:35739"),
+            "{text}"
+        );
+        assert_eq!(lines[3], "", "{text}");
+        let cli::Command::Serve(serve) = parse_line(lines[1]) else {
+            panic!("{}", lines[1]);
+        };
+        assert_eq!(serve.port, 35739);
+        assert_eq!(serve.log_file, None);
+        assert_eq!(serve.log_capacity, DEMO_LOG_CAPACITY);
+        assert_eq!(serve.seed, demo.seed);
+        assert_eq!(serve.weights, demo.weights);
+        assert_eq!(serve.hang, demo.hang);
+        assert_eq!((serve.threads, serve.pollers), (demo_threads(&demo), 1));
+        let cli::Command::Client(client) = parse_line(lines[2]) else {
+            panic!("{}", lines[2]);
+        };
+        assert_eq!(client, demo.client);
+        // And with every client default of the demo.
+        let cli::Command::Demo(mut plain) = parse_line("unreliable demo") else {
+            panic!("demo did not parse");
+        };
+        plain.client.host = "127.0.0.1".into();
+        plain.client.port = 1;
+        let text = equivalent_commands(1, &plain, SocketAddr::from(([127, 0, 0, 1], 1)));
+        let cli::Command::Client(client) = parse_line(text.lines().nth(2).unwrap_or_default())
+        else {
+            panic!("{text}");
+        };
+        assert_eq!(client, plain.client);
+    }
 }

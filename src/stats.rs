@@ -62,18 +62,21 @@ impl PValueMethod {
 /// Pearson's goodness-of-fit test of observed counts against expected probabilities.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GoodnessOfFit {
-    /// Pearson's statistic; `f64::INFINITY` when a category with probability 0 was observed
-    /// (the JSON encoder writes that as `null`).
+    /// Pearson's statistic over the categories with a non-zero probability.
     pub statistic: f64,
     /// Categories with a non-zero probability, minus one.
     pub degrees_of_freedom: u32,
     pub p_value: f64,
     pub method: PValueMethod,
+    /// Observations in categories of probability 0. They are no part of the test (their
+    /// expected count is 0, so Pearson's term would be infinite and say nothing about the
+    /// others); any at all means the probabilities are wrong, which the caller must say.
+    pub impossible_observed: u64,
 }
 
 /// Tests `observed[i]` against `probabilities[i]` (which sum to 1). Categories with probability 0
-/// are left out of the statistic; a count in one makes the p-value 0 (statistic infinite, method
-/// exact). With no observations, or fewer than two categories left, the statistic is 0 and the
+/// are left out of the test, which then judges the other counts against their probabilities
+/// rescaled; counts in them are returned apart (`impossible_observed`). With no observations, or fewer than two categories left, the statistic is 0 and the
 /// p-value 1 (method exact). Probabilities that are negative or not finite count as 0; the rest
 /// are rescaled to sum to 1, so plain weights work too. Extra entries of the longer slice are
 /// ignored.
@@ -84,13 +87,13 @@ pub fn goodness_of_fit(observed: &[u64], probabilities: &[f64]) -> GoodnessOfFit
     let length = observed.len().min(probabilities.len());
     let mut counts = Vec::with_capacity(length);
     let mut weights = Vec::with_capacity(length);
-    let mut impossible_observed = false;
+    let mut impossible_observed = 0u64;
     for (&count, &probability) in observed.iter().zip(probabilities).take(length) {
         if probability.is_finite() && probability > 0.0 {
             counts.push(count);
             weights.push(probability);
-        } else if count > 0 {
-            impossible_observed = true;
+        } else {
+            impossible_observed = impossible_observed.saturating_add(count);
         }
     }
     let degrees_of_freedom = u32::try_from(counts.len().saturating_sub(1)).unwrap_or(u32::MAX);
@@ -99,10 +102,8 @@ pub fn goodness_of_fit(observed: &[u64], probabilities: &[f64]) -> GoodnessOfFit
         degrees_of_freedom,
         p_value,
         method: PValueMethod::ExactMultinomial,
+        impossible_observed,
     };
-    if impossible_observed {
-        return certain(f64::INFINITY, 0.0);
-    }
     let total: u64 = counts
         .iter()
         .fold(0u64, |sum, &count| sum.saturating_add(count));
@@ -135,6 +136,7 @@ pub fn goodness_of_fit(observed: &[u64], probabilities: &[f64]) -> GoodnessOfFit
         degrees_of_freedom,
         p_value,
         method,
+        impossible_observed,
     }
 }
 
@@ -1120,11 +1122,28 @@ mod tests {
 
     #[test]
     fn goodness_of_fit_edge_cases() {
-        // A count in an impossible category.
+        // A count in an impossible category: counted apart, and the test is the one over the
+        // other categories (before, the statistic was infinite and the p-value 0).
         let impossible = goodness_of_fit(&[5, 1, 3], &[0.5, 0.0, 0.5]);
-        assert_eq!(impossible.statistic, f64::INFINITY);
-        assert_eq!(impossible.p_value, 0.0);
+        assert_eq!(impossible.impossible_observed, 1);
+        assert_eq!(
+            GoodnessOfFit {
+                impossible_observed: 0,
+                ..impossible
+            },
+            goodness_of_fit(&[5, 3], &[0.5, 0.5])
+        );
         assert_eq!(impossible.degrees_of_freedom, 1);
+        let only_one_possible = goodness_of_fit(&[9, 8, 8, 24], &[0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(
+            (
+                only_one_possible.statistic,
+                only_one_possible.p_value,
+                only_one_possible.degrees_of_freedom,
+                only_one_possible.impossible_observed
+            ),
+            (0.0, 1.0, 0, 25)
+        );
         // Zero-probability categories without counts are dropped: same as the two-category test.
         let dropped = goodness_of_fit(&[50, 0, 50], &[0.5, 0.0, 0.5]);
         assert_eq!(dropped.degrees_of_freedom, 1);
@@ -1149,7 +1168,7 @@ mod tests {
             1
         );
         let junk = goodness_of_fit(&[3, 4], &[f64::NAN, -1.0]);
-        assert_eq!((junk.statistic, junk.p_value), (f64::INFINITY, 0.0));
+        assert_eq!((junk.statistic, junk.impossible_observed), (0.0, 7));
         // Weights that do not sum to 1 are rescaled.
         assert_eq!(
             goodness_of_fit(&[30, 20, 25, 25], &[1.0, 1.0, 1.0, 1.0]),

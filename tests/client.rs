@@ -785,7 +785,15 @@ fn an_unreachable_server_exits_3_with_a_clear_message() {
         "--json",
     ]);
     assert_eq!(finished.code, Some(3), "{finished:#?}");
-    assert!(finished.stdout.is_empty(), "{finished:#?}");
+    // With --json, stdout still holds one JSON document (before, it was empty).
+    let report = json_report(&finished);
+    assert_eq!(text_at(&report, "verdict"), "fail");
+    assert_eq!(count_at(&report, "exit_status"), 3);
+    assert_eq!(
+        text_at(&report, "error"),
+        format!("cannot reach 127.0.0.1:{port}: connection refused")
+    );
+    assert!(text_at(&report, "hint").starts_with("is a server running on that port"));
     let message = finished.stderr.trim_end();
     let lines: Vec<&str> = message.lines().collect();
     assert_eq!(lines.len(), 2, "{message}");
@@ -976,23 +984,54 @@ fn client_script_without_a_binary_or_the_sources_says_what_to_do() {
 #[test]
 fn demo_runs_end_to_end_and_passes() {
     let _shared = share_the_machine();
-    let finished = unreliable(&["demo", "--count", "50", "--seed", "1"]);
+    let finished = unreliable(&["demo", "--count", "50", "--seed", "1", "--interval", "1ms"]);
     assert_eq!(finished.code, Some(0), "{finished:#?}");
     assert!(finished.stdout.contains("verdict: PASS"), "{finished:#?}");
-    // The preamble gives commands that reproduce the run outside the demo.
+    // The preamble gives commands that reproduce the run outside the demo, each a line that
+    // can be pasted whole (the address is a shell comment), with the demo's port.
+    let lines: Vec<&str> = finished.stdout.lines().take(3).collect();
     assert!(
-        finished
-            .stdout
-            .contains("demo: unreliable serve --seed 1 --weights ")
-            && finished
-                .stdout
-                .contains("--retry-on timeout --backoff 10ms --max-backoff 100ms"),
-        "{finished:#?}"
+        lines[0].starts_with("# demo: a server on http://127.0.0.1:"),
+        "{lines:?}"
+    );
+    let port = lines[0]
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .expect("a port");
+    assert!(
+        lines[1].starts_with(&format!(
+            "unreliable serve --port {port} --no-log-file --log-capacity 1000000 --seed 1 \
+             --weights "
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "unreliable client --host 127.0.0.1 --port {port} "
+        )) && lines[2].contains(" --interval 1ms ")
+            && lines[2].contains("--retry-on timeout --backoff 10ms --max-backoff 100ms"),
+        "{lines:?}"
     );
     assert!(
         finished.stdout.contains("Reconciliation: "),
         "{finished:#?}"
     );
+}
+
+#[test]
+fn a_demo_whose_reader_goes_away_stops_quietly() {
+    let _shared = share_the_machine();
+    // `| head -3`: before, the demo ended with "cannot write the report: Broken pipe", exit 1.
+    let script = format!(
+        "'{}' demo --count 20 --seed 1 | head -3 >/dev/null; echo \"status ${{PIPESTATUS[0]}}\"",
+        binary().display()
+    );
+    let mut command = Command::new("bash");
+    command.args(["-c", &script]);
+    let finished = run_until(command, RUN_DEADLINE, "the demo");
+    assert_eq!(finished.stdout, "status 0\n", "{finished:#?}");
+    assert!(!finished.stderr.contains("error"), "{finished:#?}");
 }
 
 #[test]

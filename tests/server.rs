@@ -1114,13 +1114,13 @@ fn a_closed_stdout_is_handled_without_a_panic() {
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
-    // The demo cannot show its report: it says so and fails like the client does.
+    // The demo's reader left before its first line: it stops quietly, as help does.
     let (code, stderr) = wait_with_deadline(
         spawn_with_stdout_closed(&["demo", "--count", "2", "--show-logs", "none"]),
         "demo",
     );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("cannot write the report"), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     // A server keeps serving, with its address on stderr instead.
     let mut child = spawn_with_stdout_closed(&[
