@@ -34,6 +34,9 @@ const RETRY_AFTER: (&str, &str) = ("Retry-After", "1");
 /// Why `/getbalance` and `/health` answer 503 while the log file cannot be written.
 const LOG_STALLED_BODY: &[u8] =
     b"the log file cannot be written, so no outcome is drawn (see the server's stderr)\n";
+/// `/health` while writes to the log file fail but entries can still wait in memory.
+const LOG_FAILING_BODY: &[u8] =
+    b"the log file cannot be written; entries wait in memory (see the server's stderr)\n";
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -180,6 +183,9 @@ pub fn respond(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Ans
         "/stats" => complete(get_stats(app, exchange, out)),
         "/health" if app.log.file_stalled() => {
             complete(exchange.reply(out, 503, TEXT, &[RETRY_AFTER], LOG_STALLED_BODY))
+        }
+        "/health" if app.log.file_failing() => {
+            complete(exchange.reply(out, 503, TEXT, &[], LOG_FAILING_BODY))
         }
         "/health" => complete(exchange.reply(out, 200, TEXT, &[], b"ok\n")),
         "/" => complete(exchange.reply(out, 200, HTML, &[], INDEX_PAGE.as_bytes())),
@@ -791,6 +797,31 @@ mod tests {
         assert!(allocations_on_this_thread() > before);
         assert!(out.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
         assert_eq!(app.log.counts().total, 132 * 6 + 1);
+    }
+
+    #[test]
+    fn a_failing_log_file_fails_health_while_balance_is_still_answered_and_logged() {
+        use crate::chaos::Weights;
+        let app = test_app(
+            1,
+            Weights::parse("200=1").unwrap(),
+            RequestLog::new(16, true).unwrap(),
+        );
+        let balance: &[u8] = b"GET /getbalance HTTP/1.1\r\nHost: x\r\n\r\n";
+        let health: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut out = Vec::new();
+        let mut dispositions = Vec::new();
+        app.log.set_file_failing(true);
+        answer_all(&app, &[health], &mut out, &mut dispositions);
+        assert!(out.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(out.ends_with(LOG_FAILING_BODY));
+        // Entries still wait in memory: outcomes are drawn and logged.
+        answer_all(&app, &[balance], &mut out, &mut dispositions);
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert_eq!(app.log.counts().total, 1);
+        app.log.set_file_failing(false);
+        answer_all(&app, &[health], &mut out, &mut dispositions);
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
     }
 
     #[test]
