@@ -1694,7 +1694,7 @@ impl Poller<'_> {
                 }
             }
             ParkKind::PartialBody => self.hand_to_worker(token),
-            ParkKind::TurnedAway => self.answer_turned_away(token, event.closed),
+            ParkKind::TurnedAway => self.answer_turned_away(token, event.closed, false),
             ParkKind::Hung | ParkKind::Closing => {
                 // Drained first: closing with unread input would send a reset.
                 let finished =
@@ -1708,8 +1708,8 @@ impl Poller<'_> {
     }
 
     /// Answers 503 to a connection past the limit once its request line is in (or its buffer
-    /// full, or the client done sending), then lingers.
-    fn answer_turned_away(&mut self, token: u64, peer_closed: bool) {
+    /// full, the client done sending, or its time up), then lingers.
+    fn answer_turned_away(&mut self, token: u64, peer_closed: bool, out_of_time: bool) {
         let Some(parked) = self.parked.get_mut(token) else {
             return;
         };
@@ -1736,7 +1736,7 @@ impl Poller<'_> {
             return;
         }
         let line_in = input.contains(&b'\n') || connection.filled == connection.buffer.len();
-        if !line_in && !ended {
+        if !line_in && !ended && !out_of_time {
             return;
         }
         let head_only = http::is_head_request(input);
@@ -1888,6 +1888,11 @@ impl Poller<'_> {
             }
             if matches!(parked.kind, ParkKind::Hung | ParkKind::PartialBody) {
                 self.close_when_sent(token);
+                continue;
+            }
+            if parked.kind == ParkKind::TurnedAway {
+                // Its request line never came: the 503 goes out anyway, rather than a bare close.
+                self.answer_turned_away(token, false, true);
                 continue;
             }
             let kernel_queue = self.await_kernel_queue(token, now);
@@ -3297,6 +3302,28 @@ mod tests {
         assert!(reply.contains("\r\nRetry-After: 1\r\n"), "{reply}");
         assert!(reply.contains("\r\nConnection: close\r\n"), "{reply}");
         assert!(reply.ends_with("\r\n\r\n"), "content after a HEAD: {reply}");
+        server.shutdown();
+    }
+
+    #[test]
+    fn past_the_limit_a_client_that_never_sends_its_request_line_still_gets_the_503() {
+        let server = start_test_server(1, 1, Timeouts::STANDARD);
+        let mut kept = connect(&server);
+        assert_healthy(&mut kept);
+        let mut silent = connect(&server);
+        silent.write_all(b"GET /getbal").unwrap();
+        let waited = Instant::now();
+        let reply = String::from_utf8(read_to_close(&mut silent)).unwrap();
+        assert!(
+            waited.elapsed() >= LINGERING_CLOSE,
+            "{:?}",
+            waited.elapsed()
+        );
+        assert!(
+            reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{reply:?}"
+        );
+        assert!(reply.contains("\r\nRetry-After: 1\r\n"), "{reply}");
         server.shutdown();
     }
 
