@@ -135,6 +135,20 @@ const TEXT_BLOCK: usize = 64 * 1024;
 /// The most text bytes held in memory; past it the oldest entries drop out even before
 /// `--log-capacity` is reached, so positions fit in 32 bits and memory stays bounded.
 pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+/// Text bytes (request ids, unusual targets) held per entry of `--log-capacity`, on average.
+/// Client-shaped ids are 20 to 40 bytes, so this only bites for a client that sends long
+/// targets on purpose: each 8 KiB request line would otherwise keep 8 KiB, and the default
+/// 100,000 entries 800 MB.
+pub const TEXT_BYTES_PER_ENTRY: u64 = 512;
+/// The least text limit, so a small `--log-capacity` still holds its long entries.
+const MIN_TEXT_BYTES: u64 = 16 << 20;
+
+/// How much text a log of `capacity` entries holds at most.
+fn text_limit_for(capacity: usize) -> u64 {
+    (capacity as u64)
+        .saturating_mul(TEXT_BYTES_PER_ENTRY)
+        .clamp(MIN_TEXT_BYTES, MAX_TEXT_BYTES)
+}
 /// `Stored::duration_micros` for "no answer" (a timeout).
 const NO_DURATION: u32 = u32::MAX;
 const FLAG_FORCED: u8 = 1;
@@ -245,7 +259,7 @@ struct Ring {
     written_through: u64,
     /// Entries that left memory before the writer took them, oldest first.
     evicted_unwritten: Vec<Entry>,
-    /// [`MAX_TEXT_BYTES`], smaller in tests.
+    /// [`text_limit_for`] the capacity, smaller in tests.
     text_limit: u64,
 }
 
@@ -373,7 +387,7 @@ impl RequestLog {
     /// `capacity` entries are kept in memory (at least one); `keeps_file` when a [`LogWriter`]
     /// will collect every entry.
     pub fn new(capacity: usize, keeps_file: bool) -> Result<RequestLog, LogError> {
-        RequestLog::with_text_limit(capacity, keeps_file, MAX_TEXT_BYTES)
+        RequestLog::with_text_limit(capacity, keeps_file, text_limit_for(capacity))
     }
 
     fn with_text_limit(
@@ -1313,6 +1327,14 @@ mod tests {
         }
         // 50 entries of about 215 bytes need one block, two across a boundary.
         assert!(log.lock().text.blocks.len() <= 2);
+    }
+
+    #[test]
+    fn the_text_held_grows_with_the_capacity_within_bounds() {
+        assert_eq!(text_limit_for(100_000), 51_200_000);
+        assert_eq!(text_limit_for(1), MIN_TEXT_BYTES);
+        assert_eq!(text_limit_for(100_000_000), MAX_TEXT_BYTES);
+        assert_eq!(text_limit_for(usize::MAX), MAX_TEXT_BYTES);
     }
 
     #[test]
