@@ -545,13 +545,16 @@ fn apply_client_flag(
             // A ':' appears only in an IPv6 address (a zone id after '%' aside), and brackets
             // only around one: `[::1]:8080` or `127.0.0.1:8080` carry a port, which would
             // otherwise fail to resolve and pass for an unreachable server (exit 3).
-            let address = bare
+            let (address, zone) = bare
                 .split_once('%')
-                .map_or(bare, |(address, _zone)| address);
+                .map_or((bare, None), |(address, zone)| (address, Some(zone)));
             let is_ipv6 = address.parse::<std::net::Ipv6Addr>().is_ok();
+            // A zone id names an interface for an IPv6 address, and only there.
+            let bad_zone = zone.is_some_and(|zone| zone.is_empty() || !is_ipv6);
             let malformed = bare.is_empty()
                 || bare.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '[' | ']'))
-                || ((bracketed.is_some() || bare.contains(':')) && !is_ipv6);
+                || ((bracketed.is_some() || bare.contains(':')) && !is_ipv6)
+                || bad_zone;
             if malformed {
                 return Err(flag.invalid(
                     subcommand,
@@ -998,6 +1001,13 @@ mod tests {
                 "invalid value '127.0.0.1:8080' for '--host'",
             ),
             ("client --host [localhost]", "invalid value '[localhost]'"),
+            (
+                "client --host 127.0.0.1%lo",
+                "invalid value '127.0.0.1%lo' for '--host'",
+            ),
+            ("client --host localhost%lo", "invalid value 'localhost%lo'"),
+            ("client --host ::1%", "invalid value '::1%'"),
+            ("client --host %", "invalid value '%'"),
             (
                 "client --host 127.0.0.1 --port 8080 --port 9",
                 "option '--port' is given twice ('8080', then '9'); give it once",

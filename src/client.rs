@@ -863,6 +863,16 @@ fn reach(host: &str, port: u16, timeout: Duration) -> Result<(Target, TcpStream)
     })
 }
 
+/// A test statistic for people: three decimals, or a mantissa and an exponent once it is
+/// large (a weight of 1e-300 observed makes it about 1e300, which `{:.3}` spells in full).
+fn statistic_text(statistic: f64) -> String {
+    if statistic.abs() < 1e9 {
+        format!("{statistic:.3}")
+    } else {
+        format!("{statistic:.3e}")
+    }
+}
+
 /// What to check when connecting to `address` failed with `error`, for the errors that point
 /// somewhere: the first thing a tester meets is a server listening on loopback only.
 fn unreachable_hint(error: &io::Error, address: &SocketAddr) -> Option<&'static str> {
@@ -983,6 +993,10 @@ pub const MIN_STREAK_SPAN: Duration = Duration::from_secs(1);
 /// answers in microseconds, and without a pause a worker would burn through thousands of
 /// requests during a restart's gap (or the [`MIN_STREAK_SPAN`] before an early stop).
 pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_millis(100);
+/// The least time `GET /health` is given when a streak holds timeouts, connecting included
+/// (or the attempt timeout, when longer): the kernel resends a lost SYN after 1 s and again
+/// 2 s later, so 3 s see a connect through a listen queue that was full for a moment.
+pub const HEALTH_PROBE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Why the workers stopped before sending every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1014,6 +1028,9 @@ struct NoAnswerStreak {
     timed_out: bool,
     /// A worker is asking `/health`; the others do not ask too.
     probing: bool,
+    /// How many streaks ended with an answer: one that ends during a probe shows the server
+    /// answering again, whatever the probe met.
+    ended: u64,
 }
 
 /// What the worker that noted an attempt does about the streak.
@@ -1036,6 +1053,7 @@ impl NoAnswerStreak {
             since: None,
             timed_out: false,
             probing: false,
+            ended: 0,
         }
     }
 
@@ -1067,12 +1085,34 @@ impl NoAnswerStreak {
     }
 
     /// `/health` answered: the server is alive, whatever its attempts time out with.
-    fn probe_answered(&mut self) {
+    /// What a finished `/health` probe, started after `ended_before` streaks had ended, means
+    /// for the run: `None` to go on, or why it stops.
+    fn probe_finished(
+        &mut self,
+        health: Result<(), String>,
+        ended_before: u64,
+        failure: &'static str,
+    ) -> Option<StopCause> {
+        match health {
+            // Other attempts were answered meanwhile (a server frozen for a moment, a probe
+            // lost in a full accept queue): the server is back, whatever the probe met.
+            Err(_) if self.ended != ended_before => {}
+            Err(reason) => {
+                return Some(StopCause {
+                    failures_in_a_row: self.count,
+                    failure,
+                    health_failure: Some(reason),
+                })
+            }
+            Ok(()) => {}
+        }
         self.probing = false;
         self.restart();
+        None
     }
 
     fn restart(&mut self) {
+        self.ended += 1;
         self.count = 0;
         self.since = None;
         self.timed_out = false;
@@ -1094,7 +1134,16 @@ fn no_answer_name(outcome: &AttemptOutcome) -> Option<&'static str> {
 /// otherwise.
 fn probe_health(target: &Target, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    let mut stream = connect(target.address, timeout).map_err(|e| describe_io_error(&e))?;
+    // A connect may time out while the listen queue is full and the kernel drops the SYN: it
+    // is tried again (the kernel resends a SYN only after 1 s, then 3 s) until the deadline.
+    let mut stream = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match connect(target.address, left.max(Duration::from_millis(1))) {
+            Ok(stream) => break stream,
+            Err(error) if is_timeout(&error) && left > CONNECT_FAILURE_PAUSE => {}
+            Err(error) => return Err(describe_io_error(&error)),
+        }
+    };
     let request = format!(
         "GET /health HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n",
         target.host_header
@@ -1136,8 +1185,8 @@ impl RunContext<'_> {
     /// when the streak holds timeouts.
     fn note_outcome(&self, outcome: &AttemptOutcome) {
         let no_answer = no_answer_name(outcome);
-        let step = match self.streak.lock() {
-            Ok(mut streak) => streak.note(no_answer, Instant::now()),
+        let (step, ended_before) = match self.streak.lock() {
+            Ok(mut streak) => (streak.note(no_answer, Instant::now()), streak.ended),
             // A worker never panics holding it; should one, the run just goes on unguarded.
             Err(_) => return,
         };
@@ -1147,21 +1196,14 @@ impl RunContext<'_> {
             StreakStep::Probe => {
                 // At least the streak's span: a probe that gives up on a loaded but healthy
                 // server would stop a good run, while a frozen one costs this once.
-                let timeout = self.options.timeout.max(MIN_STREAK_SPAN);
+                let timeout = self.options.timeout.max(HEALTH_PROBE_WINDOW);
                 let health = probe_health(self.target, timeout);
                 let Ok(mut streak) = self.streak.lock() else {
                     return;
                 };
-                match health {
-                    Ok(()) => {
-                        streak.probe_answered();
-                        return;
-                    }
-                    Err(reason) => StopCause {
-                        failures_in_a_row: streak.count,
-                        failure: no_answer.unwrap_or(""),
-                        health_failure: Some(reason),
-                    },
+                match streak.probe_finished(health, ended_before, no_answer.unwrap_or("")) {
+                    Some(cause) => cause,
+                    None => return,
                 }
             }
         };
@@ -1602,12 +1644,22 @@ fn fetch_server_stats(
     if !after_stop {
         return read(ADMIN_TIMEOUT, ADMIN_TIMEOUT);
     }
-    let window_end = Instant::now() + STATS_RETRY_WINDOW.max(attempt_timeout);
+    let window = STATS_RETRY_WINDOW.max(attempt_timeout);
+    let window_end = Instant::now() + window;
     loop {
         let left = window_end.saturating_duration_since(Instant::now());
-        let result = read(left.max(Duration::from_millis(1)), attempt_timeout);
-        if result.is_ok() || left <= STATS_RETRY_PAUSE {
-            return result;
+        let result = read(left, attempt_timeout.min(left));
+        // A last try gets a pause's worth of time at least, so its error is a real one.
+        if result.is_ok()
+            || window_end.saturating_duration_since(Instant::now()) < 2 * STATS_RETRY_PAUSE
+        {
+            return result.map_err(|error| match error {
+                ClientError::Server { request, reason } => ClientError::Server {
+                    request,
+                    reason: format!("{reason} (tried for {})", format_duration(window)),
+                },
+                other => other,
+            });
         }
         std::thread::sleep(STATS_RETRY_PAUSE);
     }
@@ -2828,8 +2880,8 @@ pub fn write_text_report(
     } else {
         writeln!(
             text,
-            "  chi-square {:.3}, {} degrees of freedom, p-value {:.4} ({})",
-            report.fit.statistic,
+            "  chi-square {}, {} degrees of freedom, p-value {:.4} ({})",
+            statistic_text(report.fit.statistic),
             report.fit.degrees_of_freedom,
             report.fit.p_value,
             report.fit.method.name()
@@ -5765,7 +5817,8 @@ mod tests {
         assert!(reasons[0].starts_with(&unreachable), "{reasons:?}");
         assert_eq!(
             reasons[1],
-            "reconciliation not done (GET /stats after the run failed: connection refused)"
+            "reconciliation not done (GET /stats after the run failed: connection refused \
+             (tried for 2s))"
         );
         assert_eq!(reasons.len(), 2, "{reasons:?}");
 
@@ -5812,6 +5865,14 @@ mod tests {
     }
 
     #[test]
+    fn huge_statistics_are_written_with_an_exponent() {
+        assert_eq!(statistic_text(7.81473), "7.815");
+        assert_eq!(statistic_text(123_456_789.0), "123456789.000");
+        assert_eq!(statistic_text(2.5e300), "2.500e300");
+        assert_eq!(statistic_text(f64::INFINITY), "inf");
+    }
+
+    #[test]
     fn a_streak_stops_the_run_only_when_long_enough_in_count_and_in_time() {
         let start = Instant::now();
         let at = |millis: u64| start + Duration::from_millis(millis);
@@ -5849,9 +5910,10 @@ mod tests {
         for millis in 0..12 {
             assert_eq!(streak.note(timeout, at(millis)), StreakStep::Continue);
         }
+        let ended_before = streak.ended;
         assert_eq!(streak.note(refused, at(2000)), StreakStep::Probe);
         assert_eq!(streak.note(timeout, at(2001)), StreakStep::Continue);
-        streak.probe_answered();
+        assert_eq!(streak.probe_finished(Ok(()), ended_before, "timeout"), None);
         assert_eq!(streak.count, 0);
         // The next probe only after another full streak.
         for millis in 0..12 {
@@ -5860,7 +5922,32 @@ mod tests {
                 StreakStep::Continue
             );
         }
+        let ended_before = streak.ended;
         assert_eq!(streak.note(timeout, at(5000)), StreakStep::Probe);
+        // The probe failed, but an attempt was answered while it ran (a server frozen for a
+        // moment): the run goes on, and a later streak may probe again.
+        assert_eq!(streak.note(None, at(5100)), StreakStep::Continue);
+        assert_eq!(streak.note(timeout, at(5200)), StreakStep::Continue);
+        let lost = Err("timed out".to_string());
+        assert_eq!(
+            streak.probe_finished(lost.clone(), ended_before, "timeout"),
+            None
+        );
+        assert!(!streak.probing);
+        // A probe that fails with nothing answered meanwhile stops the run.
+        for millis in 0..12 {
+            streak.note(timeout, at(6000 + millis));
+        }
+        let ended_before = streak.ended;
+        assert_eq!(streak.note(timeout, at(8000)), StreakStep::Probe);
+        assert_eq!(
+            streak.probe_finished(lost, ended_before, "timeout"),
+            Some(StopCause {
+                failures_in_a_row: 13,
+                failure: "timeout",
+                health_failure: Some("timed out".into()),
+            })
+        );
     }
 
     #[test]
@@ -5927,7 +6014,7 @@ mod tests {
             "{text}"
         );
         let health = stopped.get("health_check").and_then(Value::as_str).unwrap();
-        assert_eq!(health, "no answer within 1s");
+        assert_eq!(health, "no answer within 3s");
         let in_a_row = number_in(stopped, &["failures_in_a_row"]).unwrap();
         assert!(in_a_row >= unreachable_streak(2), "{in_a_row}");
         let never_sent = number_in(&value, &["requests", "never_sent"]).unwrap();
@@ -5936,7 +6023,7 @@ mod tests {
         assert!(
             reasons[0].starts_with(&format!(
                 "the server stopped answering: {in_a_row} attempts in a row got no answer \
-                 (last: timeout), nor did GET /health (no answer within 1s); "
+                 (last: timeout), nor did GET /health (no answer within 3s); "
             )),
             "{reasons:?}"
         );
