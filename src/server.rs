@@ -42,6 +42,10 @@ pub const HEAD_SLACK: usize = 1024;
 pub const HEAD_LIMIT: usize = MAX_REQUEST_LINE + MAX_HEADER_SECTION + HEAD_SLACK;
 /// Longest a write to a client may go without progress; a stalled reader loses its connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a client must read of the answers queued in the kernel per write timeout (all of them,
+/// when less are left) for its connection to be kept: 1.6 KB/s. Any reading at all would let
+/// a client that takes a few bytes now and then hold its connection for hours.
+pub const MIN_QUEUE_PROGRESS: usize = 16 * 1024;
 /// Longest a closing connection is drained after its last response (RFC 9112 §9.6), so the
 /// client can read that response before the socket goes away.
 pub const LINGERING_CLOSE: Duration = Duration::from_secs(2);
@@ -1858,8 +1862,12 @@ impl Poller<'_> {
         }
         let connection = &mut parked.connection;
         let moving = match connection.kernel_queue_at_deadline {
-            // Kept for exactly this deadline: compare with then.
-            Some((deadline, before)) if deadline == parked.deadline => queued < before,
+            // Kept for exactly this deadline: compare with then. A trickle is not enough, or a
+            // client reading a few bytes now and then would hold its slot and megabytes of
+            // kernel memory for hours.
+            Some((deadline, before)) if deadline == parked.deadline => {
+                kernel_queue_moved(before, queued)
+            }
             _ => true,
         };
         if !moving {
@@ -1931,6 +1939,12 @@ impl Poller<'_> {
             }
         }
     }
+}
+
+/// Whether a kernel send queue of `before` bytes that holds `queued` a write timeout later went
+/// out fast enough to keep the connection: [`MIN_QUEUE_PROGRESS`], or all of it when less.
+fn kernel_queue_moved(before: usize, queued: usize) -> bool {
+    before.saturating_sub(queued) >= MIN_QUEUE_PROGRESS.min(before)
 }
 
 /// Answers of an idle or closing connection still in the kernel at its deadline.
@@ -2677,6 +2691,24 @@ mod tests {
         assert!(answer.ends_with(b"0\r\n\r\n"), "{} bytes", answer.len());
         assert!(answer.len() > 500_000, "{} bytes", answer.len());
         server.shutdown();
+    }
+
+    #[test]
+    fn a_kernel_queue_must_shrink_by_enough_to_count_as_moving() {
+        assert!(kernel_queue_moved(
+            3_000_000,
+            3_000_000 - MIN_QUEUE_PROGRESS
+        ));
+        assert!(
+            !kernel_queue_moved(3_000_000, 2_990_000),
+            "10 KB in a write timeout"
+        );
+        assert!(!kernel_queue_moved(3_000_000, 3_000_000));
+        // Less than the minimum left: all of it must go.
+        assert!(kernel_queue_moved(5_000, 0));
+        assert!(!kernel_queue_moved(5_000, 100));
+        // Grown (a new answer went in since): not progress.
+        assert!(!kernel_queue_moved(5_000, 6_000));
     }
 
     /// A server whose log has `entries` entries of about 350 bytes in `/getlogs`, quick to give
