@@ -861,6 +861,11 @@ trait Sink: Write {
     fn follow_rotation(&mut self) -> Option<String> {
         None
     }
+
+    /// The path no longer names the file written to, and no new one could be taken there.
+    fn detached(&self) -> bool {
+        false
+    }
 }
 
 /// The log file, and what tells whether its path still names it.
@@ -871,8 +876,9 @@ struct LogFile {
     /// Device and inode of a regular file; `None` for a FIFO or a device, which are not rotated.
     identity: Option<(u64, u64)>,
     checked_at: std::time::Instant,
-    /// A reopen failed and was reported; it is retried quietly.
-    reopen_failed: bool,
+    /// The file was moved or removed and no new one could be taken at its path (reported
+    /// once, retried every round): entries still go to the old file.
+    detached: bool,
 }
 
 impl LogFile {
@@ -903,7 +909,7 @@ impl LogFile {
             file,
             path: path.to_path_buf(),
             checked_at: std::time::Instant::now(),
-            reopen_failed: false,
+            detached: false,
         };
         log_file.end_last_line();
         Ok(log_file)
@@ -982,27 +988,39 @@ impl Sink for LogFile {
             return None;
         }
         match open_for_append(&self.path) {
+            // Another server started on the path while it was free: its file, not this one's.
+            Ok(file) if crate::sys::try_lock_exclusive(&file).is_ok_and(|locked| !locked) => {
+                self.detach("is now written by another process")
+            }
             Ok(file) => {
-                // The path was free, so no other server can hold the new file yet.
-                let _ = crate::sys::try_lock_exclusive(&file);
                 self.identity = identity(&file);
                 self.file = file;
-                self.reopen_failed = false;
+                self.detached = false;
                 Some(format!(
                     "log file '{}' was moved or removed; new entries go to a new file there",
                     self.path.display()
                 ))
             }
-            Err(error) if !self.reopen_failed => {
-                self.reopen_failed = true;
-                Some(format!(
-                    "log file '{}' was moved or removed and cannot be created again ({error}); \
-                     entries still go to the old file",
-                    self.path.display()
-                ))
-            }
-            Err(_) => None,
+            Err(error) => self.detach(&format!("cannot be created again ({error})")),
         }
+    }
+
+    fn detached(&self) -> bool {
+        self.detached
+    }
+}
+
+impl LogFile {
+    /// Keeps the old file when no new one can be taken at the path; says so once.
+    fn detach(&mut self, why: &str) -> Option<String> {
+        if std::mem::replace(&mut self.detached, true) {
+            return None;
+        }
+        Some(format!(
+            "log file '{}' was moved or removed and {why}; entries still go to the old file, \
+             and /health answers 503",
+            self.path.display()
+        ))
     }
 }
 
@@ -1171,8 +1189,8 @@ fn write_until_stopped(
             log.in_file.store(written, Ordering::Relaxed);
             match result {
                 Ok(()) => {
+                    log.set_file_failing(sink.detached());
                     if reports.failing || log.file_stalled() {
-                        log.set_file_failing(false);
                         // What the backlog took is handed back.
                         pending.bytes.shrink_to(WRITE_BUFFER);
                         reports.succeeded(path, log, took_all);
@@ -1801,6 +1819,37 @@ mod tests {
         assert!(error.contains("--no-log-file"), "{error}");
         drop(first);
         assert!(LogFile::open(&path).is_ok());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_rotated_path_taken_by_another_server_is_not_written_to() {
+        let path =
+            std::env::temp_dir().join(format!("unreliable-taken-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut first = LogFile::open(&path).unwrap();
+        first.write_all(b"first 1\n").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // Another server starts on the free path before the first looks again.
+        let mut second = LogFile::open(&path).unwrap();
+        second.write_all(b"second 1\n").unwrap();
+        std::thread::sleep(ROTATION_CHECK + Duration::from_millis(5));
+        let news = first.follow_rotation().unwrap();
+        assert!(news.contains("is now written by another process"), "{news}");
+        assert!(first.detached());
+        first.write_all(b"first 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second 1\n");
+        // Said once; once the path is free again, the first server follows it.
+        std::thread::sleep(ROTATION_CHECK + Duration::from_millis(5));
+        assert_eq!(first.follow_rotation(), None);
+        drop(second);
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(ROTATION_CHECK + Duration::from_millis(5));
+        assert!(first
+            .follow_rotation()
+            .unwrap()
+            .contains("new entries go to a new file"));
+        assert!(!first.detached());
         let _ = std::fs::remove_file(&path);
     }
 

@@ -34,9 +34,10 @@ const RETRY_AFTER: (&str, &str) = ("Retry-After", "1");
 /// Why `/getbalance` and `/health` answer 503 while the log file cannot be written.
 const LOG_STALLED_BODY: &[u8] =
     b"the log file cannot be written, so no outcome is drawn (see the server's stderr)\n";
-/// `/health` while writes to the log file fail but entries can still wait in memory.
+/// `/health` while writes to the log file fail (entries wait in memory) or go to a file its
+/// path no longer names.
 const LOG_FAILING_BODY: &[u8] =
-    b"the log file cannot be written; entries wait in memory (see the server's stderr)\n";
+    b"the log file cannot be written as configured (see the server's stderr)\n";
 
 /// Everything the handlers share.
 #[derive(Debug)]
