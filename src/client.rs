@@ -994,8 +994,9 @@ pub const MIN_STREAK_SPAN: Duration = Duration::from_secs(1);
 /// requests during a restart's gap (or the [`MIN_STREAK_SPAN`] before an early stop).
 pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_millis(100);
 /// The least time `GET /health` is given when a streak holds timeouts, connecting included
-/// (or the attempt timeout, when longer): the kernel resends a lost SYN after 1 s and again
-/// 2 s later, so 3 s see a connect through a listen queue that was full for a moment.
+/// (or the attempt timeout, when longer): the kernel resends a dropped SYN after 1 s and again
+/// 2 s later, so 3 s see a connect through a listen queue that was full for a moment (1 s,
+/// the earlier window, gave up just before the first resend).
 pub const HEALTH_PROBE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Why the workers stopped before sending every request.
@@ -1134,16 +1135,9 @@ fn no_answer_name(outcome: &AttemptOutcome) -> Option<&'static str> {
 /// otherwise.
 fn probe_health(target: &Target, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    // A connect may time out while the listen queue is full and the kernel drops the SYN: it
-    // is tried again (the kernel resends a SYN only after 1 s, then 3 s) until the deadline.
-    let mut stream = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match connect(target.address, left.max(Duration::from_millis(1))) {
-            Ok(stream) => break stream,
-            Err(error) if is_timeout(&error) && left > CONNECT_FAILURE_PAUSE => {}
-            Err(error) => return Err(describe_io_error(&error)),
-        }
-    };
+    // While the listen queue is full the kernel drops the SYN and resends it after 1 s, then
+    // 2 s later: one connect given the whole window (3 s at least) sees those resends.
+    let mut stream = connect(target.address, timeout).map_err(|e| describe_io_error(&e))?;
     let request = format!(
         "GET /health HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n\r\n",
         target.host_header

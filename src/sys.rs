@@ -108,6 +108,7 @@ impl SignalSet {
 
 /// `struct linger`: whether and how long `close` waits for unsent data.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Linger {
     on: i32,
     seconds: i32,
@@ -177,24 +178,7 @@ pub fn send_without_waiting(socket: &impl AsRawFd, bytes: &[u8]) -> io::Result<u
 /// peer never read queued in the kernel until the peer goes: for a client given up on because
 /// it stopped reading, whose unsent answers would otherwise outlive its descriptor.
 pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
-    let linger = Linger { on: 1, seconds: 0 };
-    let length = std::mem::size_of::<Linger>() as u32;
-    // SAFETY: `linger` is a live `struct linger` of `length` bytes for the whole call, and the
-    // descriptor is open while `socket` is borrowed.
-    let result = unsafe {
-        setsockopt(
-            socket.as_raw_fd(),
-            SOL_SOCKET,
-            SO_LINGER,
-            (&linger as *const Linger).cast(),
-            length,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_socket_option(socket, SO_LINGER, &Linger { on: 1, seconds: 0 })
 }
 
 /// Caps a socket's receive buffer (`SO_RCVBUF`), as a client on a slow link has: the tests'
@@ -202,15 +186,20 @@ pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
 #[cfg(test)]
 pub fn set_receive_buffer(socket: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     const SO_RCVBUF: i32 = 8;
-    // SAFETY: `bytes` is a live int for the whole call, its size given; the descriptor is open
-    // while `socket` is borrowed.
+    set_socket_option(socket, SO_RCVBUF, &bytes)
+}
+
+/// Sets the `SOL_SOCKET` option `name` to `value`, a plain C value (an int, a struct linger).
+fn set_socket_option<T: Copy>(socket: &impl AsRawFd, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is live and of the size given for the whole call, and the descriptor is
+    // open while `socket` is borrowed.
     let result = unsafe {
         setsockopt(
             socket.as_raw_fd(),
             SOL_SOCKET,
-            SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as u32,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
         )
     };
     if result == 0 {
