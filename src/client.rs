@@ -25,9 +25,10 @@
 //!   ([`NoAnswerStreak`]) and either all failed to connect or `/health` does not answer
 //!   either, the workers take no more requests and drop their pending retries: a server that
 //!   is gone or frozen would otherwise cost count × attempts × `--timeout`. A timeout alone
-//!   proves nothing (a server may hang every request on purpose), hence the probe. Requests never started count as never sent, not as
-//!   requests with an outcome; one whose retry was dropped has no final outcome either, and
-//!   counts as `retry dropped` among the requests that are no draws.
+//!   proves nothing (a server may hang every request on purpose), hence the probe. Requests
+//!   never started count as never sent, not as requests with an outcome; one whose retry was
+//!   dropped has no final outcome either, and counts as `retry dropped` among the requests
+//!   that are no draws.
 //! - An attempt that failed before its request was written ("not sent") has no server entry by
 //!   right. One that failed after (reset, closed) may or may not have one, and either is accepted.
 //! - A worker never sits idle through a backoff: a retry goes into the worker's own queue with
@@ -85,14 +86,14 @@ pub const EXTRA_RUN_ENTRIES: u64 = 1000;
 /// closes idle connections after 5 s, and a request written into one it is closing is lost.
 pub const MAX_IDLE_REUSE: Duration = Duration::from_secs(2);
 /// Attempts in a row without an answer (connect failures and timeouts, across all workers, in
-/// the order they end; see [`NoAnswerStreak`]) after which the run stops early, at the least. A server that is gone (killed, firewalled)
-/// fails every connect, and without a stop the client would try on for count × attempts ×
-/// --timeout (20 minutes with the defaults) to print a report of failures. A handful in a row
-/// can be a blip (SYNs lost, a listen queue full for a moment), so a lone worker stops only
-/// after this many.
+/// the order they end; see [`NoAnswerStreak`]) after which the run stops early, at the least.
+/// A server that is gone (killed, firewalled) fails every connect, and without a stop the
+/// client would try on for count × attempts × --timeout (20 minutes with the defaults) to
+/// print a report of failures. A handful in a row can be a blip (SYNs lost, a listen queue
+/// full for a moment), so a lone worker stops only after this many.
 pub const MIN_UNREACHABLE_STREAK: u64 = 10;
-/// Connect failures in a row per worker after which the run stops early (when more than
-/// [`MIN_UNREACHABLE_STREAK`]): every worker may be connecting when a blip hits, so one
+/// Attempts without an answer in a row per worker after which the run stops early (when more
+/// than [`MIN_UNREACHABLE_STREAK`]): every worker may be connecting when a blip hits, so one
 /// failure each proves nothing, while three rounds of every worker failing do. Connect
 /// timeouts run in parallel, so that is about three --timeouts of wall time.
 pub const UNREACHABLE_STREAK_PER_WORKER: u64 = 3;

@@ -76,10 +76,10 @@ pub struct GoodnessOfFit {
 
 /// Tests `observed[i]` against `probabilities[i]` (which sum to 1). Categories with probability 0
 /// are left out of the test, which then judges the other counts against their probabilities
-/// rescaled; counts in them are returned apart (`impossible_observed`). With no observations, or fewer than two categories left, the statistic is 0 and the
-/// p-value 1 (method exact). Probabilities that are negative or not finite count as 0; the rest
-/// are rescaled to sum to 1, so plain weights work too. Extra entries of the longer slice are
-/// ignored.
+/// rescaled; counts in them are returned apart (`impossible_observed`). With no observations,
+/// or fewer than two categories left, the statistic is 0 and the p-value 1 (method exact).
+/// Probabilities that are negative or not finite count as 0; the rest are rescaled to sum to
+/// 1, so plain weights work too. Extra entries of the longer slice are ignored.
 ///
 /// Method: chi-square when every expected count is at least [`MIN_EXPECTED_FOR_CHI_SQUARE`]; else
 /// exact when at most [`MAX_EXACT_TABLES`] tables are possible; else Monte Carlo.
