@@ -680,7 +680,7 @@ pub enum LogError {
         path: PathBuf,
         error: std::io::Error,
     },
-    /// A FIFO no process reads: opening it would wait for a reader.
+    /// A FIFO no process opened for reading within [`FIFO_READER_WAIT`].
     FifoWithoutReader {
         path: PathBuf,
     },
@@ -706,15 +706,24 @@ pub enum LogError {
 impl std::fmt::Display for LogError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LogError::Open { path, error } => write!(
-                f,
-                "cannot open log file '{}': {error} (choose another --log-file, or --no-log-file)",
-                path.display()
-            ),
+            LogError::Open { path, error } => {
+                // The kernel's EISDIR for `file.log/` would send the user looking for a directory.
+                let slash = if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+                    "; a path ending in '/' names a directory"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "cannot open log file '{}': {error}{slash} (choose another --log-file, or \
+                     --no-log-file)",
+                    path.display()
+                )
+            }
             LogError::FifoWithoutReader { path } => write!(
                 f,
-                "cannot open log file '{}': it is a FIFO and nothing reads it (start its reader \
-                 first, or choose another --log-file)",
+                "cannot open log file '{}': it is a FIFO and nothing opened it for reading \
+                 within 1 s (start its reader first, or choose another --log-file)",
                 path.display()
             ),
             LogError::InUse { path } => write!(
@@ -763,6 +772,10 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 const O_NONBLOCK: i32 = 0o4000;
 /// `ENXIO`: what opening a FIFO without a reader for writing fails with under `O_NONBLOCK`.
 const ENXIO: i32 = 6;
+/// How long start-up waits for a FIFO log file's reader to open it before refusing to start.
+pub const FIFO_READER_WAIT: Duration = Duration::from_secs(1);
+/// How often that wait tries the open again.
+const FIFO_READER_POLL: Duration = Duration::from_millis(10);
 
 /// The thread that appends every entry to the log file.
 #[derive(Debug)]
@@ -883,19 +896,7 @@ struct LogFile {
 
 impl LogFile {
     fn open(path: &Path) -> Result<LogFile, LogError> {
-        let file = open_for_append(path).map_err(|error| {
-            let is_fifo = std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_fifo());
-            if error.raw_os_error() == Some(ENXIO) && is_fifo {
-                LogError::FifoWithoutReader {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                LogError::Open {
-                    path: path.to_path_buf(),
-                    error,
-                }
-            }
-        })?;
+        let file = open_waiting_for_a_reader(path)?;
         // Two servers appending to one file would interleave two runs' ids 1, 2, 3 …: the
         // file would no longer prove what either did. A file system that cannot lock is used
         // as it is.
@@ -935,6 +936,32 @@ impl LogFile {
                 self.path.display()
             );
         }
+    }
+}
+
+/// Opens the log file; a FIFO whose reader has not opened it yet is given
+/// [`FIFO_READER_WAIT`] to do so, since `cat log.fifo & unreliable serve --log-file log.fifo`
+/// races the two opens.
+fn open_waiting_for_a_reader(path: &Path) -> Result<File, LogError> {
+    let started = std::time::Instant::now();
+    loop {
+        let error = match open_for_append(path) {
+            Ok(file) => return Ok(file),
+            Err(error) => error,
+        };
+        let is_fifo = std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_fifo());
+        if error.raw_os_error() != Some(ENXIO) || !is_fifo {
+            return Err(LogError::Open {
+                path: path.to_path_buf(),
+                error,
+            });
+        }
+        if started.elapsed() >= FIFO_READER_WAIT {
+            return Err(LogError::FifoWithoutReader {
+                path: path.to_path_buf(),
+            });
+        }
+        std::thread::sleep(FIFO_READER_POLL);
     }
 }
 
@@ -1864,5 +1891,23 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("--no-log-file"));
+        assert!(!error.contains("names a directory"), "{error}");
+    }
+
+    #[test]
+    fn a_log_file_path_with_a_trailing_slash_is_explained() {
+        let file =
+            std::env::temp_dir().join(format!("unreliable-slash-{}.log", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let with_slash = format!("{}/", file.display());
+        let log = Arc::new(RequestLog::new(4, true).unwrap());
+        let error = start_writer(log, Path::new(&with_slash), LogFormat::Text)
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            error.contains("; a path ending in '/' names a directory (choose another"),
+            "{error}"
+        );
     }
 }

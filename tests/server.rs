@@ -290,7 +290,38 @@ fn a_log_file_at_the_file_size_limit_is_a_reported_error_not_a_silent_death() {
 }
 
 #[test]
-fn a_fifo_log_file_that_nothing_reads_is_refused_at_once() {
+fn a_fifo_log_file_whose_reader_opens_it_after_the_server_starts_gets_every_entry() {
+    let directory = scratch_directory("log-fifo-late-reader");
+    let fifo = directory.join("log.fifo");
+    make_fifo(&fifo);
+    // The reader opens after the server's first try: `cat log.fifo & unreliable serve ...`.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::read_to_string(&fifo).expect("read the FIFO")
+        })
+    };
+    let log_file = fifo.to_str().unwrap().to_string();
+    let server = Server::start(
+        "log-fifo-late-reader-server",
+        &["--weights", "200=1", "--log-file", &log_file],
+    );
+    for index in 0..5 {
+        assert_eq!(balance_status(&server, &format!("late-{index}")), Some(200));
+    }
+    let (status, stderr, _directory) = server.terminate();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    let text = reader.join().expect("reader thread");
+    assert_eq!(text.lines().count(), 5, "{text:?}");
+    assert!(
+        text.lines().all(|line| line.ends_with(" - 200 OK")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn a_fifo_log_file_that_nothing_reads_is_refused_after_a_short_wait() {
     let directory = scratch_directory("log-fifo-alone");
     let fifo = directory.join("log.fifo");
     make_fifo(&fifo);
@@ -303,7 +334,7 @@ fn a_fifo_log_file_that_nothing_reads_is_refused_at_once() {
     assert!(
         finished
             .stderr
-            .contains("it is a FIFO and nothing reads it"),
+            .contains("it is a FIFO and nothing opened it for reading within 1 s"),
         "{finished:?}"
     );
 }
