@@ -91,7 +91,8 @@ pub struct ClientOptions {
     pub port: u16,
     pub count: u64,
     pub concurrency: usize,
-    /// Read timeout per attempt.
+    /// Per attempt: the deadline for the whole answer once the request is sent; connecting
+    /// gets as long again.
     pub timeout: Duration,
     pub retries: u32,
     /// Outcomes that are retried (always includes `Timeout` unless the user removed it).
@@ -753,8 +754,8 @@ from a weight table (default timeout=20,403=20,500=10,200=50). Every request is 
 file and in memory; GET /getlogs returns the log as JSON and GET /stats the counts with a
 chi-square test against the weights.
 
-Exit status: 0 fine, 1 the client's verdict or reconciliation failed, 2 usage error,
-3 server unreachable.
+Exit status: 0 fine, 1 the client's run failed (verdict, reconciliation, /stats) or the
+server could not start or write its log, 2 usage error, 3 server unreachable.
 ";
 
 const SERVE_HELP: &str = "\
@@ -763,7 +764,8 @@ Run the unreliable HTTP server.
 Usage: unreliable serve [OPTIONS]
 
 Prints one line when ready, e.g. 'listening on http://127.0.0.1:8080 seed=1234', and runs
-until SIGINT, SIGTERM or SIGHUP, then stops accepting, flushes the log file and exits 0.
+until SIGINT, SIGTERM or SIGHUP, then stops accepting, flushes the log file and exits 0
+(1 when it could not start, or when entries could not be written to the log file).
 
 Options:
   --host ADDR             address to listen on [default: 127.0.0.1]; 0.0.0.0 or :: to
@@ -808,7 +810,9 @@ Options:
   --port N                server port [default: 8080]
   --count N               logical requests to send [default: 100]
   --concurrency C         worker threads, each with its own keep-alive connection [default: 1]
-  --timeout DURATION      read timeout per attempt, e.g. 250ms, 3s [default: 3s]
+  --timeout DURATION      per attempt, e.g. 250ms, 3s: the whole answer must arrive within
+                          it once the request is sent; connecting gets as long again
+                          [default: 3s]
   --retries R             retries after a retried outcome [default: 3]
   --retry-on LIST         outcomes that are retried: timeout, 403, 500, 200 or none
                           [default: timeout]; transport errors (connection refused,
@@ -826,12 +830,14 @@ Options:
   -h, --help              print this help
 
 GET /stats (before and after the run) and each GET /getlogs page have a
-fixed timeout of 10s of their own, connecting included, whatever --timeout is.
+fixed timeout of 10s of their own, connecting included, whatever --timeout is
+(but the first connection, made with --timeout, carries the first /stats).
 After 10 attempts in a row (3 per worker when more) over at least 1s (or
 --timeout) without an answer, the run stops early and fails: when all failed
 to connect, or when they timed out and GET /health does not answer either.
 
-Exit status: 0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable.
+Exit status: 0 fine, 1 the run failed (verdict, reconciliation, /stats unreadable),
+2 usage error, 3 server unreachable.
 ";
 
 const DEMO_HELP: &str = "\
