@@ -12,8 +12,17 @@ import json
 import pathlib
 import statistics
 import sys
+import textwrap
 
 MIB = 1024 * 1024
+WIDTH = 100
+
+
+def say(text, end="\n"):
+    """Prints prose wrapped at WIDTH columns; a '- ' bullet continues two spaces in."""
+    indent = "  " if text.startswith("- ") else ""
+    print(textwrap.fill(text, WIDTH, subsequent_indent=indent, break_long_words=False,
+                        break_on_hyphens=False), end=end)
 
 
 def load(work):
@@ -122,7 +131,7 @@ def print_main_table(medians, facts, runs):
             print(f"| {phase:,} | **unreliable / nginx** | " + " | ".join(cells) + " |")
     retried = len(runs) - len(final_attempts(runs))
     print()
-    print(f"noise %: the larger share of either core's time taken by anything but the server "
+    say(f"noise %: the larger share of either core's time taken by anything but the server "
           f"under test (on its core) or wrk (on its core): other processes, hypervisor steal; "
           f"from /proc/stat, wrk's own CPU from bash `times`; a run above "
           f"{facts.get('max_noise_percent')}% noise or {facts.get('max_steal_percent', '?')}% "
@@ -131,7 +140,7 @@ def print_main_table(medians, facts, runs):
           f"utime+stime of the server's process(es) / requests wrk completed; nginx is master + "
           f"worker. steal %: the part of the noise that the hypervisor took (the larger of the "
           f"two cores). Ratios are unreliable / nginx: below 1x is better for everything but "
-          f"req/s.\n")
+          f"req/s.", end="\n\n")
 
 
 CALM_STEAL_PERCENT = 1.0
@@ -175,7 +184,7 @@ def print_p99_and_steal(runs, clock_ticks):
 def print_syscalls(facts):
     if not any(key.startswith("syscalls_") for key in facts):
         return
-    print("### Syscalls per request (wrk -t1 -c64 for a few seconds, once under perf stat, once under strace -c -f)\n")
+    print("### Syscalls per request (wrk -t1 -c64 for a few seconds, under perf stat, then strace -c -f)\n")
     print("| server | all syscalls/req (perf stat) | all syscalls/req (strace -c -f) "
           "| top syscalls/req (strace) |")
     print("| --- | ---: | ---: | --- |")
@@ -356,15 +365,15 @@ def main():
     clock_ticks = int(facts.get("clock_ticks", "100"))
     medians = summarise(runs, clock_ticks)
     print("## Results\n")
-    print(f"- machine: {facts.get('cpu')}, nproc {facts.get('nproc')}, "
+    say(f"- machine: {facts.get('cpu')}, nproc {facts.get('nproc')}, "
           f"{facts.get('memory_mib')} MiB, kernel {facts.get('kernel')}, {facts.get('os')}")
-    print(f"- software: {facts.get('rustc')}; nginx {facts.get('nginx')}; {facts.get('wrk')}; "
+    say(f"- software: {facts.get('rustc')}; nginx {facts.get('nginx')}; {facts.get('wrk')}; "
           f"unreliable at {facts.get('commit')}")
-    print(f"- servers pinned to core {facts.get('server_core')}, wrk/perf/strace/helpers to core "
+    say(f"- servers pinned to core {facts.get('server_core')}, wrk/perf/strace/helpers to core "
           f"{facts.get('client_core')}; unreliable's default workers there: "
           f"{facts.get('expected_workers')}; open-file limit {facts.get('open_file_limit')}; "
           f"load average at the start {facts.get('load_average')}")
-    print(f"- page: unreliable's 200 body is {facts.get('body_min')}–{facts.get('body_max')} B "
+    say(f"- page: unreliable's 200 body is {facts.get('body_min')}–{facts.get('body_max')} B "
           f"(median {facts.get('body_median')}, head {facts.get('head_unreliable')} B); "
           f"nginx returns {facts.get('body_median')} B")
     print()
@@ -373,12 +382,12 @@ def main():
     print_syscalls(facts)
     memory = log_memory(facts)
     if memory:
-        print(f"Log memory: RSS {int(facts['logcap_rss_before_kib']) / 1024:.1f} MiB with "
+        say(f"Log memory: RSS {int(facts['logcap_rss_before_kib']) / 1024:.1f} MiB with "
               f"{int(facts['logcap_entries_before']):,} entries, "
               f"{int(facts['logcap_rss_after_kib']) / 1024:.1f} MiB after "
               f"{int(facts['logcap_entries_after']):,} requests (peak "
               f"{int(facts['logcap_hwm_kib']) / 1024:.1f} MiB, {facts['logcap_seconds']} s of wrk); "
-              f"{memory[2]}.\n")
+              f"{memory[2]}.", end="\n\n")
     for level in sorted(key for key in facts if key.startswith("held_at_end_")):
         print(f"- {level.replace('held_at_end_', 'held at the end, ')}: {facts[level]}")
     print()
