@@ -143,6 +143,13 @@ impl<'a> ObjectWriter<'a> {
             None => self.null(key),
         }
     }
+    /// `None` is written as `null`.
+    pub fn optional_u64(&mut self, key: &str, value: Option<u64>) -> &mut Self {
+        match value {
+            Some(number) => self.u64(key, number),
+            None => self.null(key),
+        }
+    }
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         push_display(self.key(key), value);
         self

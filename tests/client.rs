@@ -689,6 +689,7 @@ fn json_report_has_the_documented_fields() {
             "duplicates",
             "mismatches",
             "dropped_by_server",
+            "dropped_since_run_began",
             "clean",
             "done",
             "not_done_because",

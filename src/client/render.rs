@@ -516,12 +516,26 @@ pub fn write_text_report(
             )?;
         }
     }
-    if report.dropped_by_server > 0 {
-        writeln!(
+    let missing = !reconciliation.missing_on_server.is_empty();
+    match (report.dropped_by_server, report.dropped_since_run_began) {
+        (0, _) => {}
+        (_, Some(during)) if during > 0 => writeln!(
             text,
-            "  note: the server's log ring dropped {} entries; missing entries may be among them",
-            report.dropped_by_server
-        )?;
+            "  note: the server keeps only its newest entries in memory (its --log-capacity): \
+             {during} logged since this run began were dropped before they were read, and \
+             missing entries may be among them; raise its --log-capacity above the run's attempts"
+        )?,
+        (dropped, Some(_)) if missing => writeln!(
+            text,
+            "  note: the server's log ring dropped {dropped} entries, all logged before this run \
+             began: none of the missing ones is among them"
+        )?,
+        (dropped, None) => writeln!(
+            text,
+            "  note: the server's log ring dropped {dropped} entries; missing entries may be among \
+             them"
+        )?,
+        _ => {}
     }
     // A server answers 503 without logging past its --max-connections or while its log file
     // cannot be written, so those attempts are "missing" for a reason worth naming.
@@ -629,7 +643,8 @@ fn milliseconds(duration: Duration) -> f64 {
 ///   `transport_unlogged`, `transport_logged_outcomes` (server outcome → count for the logged
 ///   transport errors), `missing_on_server`, `unknown_to_client`, `duplicates` (arrays of
 ///   request ids), `mismatches` (array of `request_id`, `client`, `server`), `dropped_by_server`,
-///   `clean` (bool; false when not done), `done` (bool: the log could be read after the run),
+///   `dropped_since_run_began` (of those, the ones logged after the run's first `/stats`, or
+///   null), `clean` (bool; false when not done), `done` (bool: the log could be read after the run),
 ///   `not_done_because` (why not, or null).
 /// - `logs`: the shown server entries: `id`, `time`, `client_ip`, `outcome`, `status` (or null),
 ///   `request_id` (or null).
@@ -810,6 +825,7 @@ pub fn write_json_report(report: &Report, options: &ClientOptions, out: &mut Str
         let done = report.reconciliation_not_done.is_none();
         object
             .u64("dropped_by_server", report.dropped_by_server)
+            .optional_u64("dropped_since_run_began", report.dropped_since_run_began)
             .bool("clean", done && reconciliation.is_clean())
             .bool("done", done)
             .optional_string(

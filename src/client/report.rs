@@ -225,7 +225,12 @@ pub struct Report {
     /// Why the attempts could not be checked against the server's log, when they could not.
     pub reconciliation_not_done: Option<String>,
     pub restart: Restart,
+    /// Entries the server's ring dropped from memory since it started.
     pub dropped_by_server: u64,
+    /// Of those, the ones logged after the run's first `/stats` (ids are dense and the oldest go
+    /// first): this run's entries may be among them, earlier ones cannot. `None` when that
+    /// `/stats` gave no total, or the server restarted.
+    pub dropped_since_run_began: Option<u64>,
     /// The server entries to show (already cut to `show_logs`).
     pub shown_entries: Vec<LogEntry>,
     pub tolerance_violations: Vec<Outcome>,
@@ -317,6 +322,22 @@ fn hung_closed_reason(count: u64) -> String {
 }
 
 /// Builds the report from the attempts, the server's stats and this run's entries.
+/// Why the logs do not reconcile. Entries missing on a server that dropped as many of the run's
+/// from memory are no proof of a disagreement, only of a log too small for the run.
+fn disagreement(reconciliation: &Reconciliation, dropped_since_run_began: Option<u64>) -> String {
+    let missing = reconciliation.missing_on_server.len() as u64;
+    let only_missing = reconciliation.unknown_to_client.is_empty()
+        && reconciliation.mismatches.is_empty()
+        && reconciliation.duplicates.is_empty();
+    match dropped_since_run_began {
+        Some(dropped) if only_missing && missing <= dropped => format!(
+            "reconciliation incomplete: the server dropped {dropped} entries logged during the \
+             run from memory before they were read; raise its --log-capacity"
+        ),
+        _ => "client and server logs disagree".to_string(),
+    }
+}
+
 pub(super) fn build_report(
     options: &ClientOptions,
     run: &RunRecord<'_>,
@@ -430,8 +451,14 @@ pub(super) fn build_report(
     if let Restart::Yes(reason) = &account.restart {
         verdict_reasons.push(reason.clone());
     }
+    let dropped_since_run_began = match account.restart {
+        Restart::No => server
+            .total
+            .map(|before| fetched.dropped.saturating_sub(before)),
+        _ => None,
+    };
     if !reconciliation.is_clean() {
-        verdict_reasons.push("client and server logs disagree".to_string());
+        verdict_reasons.push(disagreement(&reconciliation, dropped_since_run_began));
     }
     // Those attempts were draws (the server's log says `timeout`) that the client could only
     // count as transport errors, so the tables lack them and cannot pass for the weights.
@@ -485,6 +512,7 @@ pub(super) fn build_report(
         reconciliation_not_done,
         restart: account.restart.clone(),
         dropped_by_server: fetched.dropped,
+        dropped_since_run_began,
         shown_entries: fetched.entries[fetched.entries.len() - shown..].to_vec(),
         tolerance_violations,
         verdict_reasons,
@@ -593,6 +621,87 @@ mod tests {
             );
         }
         assert_eq!(precision(&distribution(&[0; 4], &OWNER), 0), None);
+    }
+
+    #[test]
+    fn entries_the_server_dropped_during_the_run_are_named_not_called_a_disagreement() {
+        let attempts = synthetic_attempts();
+        let gone: Vec<String> = attempts[..3]
+            .iter()
+            .map(|a| request_id("feed0123", a.request, a.attempt))
+            .collect();
+        let mut entries = faithful_entries(&attempts);
+        entries.retain(|entry| {
+            !gone
+                .iter()
+                .any(|id| entry.request_id.as_deref() == Some(id))
+        });
+        let judged = |before: Option<u64>, dropped: u64, entries: &[LogEntry]| {
+            let account = ServerAccount {
+                stats: ServerStats {
+                    total: before,
+                    ..owner_stats()
+                },
+                restart: Restart::No,
+                log: Ok(LogFetch {
+                    entries: entries.to_vec(),
+                    dropped,
+                }),
+            };
+            let sent = Sent {
+                attempts: attempts.clone(),
+                stopped: None,
+                retries_dropped: Vec::new(),
+            };
+            let options = ClientOptions {
+                count: 100,
+                ..ClientOptions::default()
+            };
+            let report = report_from(&options, &sent, &account);
+            let mut text = String::new();
+            write_text_report(&report, &options, &mut text).unwrap();
+            (report, text)
+        };
+        // 10 entries before the run, 13 dropped: 3 logged during it, as many as are missing.
+        let (report, text) = judged(Some(10), 13, &entries);
+        assert_eq!(report.dropped_since_run_began, Some(3));
+        assert_eq!(report.verdict, Verdict::Fail);
+        assert!(
+            text.contains(
+                "verdict: FAIL (reconciliation incomplete: the server dropped 3 entries logged \
+                 during the run from memory before they were read; raise its --log-capacity)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 logged since this run began were dropped"),
+            "{text}"
+        );
+        // 2 dropped during the run cannot account for 3 missing.
+        let (report, text) = judged(Some(10), 12, &entries);
+        assert_eq!(report.dropped_since_run_began, Some(2));
+        assert!(
+            text.contains("verdict: FAIL (client and server logs disagree)"),
+            "{text}"
+        );
+        // All dropped before the run: the missing ones are not among them.
+        let (_, text) = judged(Some(10), 10, &entries);
+        assert!(
+            text.contains("all logged before this run began: none of the missing ones"),
+            "{text}"
+        );
+        assert!(text.contains("(client and server logs disagree)"), "{text}");
+        // An outcome that differs is a disagreement however many were dropped.
+        let mut altered = entries.clone();
+        altered[0].outcome = "500".into();
+        altered[0].status = Some(500);
+        let (_, text) = judged(Some(10), 13, &altered);
+        assert!(text.contains("(client and server logs disagree)"), "{text}");
+        // Without the total before the run nothing tells the two apart.
+        let (report, text) = judged(None, 13, &entries);
+        assert_eq!(report.dropped_since_run_began, None);
+        assert!(text.contains("missing entries may be among them"), "{text}");
+        assert!(text.contains("(client and server logs disagree)"), "{text}");
     }
 
     #[test]
