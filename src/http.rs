@@ -1736,6 +1736,7 @@ fn write_head(out: &mut Vec<u8>, response: &Response<'_>, body_length: usize, da
 
 /// Appends a head for a body of unknown length: `Transfer-Encoding: chunked` on HTTP/1.1, or no
 /// length and `Connection: close` on HTTP/1.0 (the body then ends when the connection closes).
+/// `keep_alive` without `chunked` is for an HTTP/1.0 answer to HEAD only: no body follows it.
 pub fn write_streaming_head(
     out: &mut Vec<u8>,
     status: u16,
@@ -1748,8 +1749,12 @@ pub fn write_streaming_head(
     if chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    if !chunked || !keep_alive {
+    if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
+    } else if !chunked {
+        // Only an HTTP/1.0 answer to HEAD, which has no body to end with the connection; a 1.0
+        // client needs to be told the connection persists.
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -3219,7 +3224,7 @@ mod tests {
                 false,
                 "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
             ),
-            (false, true, "Connection: close\r\n\r\n"),
+            (false, true, "Connection: keep-alive\r\n\r\n"),
             (false, false, "Connection: close\r\n\r\n"),
         ];
         for (chunked, keep_alive, rest) in cases {

@@ -474,9 +474,10 @@ fn get_logs(
         Err(reason) => return (bad_request(exchange, out, &reason), None),
     };
     let request = exchange.request;
-    // HTTP/1.0 has no chunked coding: the body then ends when the connection closes.
+    // HTTP/1.0 has no chunked coding: the body then ends when the connection closes. An answer
+    // to HEAD has no body, so its connection stays open as asked either way.
     let chunked = request.minor_version >= 1;
-    let keep_alive = chunked && request.keep_alive;
+    let keep_alive = request.keep_alive && (chunked || request.method == Method::Head);
     http::write_streaming_head(out, 200, JSON, chunked, keep_alive, exchange.date);
     let disposition = if keep_alive {
         Disposition::KeepOpen

@@ -1163,6 +1163,34 @@ fn smuggling_and_framing_cases_get_the_right_status_and_connection_fate() {
 }
 
 #[test]
+fn the_log_over_http_1_0_closes_after_a_get_but_not_after_a_head() {
+    let server = Server::start("conformance-getlogs-10", &["--no-log-file"]);
+    // GET: no chunked coding in HTTP/1.0, so the body ends with the connection (RFC 9112 §6.3).
+    let mut client = server.connect();
+    client
+        .write_all(b"GET /getlogs HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let reply = client.read_reply(false).expect("GET /getlogs");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection").as_deref(), Some("close"));
+    assert!(reply.body.starts_with(b"{\"total\":"), "{reply:?}");
+    // HEAD: no body to end, so the connection the client asked to keep stays open.
+    let mut client = server.connect();
+    client
+        .write_all(b"HEAD /getlogs HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let reply = client.read_reply(true).expect("HEAD /getlogs");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection").as_deref(), Some("keep-alive"));
+    assert_eq!(reply.header("content-length"), None);
+    client.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let next = client
+        .read_reply(false)
+        .expect("a second request on the same connection");
+    assert_eq!((next.status, next.body.as_slice()), (200, &b"ok\n"[..]));
+}
+
+#[test]
 fn a_refused_head_request_gets_its_status_and_no_content() {
     // RFC 9110 §9.3.2: no content in an answer to HEAD, refusals included; a client that sent
     // more would otherwise read the reason text as the start of the next response. The same
