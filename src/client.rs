@@ -151,7 +151,8 @@ fn run_with(
 ) -> Result<Verdict, ClientError> {
     let (target, first_connection) = reach(&options.host, options.port, options.timeout)?;
     // Read before the run too, so that a server lost or restarted meanwhile still leaves the
-    // weights to judge the attempts by, and a restart shows as a changed seed or uptime.
+    // weights to judge the attempts by, and a restart shows as a changed start time, seed or
+    // uptime.
     let (before, first_connection) = stats_before_run(&target, first_connection)?;
     let run_id = fresh_run_id();
     let started = Instant::now();

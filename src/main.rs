@@ -112,6 +112,7 @@ fn start_server(
         chaos,
         log: Arc::clone(log),
         started: Instant::now(),
+        started_unix_millis: crate::clock::now_unix_millis(),
         hang,
     });
     let config = ServerConfig {

@@ -45,6 +45,9 @@ pub struct App {
     pub chaos: Chaos,
     pub log: Arc<RequestLog>,
     pub started: Instant,
+    /// The wall-clock time of the start, for `/stats`: a client that reads it before and after a
+    /// run sees a restart in it, whatever the seed and however soon.
+    pub started_unix_millis: u64,
     /// The longest a hung request is held.
     pub hang: Duration,
 }
@@ -624,6 +627,10 @@ fn get_stats(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dispo
     object.u64("dropped_from_memory", counts.dropped);
     object.f64("hang_seconds", app.hang.as_secs_f64());
     object.f64("uptime_seconds", app.started.elapsed().as_secs_f64());
+    let started = object.key("started");
+    started.push('"');
+    clock::UtcTime::from_unix_millis(app.started_unix_millis).write_rfc3339(started);
+    started.push('"');
     object.finish();
     text.push('\n');
     exchange.reply(out, 200, JSON, &[], text.as_bytes())
@@ -720,6 +727,7 @@ mod tests {
             chaos: Chaos::new(seed, weights),
             log: Arc::new(log),
             started: Instant::now(),
+            started_unix_millis: 1_700_000_000_000,
             hang: Duration::from_secs(1),
         }
     }

@@ -2205,6 +2205,7 @@ mod tests {
             chaos: Chaos::new(1, weights),
             log: Arc::new(RequestLog::new(1000, false).unwrap()),
             started: Instant::now(),
+            started_unix_millis: 1_700_000_000_000,
             hang: HANG,
         })
     }
@@ -2216,6 +2217,7 @@ mod tests {
             chaos: Chaos::new(1, Weights::owner_default()),
             log: Arc::new(RequestLog::new(entries as usize, false).unwrap()),
             started: Instant::now(),
+            started_unix_millis: 1_700_000_000_000,
             hang: HANG,
         });
         let request_id = "r".repeat(200);

@@ -668,6 +668,21 @@ fn endpoints_and_methods() {
     assert_eq!(head.header("content-length").as_deref(), Some("3"));
     let stats = decode(&get(&server, "/stats", &[]).unwrap());
     assert!(stats.get("seed").is_some() && stats.get("uptime_seconds").is_some());
+    // The start time, RFC 3339 in UTC to the millisecond: what tells a restart apart.
+    let started = stats
+        .get("started")
+        .and_then(|value| value.as_str())
+        .unwrap();
+    assert_eq!(started.len(), "2026-11-28T10:00:00.000Z".len(), "{started}");
+    assert!(
+        started.starts_with("20") && started.ends_with('Z'),
+        "{started}"
+    );
+    let again = decode(&get(&server, "/stats", &[]).unwrap());
+    assert_eq!(
+        again.get("started").and_then(|value| value.as_str()),
+        Some(started)
+    );
 }
 
 #[test]

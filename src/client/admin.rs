@@ -194,6 +194,8 @@ pub struct ServerStats {
     pub total: Option<u64>,
     /// Seconds since the server started.
     pub uptime_seconds: Option<f64>,
+    /// When the server started (its clock, RFC 3339): a restart changes it.
+    pub started: Option<String>,
 }
 
 /// Reads the seed and the outcome probabilities (or, failing those, the weights) from `/stats`;
@@ -242,19 +244,43 @@ pub fn parse_server_stats(text: &str, value: &Value) -> Result<ServerStats, Stri
             .get("uptime_seconds")
             .and_then(Value::as_f64)
             .filter(|seconds| seconds.is_finite() && *seconds >= 0.0),
+        // Only a timestamp is kept: the text goes into the verdict as it is.
+        started: value
+            .get("started")
+            .and_then(Value::as_str)
+            .filter(|text| is_timestamp(text))
+            .map(str::to_string),
     })
 }
 
-/// Whether the server restarted between two `/stats` reads: a new seed, fewer requests logged,
-/// or an uptime that grew less than `between` (the client's time from the end of the first read
-/// to the start of the second, which the server's clock saw pass too) allows, with
-/// [`UPTIME_SLACK`]. The verdict reason naming the evidence, or `None`.
+/// Digits and the RFC 3339 punctuation, and short: nothing that needs escaping in a report.
+fn is_timestamp(text: &str) -> bool {
+    (1..=MAX_TIMESTAMP_LENGTH).contains(&text.len())
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || b"-:.TZ+".contains(&byte))
+}
+
+/// Longer than any RFC 3339 timestamp (`2026-11-28T10:00:00.000000000+00:00` is 35 bytes).
+const MAX_TIMESTAMP_LENGTH: usize = 40;
+
+/// Whether the server restarted between two `/stats` reads: another start time, a new seed,
+/// fewer requests logged, or an uptime that grew less than `between` (the client's time from the
+/// end of the first read to the start of the second, which the server's clock saw pass too)
+/// allows, with [`UPTIME_SLACK`]. The start time alone catches a restart with the same seed
+/// within that slack; the others serve servers that do not report it. The verdict reason naming
+/// the evidence, or `None`.
 pub fn restart_evidence(
     before: &ServerStats,
     after: &ServerStats,
     between: Duration,
 ) -> Option<String> {
     let mut evidence = Vec::new();
+    if let (Some(first), Some(second)) = (&before.started, &after.started) {
+        if first != second {
+            evidence.push(format!("started at {first}, then at {second}"));
+        }
+    }
     if let (Some(first), Some(second)) = (before.seed, after.seed) {
         if first != second {
             evidence.push(format!("seed {first}, then {second}"));
@@ -490,11 +516,13 @@ mod tests {
             seed: Some(seed),
             total: Some(total),
             uptime_seconds: Some(uptime),
+            started: Some("2026-11-28T10:00:00.000Z".into()),
             ..owner_stats()
         };
         let before = ServerStats {
             total: Some(50),
             uptime_seconds: Some(100.0),
+            started: Some("2026-11-28T10:00:00.000Z".into()),
             ..before
         };
         let minute = Duration::from_secs(60);
@@ -534,20 +562,39 @@ mod tests {
                 "{after:?}"
             );
         }
+        // Restarted with the same seed half a second after the first read, the log grown past
+        // what it held: only the start time tells.
+        let quick = ServerStats {
+            started: Some("2026-11-28T10:01:40.500Z".into()),
+            ..stats(123, 80, 159.5)
+        };
+        assert_eq!(
+            restart_evidence(&before, &quick, minute),
+            restarted("started at 2026-11-28T10:00:00.000Z, then at 2026-11-28T10:01:40.500Z")
+        );
         // What a server does not say proves nothing.
         let silent = ServerStats {
             seed: None,
             total: None,
             uptime_seconds: None,
+            started: None,
             ..owner_stats()
         };
         assert_eq!(restart_evidence(&before, &silent, minute), None);
         assert_eq!(restart_evidence(&silent, &stats(1, 0, 0.0), minute), None);
-        let text = r#"{"seed":7,"total":12,"uptime_seconds":3.25,"weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        // A start time that is no timestamp is not believed (it would reach the report raw).
+        let odd = r#"{"started":"\u001b[2J","weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        let parsed = parse_server_stats(odd, &json::decode(odd).unwrap()).unwrap();
+        assert_eq!(parsed.started, None);
+        let text = r#"{"seed":7,"total":12,"uptime_seconds":3.25,"started":"2026-11-28T10:00:00.000Z","weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
         let parsed = parse_server_stats(text, &json::decode(text).unwrap()).unwrap();
         assert_eq!(
-            (parsed.total, parsed.uptime_seconds),
-            (Some(12), Some(3.25))
+            (
+                parsed.total,
+                parsed.uptime_seconds,
+                parsed.started.as_deref()
+            ),
+            (Some(12), Some(3.25), Some("2026-11-28T10:00:00.000Z"))
         );
     }
 

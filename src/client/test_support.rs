@@ -97,6 +97,7 @@ pub(super) fn owner_stats() -> ServerStats {
         probabilities: OWNER,
         total: Some(0),
         uptime_seconds: Some(1.0),
+        started: None,
     }
 }
 
