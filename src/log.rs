@@ -723,8 +723,9 @@ impl std::fmt::Display for LogError {
             LogError::FifoWithoutReader { path } => write!(
                 f,
                 "cannot open log file '{}': it is a FIFO and nothing opened it for reading \
-                 within 1 s (start its reader first, or choose another --log-file)",
-                path.display()
+                 within {} s (start its reader first, or choose another --log-file)",
+                path.display(),
+                FIFO_READER_WAIT.as_secs()
             ),
             LogError::InUse { path } => write!(
                 f,
