@@ -225,7 +225,8 @@ impl Outcome {
             Outcome::Balance => 3,
         }
     }
-    /// The name used on the command line, in JSON and in `/getlogs?outcome=`: `timeout`, `403`, `500`, `200`.
+    /// The name used on the command line, in JSON and in `/getlogs?outcome=`: `timeout`, `403`,
+    /// `500`, `200`.
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Timeout => "timeout",

@@ -753,7 +753,8 @@ pub struct RequestHead<'b> {
 }
 
 impl<'b> RequestHead<'b> {
-    /// The value of the first field named `name` (case-insensitive), without surrounding whitespace.
+    /// The value of the first field named `name` (case-insensitive), without surrounding
+    /// whitespace.
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
         find_field(&self.fields, name)
     }

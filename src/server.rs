@@ -55,18 +55,18 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a keep-alive connection may sit without starting a request; then close.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a worker waits for the next request on its connection before parking it. Zero: it
-/// takes what has already arrived and otherwise parks the connection at once and serves the next
-/// one in the queue. A blocking wait costs a thread switch per request (the worker sleeps until
-/// that client's next request, and one sleeping thread per connection is what the scheduler
-/// then juggles); a parked connection's next requests are answered by the poller, whose one
-/// `epoll_wait` reports many ready connections, without any thread switch. Measured (before the
-/// poller answered in place, when it handed each ready connection back to a worker) with
-/// `wrk -t1 -c64` on one core (medians of 3): a 20 ms linger with 32 workers gave 65k req/s,
-/// 15.1 µs of CPU per request, 0.81 thread switches per request and a p99 of 8.6 ms (11 ms with
-/// 10,000 hung connections held); no linger with 8 workers 64k req/s, 15.5 µs, 0.49 switches and
-/// a p99 of 2.4 ms (5.0 ms with 10,000 hung). Throughput and CPU stay the same; the tail is what the
-/// blocking linger cost. A nonzero linger is still supported: the worker then blocks that long.
+/// How long a worker waits for the next request on its connection before parking it. Zero: it takes
+/// what has already arrived and otherwise parks the connection at once and serves the next one in
+/// the queue. A blocking wait costs a thread switch per request (the worker sleeps until that
+/// client's next request, and one sleeping thread per connection is what the scheduler then
+/// juggles); a parked connection's next requests are answered by the poller, whose one `epoll_wait`
+/// reports many ready connections, without any thread switch. Measured (before the poller answered
+/// in place, when it handed each ready connection back to a worker) with `wrk -t1 -c64` on one core
+/// (medians of 3): a 20 ms linger with 32 workers gave 65k req/s, 15.1 µs of CPU per request, 0.81
+/// thread switches per request and a p99 of 8.6 ms (11 ms with 10,000 hung connections held); no
+/// linger with 8 workers 64k req/s, 15.5 µs, 0.49 switches and a p99 of 2.4 ms (5.0 ms with 10,000
+/// hung). Throughput and CPU stay the same; the tail is what the blocking linger cost. A nonzero
+/// linger is still supported: the worker then blocks that long.
 pub const KEEP_ALIVE_LINGER: Duration = Duration::ZERO;
 /// Pause after an accept error that signals exhausted resources (files, buffers, memory), so the
 /// acceptor does not spin while they are scarce.
@@ -1417,8 +1417,8 @@ enum ParkKind {
     /// the client closes or the deadline does (a lingering close).
     Closing,
     /// A response (or `100 Continue`) that did not fit in the send buffer: the rest goes out as
-    /// room opens up, and input waits. The deadline, moved on by every write that makes progress, closes a client
-    /// that stopped reading. No thread waits for it.
+    /// room opens up, and input waits. The deadline, moved on by every write that makes
+    /// progress, closes a client that stopped reading. No thread waits for it.
     Sending,
     /// Past `max_connections`: readable means its request line may be in, to be answered 503
     /// (see [`turn_away`]); the deadline closes it quietly, as an idle connection.

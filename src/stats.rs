@@ -2,9 +2,9 @@
 //!
 //! Invariants: pure functions, no I/O, no panics on any input; every routine is tested against
 //! reference values computed with scipy/numpy/statsmodels (pasted as constants, with the call that
-//! made them). Where a chi-square approximation is unsafe (an expected count below 5) the p-value is
-//! exact (few possible tables) or Monte Carlo, with a fixed seed so the same counts always give the
-//! same p-value, on the server and the client alike.
+//! made them). Where a chi-square approximation is unsafe (an expected count below 5) the p-value
+//! is exact (few possible tables) or Monte Carlo, with a fixed seed so the same counts always give
+//! the same p-value, on the server and the client alike.
 
 /// Expected count from which every category must reach for the chi-square approximation.
 pub const MIN_EXPECTED_FOR_CHI_SQUARE: f64 = 5.0;

@@ -3,8 +3,8 @@
 //! without an async-signal handler), ignoring SIGXFSZ, the bytes a socket still has queued,
 //! raising the open-file limit, and an advisory lock on the log file.
 //!
-//! This is the only module allowed `unsafe`: each block is one libc call on memory this module owns,
-//! with the reason beside it. Linux only (x86_64 and aarch64 layouts).
+//! This is the only module allowed `unsafe`: each block is one libc call on memory this module
+//! owns, with the reason beside it. Linux only (x86_64 and aarch64 layouts).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -302,7 +302,7 @@ impl Epoll {
             events: interest,
             data: token,
         };
-        // SAFETY: `event` is a valid epoll_event for the duration of the call; the kernel copies it.
+        // SAFETY: `event` is a valid epoll_event during the call, which copies it.
         let result = unsafe { epoll_ctl(self.fd, operation, fd, &mut event) };
         if result < 0 {
             return Err(io::Error::last_os_error());
@@ -338,7 +338,8 @@ impl Epoll {
         // Left uninitialised: zeroing 3 KB per wait cost more than the wait's own bookkeeping
         // when it reports one or two connections.
         let mut raw = [MaybeUninit::<RawEpollEvent>::uninit(); MAX_EVENTS_PER_WAIT];
-        // SAFETY: `raw` is writable for MAX_EVENTS_PER_WAIT entries, which is what the kernel is told.
+        // SAFETY: `raw` is writable for MAX_EVENTS_PER_WAIT entries, which is what the kernel is
+        // told.
         let count = unsafe {
             epoll_wait(
                 self.fd,

@@ -641,10 +641,10 @@ fn milliseconds(duration: Duration) -> f64 {
 ///   `retries_dropped`.
 /// - `reconciliation`: `server_entries`, `matched`, `not_sent`, `transport_logged`,
 ///   `transport_unlogged`, `transport_logged_outcomes` (server outcome → count for the logged
-///   transport errors), `missing_on_server`, `unknown_to_client`, `duplicates` (arrays of
-///   request ids), `mismatches` (array of `request_id`, `client`, `server`), `dropped_by_server`,
-///   `dropped_since_run_began` (of those, the ones logged after the run's first `/stats`, or
-///   null), `clean` (bool; false when not done), `done` (bool: the log could be read after the run),
+///   transport errors), `missing_on_server`, `unknown_to_client`, `duplicates` (arrays of request
+///   ids), `mismatches` (array of `request_id`, `client`, `server`), `dropped_by_server`,
+///   `dropped_since_run_began` (of those, the ones logged after the run's first `/stats`, or null),
+///   `clean` (bool; false when not done), `done` (bool: the log could be read after the run),
 ///   `not_done_because` (why not, or null).
 /// - `logs`: the shown server entries: `id`, `time`, `client_ip`, `outcome`, `status` (or null),
 ///   `request_id` (or null).

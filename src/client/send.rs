@@ -63,8 +63,8 @@ pub fn is_retried(outcome: &AttemptOutcome, retry_on: &[Outcome]) -> bool {
     }
 }
 
-/// The pause before attempt `attempt + 1`: uniform in `[0, min(max_backoff, backoff * 2^(attempt-1))]`
-/// ("full jitter"), where `uniform` is a draw in `[0, 1)`.
+/// The pause before attempt `attempt + 1` ("full jitter"): uniform in
+/// `[0, min(max_backoff, backoff * 2^(attempt-1))]`, where `uniform` is a draw in `[0, 1)`.
 pub fn backoff_delay(
     attempt: u32,
     backoff: Duration,
