@@ -338,8 +338,7 @@ impl Epoll {
         // Left uninitialised: zeroing 3 KB per wait cost more than the wait's own bookkeeping
         // when it reports one or two connections.
         let mut raw = [MaybeUninit::<RawEpollEvent>::uninit(); MAX_EVENTS_PER_WAIT];
-        // SAFETY: `raw` is writable for MAX_EVENTS_PER_WAIT entries, which is what the kernel is
-        // told.
+        // SAFETY: `raw` is writable for MAX_EVENTS_PER_WAIT entries, the count the kernel is told.
         let count = unsafe {
             epoll_wait(
                 self.fd,
