@@ -516,16 +516,18 @@ pub fn write_text_report(
             )?;
         }
     }
+    // The server's drops are named only to explain entries missing here.
     let missing = !reconciliation.missing_on_server.is_empty();
     match (report.dropped_by_server, report.dropped_since_run_began) {
         (0, _) => {}
+        _ if !missing => {}
         (_, Some(during)) if during > 0 => writeln!(
             text,
             "  note: the server keeps only its newest entries in memory (its --log-capacity): \
              {during} logged since this run began were dropped before they were read, and \
              missing entries may be among them; raise its --log-capacity above the run's attempts"
         )?,
-        (dropped, Some(_)) if missing => writeln!(
+        (dropped, Some(_)) => writeln!(
             text,
             "  note: the server's log ring dropped {dropped} entries, all logged before this run \
              began: none of the missing ones is among them"
@@ -535,7 +537,6 @@ pub fn write_text_report(
             "  note: the server's log ring dropped {dropped} entries; missing entries may be among \
              them"
         )?,
-        _ => {}
     }
     // A server answers 503 without logging past its --max-connections or while its log file
     // cannot be written, so those attempts are "missing" for a reason worth naming.

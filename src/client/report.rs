@@ -697,6 +697,11 @@ mod tests {
         altered[0].status = Some(500);
         let (_, text) = judged(Some(10), 13, &altered);
         assert!(text.contains("(client and server logs disagree)"), "{text}");
+        // With nothing missing the drops explain nothing, and the report does not name them.
+        let (_, text) = judged(Some(10), 13, &faithful_entries(&attempts));
+        assert!(!text.contains("  note: the server"), "{text}");
+        let (_, text) = judged(None, 13, &faithful_entries(&attempts));
+        assert!(!text.contains("  note: the server"), "{text}");
         // Without the total before the run nothing tells the two apart.
         let (report, text) = judged(None, 13, &entries);
         assert_eq!(report.dropped_since_run_began, None);
