@@ -510,7 +510,7 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn a_restart_shows_in_the_seed_the_requests_logged_or_the_uptime() {
+    fn a_restart_shows_in_the_start_time_the_seed_the_requests_logged_or_the_uptime() {
         let before = owner_stats();
         let stats = |seed, total, uptime| ServerStats {
             seed: Some(seed),

@@ -321,7 +321,6 @@ fn hung_closed_reason(count: u64) -> String {
     )
 }
 
-/// Builds the report from the attempts, the server's stats and this run's entries.
 /// Why the logs do not reconcile. Entries missing on a server that dropped as many of the run's
 /// from memory are no proof of a disagreement, only of a log too small for the run.
 fn disagreement(reconciliation: &Reconciliation, dropped_since_run_began: Option<u64>) -> String {
@@ -338,6 +337,7 @@ fn disagreement(reconciliation: &Reconciliation, dropped_since_run_began: Option
     }
 }
 
+/// Builds the report from the attempts, the server's stats and this run's entries.
 pub(super) fn build_report(
     options: &ClientOptions,
     run: &RunRecord<'_>,
