@@ -563,6 +563,18 @@ fn apply_client_flag(
                      the port goes in --port)",
                 ));
             }
+            // Digits and dots are meant as an IPv4 address (no top-level domain is numeric):
+            // `999.1.1.1` would otherwise fail to resolve and pass for an unreachable server,
+            // and the resolver reads `10.1.2` as 10.1.0.2, somebody else's machine.
+            let numeric = bare
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || byte == b'.');
+            if numeric && bare.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(flag.invalid(
+                    subcommand,
+                    "expected an IPv4 address as four numbers from 0 to 255 (a.b.c.d)",
+                ));
+            }
             options.host = bare.to_string();
         }
         "--port" => options.port = flag.number(subcommand, 1, u16::MAX)?,
@@ -923,6 +935,8 @@ mod tests {
             ("fe80::1%2", "fe80::1%2"),
             ("localhost", "localhost"),
             ("192.0.2.10", "192.0.2.10"),
+            ("1.example", "1.example"),
+            ("10.1.2.example", "10.1.2.example"),
         ] {
             let Ok(Command::Client(options)) = parse_words(&format!("client --host {host}")) else {
                 panic!("--host {host} did not parse");
@@ -1014,6 +1028,19 @@ mod tests {
             ("client --host localhost%lo", "invalid value 'localhost%lo'"),
             ("client --host ::1%", "invalid value '::1%'"),
             ("client --host %", "invalid value '%'"),
+            (
+                "client --host 999.1.1.1",
+                "invalid value '999.1.1.1' for '--host': expected an IPv4 address as four \
+                 numbers from 0 to 255 (a.b.c.d)",
+            ),
+            (
+                "client --host 10.1.2",
+                "invalid value '10.1.2' for '--host'",
+            ),
+            (
+                "client --host 010.0.0.1",
+                "invalid value '010.0.0.1' for '--host'",
+            ),
             (
                 "client --host 127.0.0.1 --port 8080 --port 9",
                 "option '--port' is given twice ('8080', then '9'); give it once",
