@@ -777,7 +777,8 @@ Usage: unreliable serve [OPTIONS]
 
 Prints one line when ready, e.g. 'listening on http://127.0.0.1:8080 seed=1234', and runs
 until SIGINT, SIGTERM or SIGHUP, then stops accepting, flushes the log file and exits 0
-(1 when it could not start, or when entries could not be written to the log file).
+(1 when it could not start, or when entries could not be written to the log file; a second
+signal stops a slow flush, naming the entries left out).
 
 Options:
   --host ADDR             address to listen on [default: 127.0.0.1]; 0.0.0.0 or :: to

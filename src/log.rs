@@ -760,6 +760,9 @@ impl std::fmt::Display for LogError {
 /// How long a stop waits for a log write that makes no progress (a frozen file system, a pipe
 /// nobody reads) before it names the entries not written and gives up.
 pub const STOP_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a stop waits for the log writer before it says so (and that a second signal ends the
+/// wait): a backlog for a slow disk or a pipe's slow reader, not the usual last round.
+pub const STOP_NOTICE: Duration = Duration::from_secs(1);
 /// How often the writer checks that its path still names the file it writes: every round, so
 /// a removed file takes at most one round of entries with it (a check a second lost 9,056 at
 /// 20k requests/s); a moved file loses none either way. One `stat` per round.
@@ -826,29 +829,52 @@ pub fn start_writer(
 impl LogWriter {
     /// Writes what is left and stops. Call after the server has stopped recording. A writer that
     /// makes no progress for [`STOP_PATIENCE`] is left behind, and the entries it did not write
-    /// are named in the error.
-    pub fn finish(self) -> Result<(), LogError> {
+    /// are named in the error. Past [`STOP_NOTICE`] the wait is announced, and from then on
+    /// `interrupted` (which waits up to the time it is given and says whether a second signal
+    /// came) ends it at once: a pipe's reader that reads slowly would otherwise hold the stop for
+    /// as long as it takes. Before the notice a signal is let pass: a quick second Ctrl-C is a
+    /// habit, and the last round of entries is usually a few milliseconds from the file.
+    pub fn finish(self, mut interrupted: impl FnMut(Duration) -> bool) -> Result<(), LogError> {
         let (stopped, wake) = &*self.stop;
         *stopped
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
         wake.notify_all();
-        let mut progress = (self.log.in_file(), std::time::Instant::now());
+        let started = std::time::Instant::now();
+        let mut announced = false;
+        let mut progress = (self.log.in_file(), started);
         while !self.thread.is_finished() {
-            std::thread::sleep(Duration::from_millis(5));
+            let stop_now = interrupted(Duration::from_millis(5));
             let in_file = self.log.in_file();
+            let total = self.log.counts().total;
+            let unwritten = |error: std::io::Error| LogError::Unwritten {
+                path: self.path.clone(),
+                error,
+                first: in_file + 1,
+                last: total,
+            };
+            if stop_now && announced && in_file < total {
+                return Err(unwritten(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "a second signal stopped the writing",
+                )));
+            }
             if in_file != progress.0 {
                 progress = (in_file, std::time::Instant::now());
             } else if progress.1.elapsed() >= STOP_PATIENCE {
-                return Err(LogError::Unwritten {
-                    path: self.path,
-                    error: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no write went through for {} s", STOP_PATIENCE.as_secs()),
-                    ),
-                    first: in_file + 1,
-                    last: self.log.counts().total,
-                });
+                return Err(unwritten(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no write went through for {} s", STOP_PATIENCE.as_secs()),
+                )));
+            }
+            if !announced && started.elapsed() >= STOP_NOTICE && in_file < total {
+                announced = true;
+                say!(
+                    "unreliable: writing the last {} log entries to '{}'; a second signal stops \
+                     without them",
+                    total - in_file,
+                    self.path.display()
+                );
             }
         }
         match self.thread.join() {
@@ -1572,7 +1598,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        writer.finish().unwrap();
+        writer.finish(not_interrupted).unwrap();
         let mut text = String::new();
         File::open(&path)
             .unwrap()
@@ -1675,10 +1701,33 @@ mod tests {
         }
     }
 
+    /// A pipe whose reader never reads: every write would block.
+    struct UnreadPipe;
+
+    impl Write for UnreadPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for UnreadPipe {
+        fn discard_last(&mut self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// Runs the writer on `disk`, as `start_writer` does on a file.
-    fn spawn_writer(log: &Arc<RequestLog>, disk: &SmallDisk, unwritten_limit: usize) -> LogWriter {
+    fn spawn_writer(
+        log: &Arc<RequestLog>,
+        disk: impl Sink + Send + 'static,
+        unwritten_limit: usize,
+    ) -> LogWriter {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let (thread_log, disk, thread_stop) = (Arc::clone(log), disk.clone(), Arc::clone(&stop));
+        let (thread_log, thread_stop) = (Arc::clone(log), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             let path = Path::new("small.log");
             write_until_stopped(
@@ -1696,6 +1745,12 @@ mod tests {
             stop,
             thread,
         }
+    }
+
+    /// For [`LogWriter::finish`]: a stop that nothing interrupts.
+    fn not_interrupted(wait: Duration) -> bool {
+        std::thread::sleep(wait);
+        false
     }
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -1732,7 +1787,7 @@ mod tests {
     fn a_stalled_file_refuses_new_entries_then_catches_up_with_none_lost() {
         let log = Arc::new(RequestLog::new(50, true).unwrap());
         let disk = SmallDisk::with_room(0);
-        let writer = spawn_writer(&log, &disk, 2000);
+        let writer = spawn_writer(&log, disk.clone(), 2000);
         // The writer holds what the disk refuses, up to the limit; then no new entry is taken.
         let mut recorded = 0;
         log.record(&new_entry("x"), cycle);
@@ -1754,7 +1809,7 @@ mod tests {
         assert!(log.takes_entries());
         assert!(!log.file_failing());
         log.record(&new_entry("x"), cycle);
-        writer.finish().unwrap();
+        writer.finish(not_interrupted).unwrap();
         let text = disk.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len() as u64, recorded + 1);
@@ -1780,7 +1835,9 @@ mod tests {
         }
         // Room for three lines and a half.
         let disk = SmallDisk::with_room(line_length * 7 / 2);
-        let error = spawn_writer(&log, &disk, 1 << 20).finish().unwrap_err();
+        let error = spawn_writer(&log, disk.clone(), 1 << 20)
+            .finish(not_interrupted)
+            .unwrap_err();
         assert_eq!(disk.text().lines().count(), 3);
         assert!(disk.text().ends_with('\n'));
         let message = error.to_string();
@@ -1789,6 +1846,66 @@ mod tests {
                 && message.ends_with("; entries 4 to 10 (7 of them) are not in it"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_second_signal_ends_the_wait_for_a_full_pipe_and_names_the_entries_not_written() {
+        let log = Arc::new(RequestLog::new(100, true).unwrap());
+        for _ in 0..5 {
+            log.record(&new_entry("x"), cycle);
+        }
+        // A signal at every wait: the first ones come before the notice and are let pass.
+        let started = std::time::Instant::now();
+        let error = spawn_writer(&log, UnreadPipe, 1 << 20)
+            .finish(|wait| {
+                std::thread::sleep(wait);
+                true
+            })
+            .unwrap_err();
+        assert!(started.elapsed() >= STOP_NOTICE);
+        assert_eq!(
+            error.to_string(),
+            "cannot write log file 'small.log': a second signal stopped the writing; entries 1 \
+             to 5 (5 of them) are not in it"
+        );
+    }
+
+    /// A disk that takes 50 ms for every write.
+    #[derive(Clone)]
+    struct SlowDisk(SmallDisk);
+
+    impl Write for SlowDisk {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(50));
+            self.0.write(bytes)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for SlowDisk {
+        fn discard_last(&mut self, bytes: u64) -> std::io::Result<()> {
+            self.0.discard_last(bytes)
+        }
+    }
+
+    #[test]
+    fn a_second_signal_before_the_notice_is_let_pass_and_loses_nothing() {
+        let log = Arc::new(RequestLog::new(100, true).unwrap());
+        for _ in 0..5 {
+            log.record(&new_entry("x"), cycle);
+        }
+        let disk = SmallDisk::with_room(usize::MAX);
+        // A signal at every wait, while the first write takes 50 ms.
+        spawn_writer(&log, SlowDisk(disk.clone()), 1 << 20)
+            .finish(|wait| {
+                std::thread::sleep(wait);
+                true
+            })
+            .unwrap();
+        assert_eq!(disk.text().lines().count(), 5);
     }
 
     #[test]

@@ -192,7 +192,16 @@ fn serve(options: &ServeOptions) -> ExitCode {
     server.shutdown();
     let mut status = ExitCode::SUCCESS;
     if let Some(writer) = writer {
-        if let Err(error) = writer.finish() {
+        // A second signal ends the wait for a log writer that is slow to finish (the entries it
+        // leaves out are named); one that fails to wait is a plain wait.
+        let second_signal = |wait| match sys::termination_signal_within(wait) {
+            Ok(signal) => signal.is_some(),
+            Err(_) => {
+                std::thread::sleep(wait);
+                false
+            }
+        };
+        if let Err(error) = writer.finish(second_signal) {
             say!("unreliable: error: {error}");
             status = ExitCode::from(EXIT_FAILURE);
         }

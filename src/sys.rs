@@ -106,6 +106,13 @@ impl SignalSet {
     }
 }
 
+/// The kernel's `struct timespec` on 64-bit Linux.
+#[repr(C)]
+struct Timespec {
+    seconds: i64,
+    nanoseconds: i64,
+}
+
 /// `struct linger`: whether and how long `close` waits for unsent data.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -132,6 +139,7 @@ extern "C" {
     fn sigaddset(set: *mut SignalSet, signal: i32) -> i32;
     fn pthread_sigmask(how: i32, set: *const SignalSet, old: *mut SignalSet) -> i32;
     fn sigwait(set: *const SignalSet, signal: *mut i32) -> i32;
+    fn sigtimedwait(set: *const SignalSet, info: *mut u8, timeout: *const Timespec) -> i32;
     fn getrlimit(resource: i32, limit: *mut ResourceLimit) -> i32;
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, length: u32) -> i32;
     fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
@@ -410,6 +418,28 @@ pub fn wait_for_termination_signal() -> io::Result<i32> {
         return Err(io::Error::from_raw_os_error(result));
     }
     Ok(signal)
+}
+
+/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP (blocked by
+/// [`block_termination_signals`]): the signal, or `None` when none came.
+pub fn termination_signal_within(timeout: Duration) -> io::Result<Option<i32>> {
+    let set = SignalSet::termination_signals()?;
+    let timeout = Timespec {
+        seconds: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        nanoseconds: i64::from(timeout.subsec_nanos()),
+    };
+    // SAFETY: `set` and `timeout` are valid and live across the call; a null `siginfo_t` pointer
+    // is allowed (the signal number is the return value).
+    let result = unsafe { sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+    if result >= 0 {
+        return Ok(Some(result));
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        // The time passed (EAGAIN), or another signal's handler ran (EINTR): none of ours came.
+        Some(EWOULDBLOCK | EINTR) => Ok(None),
+        _ => Err(error),
+    }
 }
 
 fn current_open_file_limit() -> io::Result<ResourceLimit> {
@@ -703,5 +733,27 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(received, SIGTERM);
+    }
+
+    #[test]
+    fn a_timed_wait_returns_a_pending_signal_or_none() {
+        extern "C" {
+            fn pthread_self() -> u64;
+            fn pthread_kill(thread: u64, signal: i32) -> i32;
+        }
+        let received = std::thread::spawn(|| {
+            block_termination_signals().unwrap();
+            let before = termination_signal_within(Duration::from_millis(20)).unwrap();
+            // SAFETY: signals the calling thread, where SIGINT is now blocked (it stays pending).
+            let result = unsafe { pthread_kill(pthread_self(), SIGINT) };
+            assert_eq!(result, 0);
+            (
+                before,
+                termination_signal_within(Duration::from_secs(5)).unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(received, (None, Some(SIGINT)));
     }
 }

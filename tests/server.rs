@@ -7,7 +7,7 @@ mod json;
 
 use common::*;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 fn decode(reply: &Reply) -> json::Value {
@@ -386,21 +386,22 @@ fn a_second_server_on_the_same_log_file_is_refused_until_the_first_stops() {
     assert_eq!(log_ids(&log_path), vec![1, 2, 1]);
 }
 
-#[test]
-fn a_stop_gives_up_on_a_log_reader_that_never_reads_and_names_what_is_missing() {
+/// A server with 1,500 entries of about 350 bytes logged to a FIFO whose reader never reads: the
+/// pipe is full, and the server's writes can never finish. The reader and the FIFO's directory
+/// come with it, to be kept.
+fn server_whose_log_reader_never_reads(name: &str) -> (Server, std::fs::File, Scratch) {
     use std::os::unix::fs::OpenOptionsExt;
-    let directory = scratch_directory("log-fifo-stuck");
+    let directory = scratch_directory(&format!("{name}-fifo"));
     let fifo = directory.join("log.fifo");
     make_fifo(&fifo);
-    // A reader that never reads: the pipe fills, and the server's writes can never finish.
-    let _reader = std::fs::OpenOptions::new()
+    let reader = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(0o4000)
         .open(&fifo)
         .expect("open the FIFO for reading");
     let log_file = fifo.to_str().unwrap().to_string();
     let server = Server::start(
-        "log-fifo-stuck-server",
+        name,
         &[
             "--weights",
             "200=1",
@@ -422,6 +423,12 @@ fn a_stop_gives_up_on_a_log_reader_that_never_reads_and_names_what_is_missing() 
             Some(200)
         );
     }
+    (server, reader, directory)
+}
+
+#[test]
+fn a_stop_gives_up_on_a_log_reader_that_never_reads_and_names_what_is_missing() {
+    let (server, _reader, _fifo) = server_whose_log_reader_never_reads("log-fifo-stuck");
     let started = std::time::Instant::now();
     let (status, stderr, _directory) = server.terminate();
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -435,6 +442,46 @@ fn a_stop_gives_up_on_a_log_reader_that_never_reads_and_names_what_is_missing() 
     );
     // The patience, not forever (a bound for a broken stop, not a timing assertion).
     assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+#[test]
+fn a_second_signal_ends_the_wait_for_a_log_reader_and_names_what_is_missing() {
+    let (mut server, _reader, _fifo) =
+        server_whose_log_reader_never_reads("log-fifo-second-signal");
+    // Stderr line by line, to send the second signal once the server says it waits.
+    let pipe = server.child.stderr.take().expect("server stderr");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let pid = server.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let mut stderr = String::new();
+    while !stderr.contains("a second signal stops without them") {
+        let line = lines
+            .recv_timeout(Duration::from_secs(4))
+            .unwrap_or_else(|_| panic!("no notice of the wait in: {stderr}"));
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    assert!(stderr.contains("writing the last "), "{stderr}");
+    let (status, _, _directory) = server.stop_with("INT");
+    stderr.extend(lines.iter().map(|line| line + "\n"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a second signal stopped the writing; entries ")
+            && stderr.contains(" to 1500 ("),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no write went through"), "{stderr}");
 }
 
 #[test]
