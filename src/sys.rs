@@ -534,6 +534,11 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
+    extern "C" {
+        fn pthread_self() -> u64;
+        fn pthread_kill(thread: u64, signal: i32) -> i32;
+    }
+
     const WAIT: Option<Duration> = Some(Duration::from_secs(2));
 
     fn connected_pair() -> (TcpStream, TcpStream) {
@@ -717,10 +722,6 @@ mod tests {
 
     #[test]
     fn blocked_signal_is_received_by_sigwait() {
-        extern "C" {
-            fn pthread_self() -> u64;
-            fn pthread_kill(thread: u64, signal: i32) -> i32;
-        }
         // A fresh thread, so the mask change stays out of the test harness's threads; the signal
         // is sent to this thread only, so the process never sees it unblocked.
         let received = std::thread::spawn(|| {
@@ -737,10 +738,6 @@ mod tests {
 
     #[test]
     fn a_timed_wait_returns_a_pending_signal_or_none() {
-        extern "C" {
-            fn pthread_self() -> u64;
-            fn pthread_kill(thread: u64, signal: i32) -> i32;
-        }
         let received = std::thread::spawn(|| {
             block_termination_signals().unwrap();
             let before = termination_signal_within(Duration::from_millis(20)).unwrap();
