@@ -531,6 +531,19 @@ fn parse_client(args: impl Iterator<Item = OsString>) -> Result<Command, CliErro
     Ok(Command::Client(options))
 }
 
+/// Whether `host` is meant as an IPv4 address rather than a name: digits and dots only (no
+/// top-level domain is numeric), or the resolver's older forms (`inet_aton`: one to four parts,
+/// each decimal, octal or `0x` hexadecimal), which it takes for an address before any name.
+fn looks_like_ipv4(host: &str) -> bool {
+    let numeric_part = |part: &str| match part.strip_prefix("0x").or(part.strip_prefix("0X")) {
+        Some(hex) => hex.bytes().all(|byte| byte.is_ascii_hexdigit()),
+        None => !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit()),
+    };
+    host.bytes()
+        .all(|byte| byte.is_ascii_digit() || byte == b'.')
+        || (host.split('.').count() <= 4 && host.split('.').all(numeric_part))
+}
+
 fn apply_client_flag(
     options: &mut ClientOptions,
     flag: &Flag,
@@ -563,16 +576,15 @@ fn apply_client_flag(
                      the port goes in --port)",
                 ));
             }
-            // Digits and dots are meant as an IPv4 address (no top-level domain is numeric):
+            // What the resolver would read as an IPv4 address must be one in plain form:
             // `999.1.1.1` would otherwise fail to resolve and pass for an unreachable server,
-            // and the resolver reads `10.1.2` as 10.1.0.2, somebody else's machine.
-            let numeric = bare
-                .bytes()
-                .all(|byte| byte.is_ascii_digit() || byte == b'.');
-            if numeric && bare.parse::<std::net::Ipv4Addr>().is_err() {
+            // and the resolver reads `10.1.2` as 10.1.0.2, `010.0.0.1` (octal) as 8.0.0.1 and
+            // `0xa.1` as 10.0.0.1: somebody else's machine.
+            if looks_like_ipv4(bare) && bare.parse::<std::net::Ipv4Addr>().is_err() {
                 return Err(flag.invalid(
                     subcommand,
-                    "expected an IPv4 address as four numbers from 0 to 255 (a.b.c.d)",
+                    "expected an IPv4 address as four decimal numbers from 0 to 255 without \
+                     leading zeros (a.b.c.d)",
                 ));
             }
             options.host = bare.to_string();
@@ -938,6 +950,9 @@ mod tests {
             ("192.0.2.10", "192.0.2.10"),
             ("1.example", "1.example"),
             ("10.1.2.example", "10.1.2.example"),
+            ("0x7f.example", "0x7f.example"),
+            ("0xg1", "0xg1"),
+            ("1.2.3.4.0x5", "1.2.3.4.0x5"),
         ] {
             let Ok(Command::Client(options)) = parse_words(&format!("client --host {host}")) else {
                 panic!("--host {host} did not parse");
@@ -1032,7 +1047,7 @@ mod tests {
             (
                 "client --host 999.1.1.1",
                 "invalid value '999.1.1.1' for '--host': expected an IPv4 address as four \
-                 numbers from 0 to 255 (a.b.c.d)",
+                 decimal numbers from 0 to 255 without leading zeros (a.b.c.d)",
             ),
             (
                 "client --host 10.1.2",
@@ -1042,6 +1057,15 @@ mod tests {
                 "client --host 010.0.0.1",
                 "invalid value '010.0.0.1' for '--host'",
             ),
+            (
+                "client --host 127.000.000.001",
+                "invalid value '127.000.000.001'",
+            ),
+            ("client --host 2130706433", "invalid value '2130706433'"),
+            ("client --host 127.0.0.1.", "invalid value '127.0.0.1.'"),
+            ("client --host 0x7f.1", "invalid value '0x7f.1'"),
+            ("client --host 0X7F000001", "invalid value '0X7F000001'"),
+            ("client --host 0xa.0x0.1.0x", "invalid value '0xa.0x0.1.0x'"),
             (
                 "client --host 127.0.0.1 --port 8080 --port 9",
                 "option '--port' is given twice ('8080', then '9'); give it once",
