@@ -763,6 +763,14 @@ pub const STOP_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a stop waits for the log writer before it says so (and that a second signal ends the
 /// wait): a backlog for a slow disk or a pipe's slow reader, not the usual last round.
 pub const STOP_NOTICE: Duration = Duration::from_secs(1);
+/// How long a writer told to give up may take to finish the line it is in the middle of, for a
+/// pipe's reader (a file takes a cut line back instead): half an entry at the end of what it
+/// reads would be neither in the log nor out of it.
+const TORN_LINE_GRACE: Duration = Duration::from_millis(200);
+/// How long a stop that gives up waits for the writer to end, so that the entries it names as
+/// missing are exactly those not written: a writer that is not stuck in a `write` ends within
+/// [`TORN_LINE_GRACE`].
+const GIVE_UP_GRACE: Duration = Duration::from_millis(500);
 /// How often the writer checks that its path still names the file it writes: every round, so
 /// a removed file takes at most one round of entries with it (a check a second lost 9,056 at
 /// 20k requests/s); a moved file loses none either way. One `stat` per round.
@@ -786,8 +794,19 @@ const FIFO_READER_POLL: Duration = Duration::from_millis(10);
 pub struct LogWriter {
     log: Arc<RequestLog>,
     path: PathBuf,
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<StopRequest>,
     thread: JoinHandle<Result<(), LogError>>,
+}
+
+/// What [`LogWriter::finish`] asks of the writer thread: to write everything and end, then
+/// perhaps to give up on what is left.
+#[derive(Debug, Default)]
+struct StopRequest {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+    /// Set when the stop gives up: the writer ends once the line in progress is whole (within
+    /// [`TORN_LINE_GRACE`]), with the entries after it unwritten.
+    given_up: AtomicBool,
 }
 
 /// Opens `path` for appending (created if missing) and starts the writer thread. The `log` must
@@ -798,7 +817,7 @@ pub fn start_writer(
     format: LogFormat,
 ) -> Result<LogWriter, LogError> {
     let file = LogFile::open(path)?;
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let stop = Arc::new(StopRequest::default());
     let thread_stop = Arc::clone(&stop);
     let thread_log = Arc::clone(&log);
     let thread_path = path.to_path_buf();
@@ -828,18 +847,19 @@ pub fn start_writer(
 
 impl LogWriter {
     /// Writes what is left and stops. Call after the server has stopped recording. A writer that
-    /// makes no progress for [`STOP_PATIENCE`] is left behind, and the entries it did not write
-    /// are named in the error. Past [`STOP_NOTICE`] the wait is announced, and from then on
+    /// makes no progress for [`STOP_PATIENCE`] is given up on (see [`LogWriter::give_up`]), and
+    /// the entries it did not write are named in the error. Past [`STOP_NOTICE`] the wait is announced, and from then on
     /// `interrupted` (which waits up to the time it is given and says whether a second signal
     /// came) ends it at once: a pipe's reader that reads slowly would otherwise hold the stop for
     /// as long as it takes. Before the notice a signal is let pass: a quick second Ctrl-C is a
     /// habit, and the last round of entries is usually a few milliseconds from the file.
     pub fn finish(self, mut interrupted: impl FnMut(Duration) -> bool) -> Result<(), LogError> {
-        let (stopped, wake) = &*self.stop;
-        *stopped
+        *self
+            .stop
+            .stopped
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
-        wake.notify_all();
+        self.stop.wake.notify_all();
         let started = std::time::Instant::now();
         let mut announced = false;
         let mut progress = (self.log.in_file(), started);
@@ -847,25 +867,19 @@ impl LogWriter {
             let stop_now = interrupted(Duration::from_millis(5));
             let in_file = self.log.in_file();
             let total = self.log.counts().total;
-            let unwritten = |error: std::io::Error| LogError::Unwritten {
-                path: self.path.clone(),
-                error,
-                first: in_file + 1,
-                last: total,
-            };
             if stop_now && announced && in_file < total {
-                return Err(unwritten(std::io::Error::new(
+                return self.give_up(std::io::Error::new(
                     std::io::ErrorKind::Interrupted,
                     "a second signal stopped the writing",
-                )));
+                ));
             }
             if in_file != progress.0 {
                 progress = (in_file, std::time::Instant::now());
             } else if progress.1.elapsed() >= STOP_PATIENCE {
-                return Err(unwritten(std::io::Error::new(
+                return self.give_up(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no write went through for {} s", STOP_PATIENCE.as_secs()),
-                )));
+                ));
             }
             if !announced && started.elapsed() >= STOP_NOTICE && in_file < total {
                 announced = true;
@@ -877,6 +891,31 @@ impl LogWriter {
                 );
             }
         }
+        self.join()
+    }
+
+    /// Tells the writer to end without the rest and names what is not in the file, once the
+    /// writer has ended (or is stuck in a write that does not return), so that the count is exact.
+    fn give_up(self, why: std::io::Error) -> Result<(), LogError> {
+        self.stop.given_up.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + GIVE_UP_GRACE;
+        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (in_file, total) = (self.log.in_file(), self.log.counts().total);
+        if self.thread.is_finished() && in_file >= total {
+            // The rest went out meanwhile.
+            return self.join();
+        }
+        Err(LogError::Unwritten {
+            path: self.path,
+            error: why,
+            first: in_file + 1,
+            last: total,
+        })
+    }
+
+    fn join(self) -> Result<(), LogError> {
         match self.thread.join() {
             Ok(result) => result,
             Err(_) => Err(LogError::WriterPanicked),
@@ -1084,6 +1123,8 @@ struct Pending {
     bytes: Vec<u8>,
     /// The newlines in `bytes`: the entries whose lines are not yet whole in the file.
     lines: u64,
+    /// The file ends inside the first line of `bytes` (a pipe, which cannot take a line back).
+    torn: bool,
 }
 
 impl Pending {
@@ -1095,16 +1136,56 @@ impl Pending {
     /// Writes what it can and removes what went out; returns the entries now whole in the file.
     /// On a failure the rest stays for the next round, so an entry is delayed but never lost,
     /// and never written twice; a line cut short is taken back out where the file allows it.
-    fn append(&mut self, sink: &mut impl Sink) -> (u64, std::io::Result<()>) {
+    /// Once `given_up` is set it writes no further than the end of the line in progress (and
+    /// waits up to [`TORN_LINE_GRACE`] for room for it), then fails with `Interrupted`.
+    fn append(
+        &mut self,
+        sink: &mut impl Sink,
+        given_up: &AtomicBool,
+    ) -> (u64, std::io::Result<()>) {
         let mut written = 0;
+        // Once given up: where the line in progress ends, and until when it may take.
+        let mut last_line: Option<(usize, std::time::Instant)> = None;
         let result = loop {
             if written == self.bytes.len() {
                 break if written == 0 { Ok(()) } else { sink.flush() };
             }
-            match sink.write(&self.bytes[written..]) {
+            if last_line.is_none() && given_up.load(Ordering::Relaxed) {
+                let mid_line = match written.checked_sub(1) {
+                    Some(last) => self.bytes[last] != b'\n',
+                    None => self.torn,
+                };
+                let end = if mid_line {
+                    self.bytes[written..]
+                        .iter()
+                        .position(|&byte| byte == b'\n')
+                        .map_or(self.bytes.len(), |newline| written + newline + 1)
+                } else {
+                    written
+                };
+                last_line = Some((end, std::time::Instant::now() + TORN_LINE_GRACE));
+            }
+            let end = match last_line {
+                Some((end, deadline))
+                    if written >= end || std::time::Instant::now() >= deadline =>
+                {
+                    break Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the stop gave up on the rest",
+                    ));
+                }
+                Some((end, _)) => end,
+                None => self.bytes.len(),
+            };
+            match sink.write(&self.bytes[written..end]) {
                 Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(count) => written += count,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error)
+                    if last_line.is_some() && error.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 Err(error) => break Err(error),
             }
         };
@@ -1123,6 +1204,9 @@ impl Pending {
                 .filter(|&&byte| byte == b'\n')
                 .count() as u64
         };
+        if let Some(last) = written.checked_sub(1) {
+            self.torn = self.bytes[last] != b'\n';
+        }
         self.bytes.drain(..written);
         self.lines -= lines;
         (lines, result)
@@ -1193,7 +1277,7 @@ fn write_until_stopped(
     mut sink: impl Sink,
     path: &Path,
     format: LogFormat,
-    stop: &(Mutex<bool>, Condvar),
+    stop: &StopRequest,
     unwritten_limit: usize,
 ) -> Result<(), LogError> {
     let mut line = String::new();
@@ -1203,14 +1287,15 @@ fn write_until_stopped(
     let mut reports = FailureReports::default();
     loop {
         let stopping = {
-            let (stopped, wake) = stop;
-            let guard = stopped
+            let guard = stop
+                .stopped
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if *guard {
                 true
             } else {
-                let (guard, _) = wake
+                let (guard, _) = stop
+                    .wake
                     .wait_timeout(guard, WRITE_INTERVAL)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 *guard
@@ -1238,7 +1323,7 @@ fn write_until_stopped(
                 }
                 took_all = pending.bytes.len() < WRITE_BUFFER;
             }
-            let (lines, result) = pending.append(&mut sink);
+            let (lines, result) = pending.append(&mut sink, &stop.given_up);
             written += lines;
             log.in_file.store(written, Ordering::Relaxed);
             match result {
@@ -1726,7 +1811,7 @@ mod tests {
         disk: impl Sink + Send + 'static,
         unwritten_limit: usize,
     ) -> LogWriter {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new(StopRequest::default());
         let (thread_log, thread_stop) = (Arc::clone(log), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             let path = Path::new("small.log");
@@ -1761,6 +1846,134 @@ mod tests {
         }
     }
 
+    /// For [`Pending::append`]: a stop that has not given up.
+    static GOING_ON: AtomicBool = AtomicBool::new(false);
+
+    /// A pipe with room for what [`SmallDisk`] has room for: full, it would block; what went in
+    /// cannot be taken back. Every write takes at most `per_write` bytes, after `pause`.
+    #[derive(Clone)]
+    struct Pipe {
+        disk: SmallDisk,
+        per_write: usize,
+        pause: Duration,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(self.pause);
+            let most = bytes.len().min(self.per_write);
+            self.disk.write(&bytes[..most]).map_err(|error| {
+                if error.kind() == std::io::ErrorKind::StorageFull {
+                    std::io::ErrorKind::WouldBlock.into()
+                } else {
+                    error
+                }
+            })
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink for Pipe {
+        fn discard_last(&mut self, _: u64) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    #[test]
+    fn a_stop_that_gives_up_on_a_pipe_finishes_the_line_in_progress_and_no_more() {
+        let disk = SmallDisk::with_room(18);
+        let mut pipe = Pipe {
+            disk: disk.clone(),
+            per_write: usize::MAX,
+            pause: Duration::ZERO,
+        };
+        let mut pending = Pending::default();
+        for line in ["first line\n", "second line\n", "third line\n"] {
+            pending.push(line);
+        }
+        // Half the second line goes in and stays: a pipe cannot take it back.
+        let (lines, result) = pending.append(&mut pipe, &GOING_ON);
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        assert_eq!((lines, disk.text().as_str()), (1, "first line\nsecond "));
+        // Given up, with room for everything: only the rest of the second line follows.
+        disk.set_room(1000);
+        let given_up = AtomicBool::new(true);
+        let (lines, result) = pending.append(&mut pipe, &given_up);
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        assert_eq!(lines, 1);
+        assert_eq!(disk.text(), "first line\nsecond line\n");
+        assert_eq!(pending.lines, 1, "the third line is left out");
+        // At a line's end, nothing more goes in.
+        let (lines, result) = pending.append(&mut pipe, &given_up);
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        assert_eq!(
+            (lines, disk.text().as_str()),
+            (0, "first line\nsecond line\n")
+        );
+    }
+
+    #[test]
+    fn a_stop_that_gives_up_on_a_pipe_with_no_room_leaves_the_line_cut_after_the_grace() {
+        let disk = SmallDisk::with_room(5);
+        let mut pipe = Pipe {
+            disk: disk.clone(),
+            per_write: usize::MAX,
+            pause: Duration::ZERO,
+        };
+        let mut pending = Pending::default();
+        pending.push("first line\n");
+        let (lines, _) = pending.append(&mut pipe, &GOING_ON);
+        assert_eq!(lines, 0);
+        let started = std::time::Instant::now();
+        let (lines, result) = pending.append(&mut pipe, &AtomicBool::new(true));
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        assert!(started.elapsed() >= TORN_LINE_GRACE, "room was waited for");
+        assert_eq!(
+            (lines, pending.lines, disk.text().as_str()),
+            (0, 1, "first")
+        );
+    }
+
+    #[test]
+    fn a_second_signal_while_a_pipe_is_read_names_exactly_the_entries_not_in_it() {
+        let log = Arc::new(RequestLog::new(1000, true).unwrap());
+        for _ in 0..1000 {
+            log.record(&new_entry("x"), cycle);
+        }
+        // A reader that takes 100 bytes every 2 ms: about 5 s for the whole log.
+        let disk = SmallDisk::with_room(usize::MAX);
+        let pipe = Pipe {
+            disk: disk.clone(),
+            per_write: 100,
+            pause: Duration::from_millis(2),
+        };
+        let error = spawn_writer(&log, pipe, 1 << 20)
+            .finish(|wait| {
+                std::thread::sleep(wait);
+                true
+            })
+            .unwrap_err();
+        let text = disk.text();
+        assert!(
+            text.ends_with('\n'),
+            "no cut line: {:?}",
+            text.lines().last()
+        );
+        let whole = text.lines().count();
+        assert!(0 < whole && whole < 1000, "{whole} lines");
+        assert!(
+            error.to_string().ends_with(&format!(
+                "; entries {} to 1000 ({} of them) are not in it",
+                whole + 1,
+                1000 - whole
+            )),
+            "{error} after {whole} lines"
+        );
+    }
+
     #[test]
     fn a_full_disk_keeps_whole_lines_and_the_rest_follows_once_there_is_room() {
         let mut disk = SmallDisk::with_room(18);
@@ -1769,15 +1982,15 @@ mod tests {
             pending.push(line);
         }
         // 18 bytes take the first line and half the second: the half is taken back.
-        let (lines, result) = pending.append(&mut disk);
+        let (lines, result) = pending.append(&mut disk, &GOING_ON);
         assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::StorageFull);
         assert_eq!((lines, pending.lines), (1, 2));
         assert_eq!(disk.text(), "first line\n");
-        let (lines, result) = pending.append(&mut disk);
+        let (lines, result) = pending.append(&mut disk, &GOING_ON);
         assert!(result.is_err());
         assert_eq!((lines, disk.text().as_str()), (0, "first line\n"));
         disk.set_room(1000);
-        let (lines, result) = pending.append(&mut disk);
+        let (lines, result) = pending.append(&mut disk, &GOING_ON);
         assert!(result.is_ok());
         assert_eq!((lines, pending.lines, pending.bytes.len()), (2, 0, 0));
         assert_eq!(disk.text(), "first line\nsecond line\nthird line\n");
@@ -1917,7 +2130,10 @@ mod tests {
             log.record(&new_entry(&request_id), cycle);
         }
         let disk = SmallDisk::with_room(usize::MAX);
-        let stop = Arc::new((Mutex::new(true), Condvar::new()));
+        let stop = StopRequest {
+            stopped: Mutex::new(true),
+            ..StopRequest::default()
+        };
         let path = Path::new("big.log");
         write_until_stopped(&log, disk.clone(), path, LogFormat::Json, &stop, 1 << 30).unwrap();
         let text = disk.text();
