@@ -936,8 +936,8 @@ trait Sink: Write {
     fn discard_last(&mut self, bytes: u64) -> std::io::Result<()>;
 
     /// Moves to a new file when the path no longer names this one (log rotation); says what
-    /// happened when something did.
-    fn follow_rotation(&mut self) -> Option<String> {
+    /// happened when something did. Looks at most every [`ROTATION_CHECK`] unless `now`.
+    fn follow_rotation(&mut self, _now: bool) -> Option<String> {
         None
     }
 
@@ -1068,9 +1068,9 @@ impl Sink for LogFile {
         self.file.seek(SeekFrom::Start(end - bytes)).map(|_| ())
     }
 
-    fn follow_rotation(&mut self) -> Option<String> {
+    fn follow_rotation(&mut self, now: bool) -> Option<String> {
         self.identity?;
-        if self.checked_at.elapsed() < ROTATION_CHECK {
+        if !now && self.checked_at.elapsed() < ROTATION_CHECK {
             return None;
         }
         self.checked_at = std::time::Instant::now();
@@ -1301,7 +1301,9 @@ fn write_until_stopped(
                 *guard
             }
         };
-        if let Some(news) = sink.follow_rotation() {
+        // At the stop the path is looked at again whenever it was last: a file removed just
+        // before would otherwise take the last entries with it.
+        if let Some(news) = sink.follow_rotation(stopping) {
             say!("unreliable: {news}");
         }
         loop {
@@ -1326,6 +1328,8 @@ fn write_until_stopped(
             let (lines, result) = pending.append(&mut sink, &stop.given_up);
             written += lines;
             log.in_file.store(written, Ordering::Relaxed);
+            // A round that began before the stop and was given up on ends as one at the stop.
+            let stopping = stopping || stop.given_up.load(Ordering::Relaxed);
             match result {
                 Ok(()) => {
                     log.set_file_failing(sink.detached());
@@ -2184,6 +2188,22 @@ mod tests {
     }
 
     #[test]
+    fn at_the_stop_a_removed_file_is_noticed_at_once() {
+        let path =
+            std::env::temp_dir().join(format!("unreliable-stop-rm-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut file = LogFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // Within the interval a round does not look; the stop's round does.
+        assert_eq!(file.follow_rotation(false), None);
+        let news = file.follow_rotation(true).unwrap();
+        assert!(news.contains("new entries go to a new file"), "{news}");
+        file.write_all(b"last 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "last 1\n");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn a_rotated_path_taken_by_another_server_is_not_written_to() {
         let path =
             std::env::temp_dir().join(format!("unreliable-taken-{}.log", std::process::id()));
@@ -2195,19 +2215,19 @@ mod tests {
         let mut second = LogFile::open(&path).unwrap();
         second.write_all(b"second 1\n").unwrap();
         std::thread::sleep(ROTATION_CHECK + Duration::from_millis(5));
-        let news = first.follow_rotation().unwrap();
+        let news = first.follow_rotation(false).unwrap();
         assert!(news.contains("is now written by another process"), "{news}");
         assert!(first.detached());
         first.write_all(b"first 2\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "second 1\n");
         // Said once; once the path is free again, the first server follows it.
         std::thread::sleep(ROTATION_CHECK + Duration::from_millis(5));
-        assert_eq!(first.follow_rotation(), None);
+        assert_eq!(first.follow_rotation(false), None);
         drop(second);
         std::fs::remove_file(&path).unwrap();
         std::thread::sleep(ROTATION_CHECK + Duration::from_millis(5));
         assert!(first
-            .follow_rotation()
+            .follow_rotation(false)
             .unwrap()
             .contains("new entries go to a new file"));
         assert!(!first.detached());
