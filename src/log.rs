@@ -847,12 +847,13 @@ pub fn start_writer(
 
 impl LogWriter {
     /// Writes what is left and stops. Call after the server has stopped recording. A writer that
-    /// makes no progress for [`STOP_PATIENCE`] is given up on (see [`LogWriter::give_up`]), and
-    /// the entries it did not write are named in the error. Past [`STOP_NOTICE`] the wait is announced, and from then on
-    /// `interrupted` (which waits up to the time it is given and says whether a second signal
-    /// came) ends it at once: a pipe's reader that reads slowly would otherwise hold the stop for
-    /// as long as it takes. Before the notice a signal is let pass: a quick second Ctrl-C is a
-    /// habit, and the last round of entries is usually a few milliseconds from the file.
+    /// makes no progress for [`STOP_PATIENCE`] is given up on (see [`LogWriter::give_up`]), and the
+    /// entries it did not write are named in the error. Past [`STOP_NOTICE`] the wait is announced,
+    /// and from then on `interrupted` (which waits up to the time it is given and says whether a
+    /// second signal came) ends it at once: a pipe's reader that reads slowly would otherwise hold
+    /// the stop for as long as it takes. Before the notice a signal is let pass: a quick second
+    /// Ctrl-C is a habit, and the last round of entries is usually a few milliseconds from the
+    /// file.
     pub fn finish(self, mut interrupted: impl FnMut(Duration) -> bool) -> Result<(), LogError> {
         *self
             .stop
@@ -1842,6 +1843,12 @@ mod tests {
         false
     }
 
+    /// For [`LogWriter::finish`]: a stop that a signal would interrupt whenever it may.
+    fn second_signal_at_every_wait(wait: Duration) -> bool {
+        std::thread::sleep(wait);
+        true
+    }
+
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !done() {
@@ -1860,6 +1867,16 @@ mod tests {
         disk: SmallDisk,
         per_write: usize,
         pause: Duration,
+    }
+
+    impl Pipe {
+        fn taking_all_it_has_room_for(disk: &SmallDisk) -> Pipe {
+            Pipe {
+                disk: disk.clone(),
+                per_write: usize::MAX,
+                pause: Duration::ZERO,
+            }
+        }
     }
 
     impl Write for Pipe {
@@ -1889,11 +1906,7 @@ mod tests {
     #[test]
     fn a_stop_that_gives_up_on_a_pipe_finishes_the_line_in_progress_and_no_more() {
         let disk = SmallDisk::with_room(18);
-        let mut pipe = Pipe {
-            disk: disk.clone(),
-            per_write: usize::MAX,
-            pause: Duration::ZERO,
-        };
+        let mut pipe = Pipe::taking_all_it_has_room_for(&disk);
         let mut pending = Pending::default();
         for line in ["first line\n", "second line\n", "third line\n"] {
             pending.push(line);
@@ -1922,11 +1935,7 @@ mod tests {
     #[test]
     fn a_stop_that_gives_up_on_a_pipe_with_no_room_leaves_the_line_cut_after_the_grace() {
         let disk = SmallDisk::with_room(5);
-        let mut pipe = Pipe {
-            disk: disk.clone(),
-            per_write: usize::MAX,
-            pause: Duration::ZERO,
-        };
+        let mut pipe = Pipe::taking_all_it_has_room_for(&disk);
         let mut pending = Pending::default();
         pending.push("first line\n");
         let (lines, _) = pending.append(&mut pipe, &GOING_ON);
@@ -1955,10 +1964,7 @@ mod tests {
             pause: Duration::from_millis(2),
         };
         let error = spawn_writer(&log, pipe, 1 << 20)
-            .finish(|wait| {
-                std::thread::sleep(wait);
-                true
-            })
+            .finish(second_signal_at_every_wait)
             .unwrap_err();
         let text = disk.text();
         assert!(
@@ -2074,10 +2080,7 @@ mod tests {
         // A signal at every wait: the first ones come before the notice and are let pass.
         let started = std::time::Instant::now();
         let error = spawn_writer(&log, UnreadPipe, 1 << 20)
-            .finish(|wait| {
-                std::thread::sleep(wait);
-                true
-            })
+            .finish(second_signal_at_every_wait)
             .unwrap_err();
         assert!(started.elapsed() >= STOP_NOTICE);
         assert_eq!(
@@ -2117,10 +2120,7 @@ mod tests {
         let disk = SmallDisk::with_room(usize::MAX);
         // A signal at every wait, while the first write takes 50 ms.
         spawn_writer(&log, SlowDisk(disk.clone()), 1 << 20)
-            .finish(|wait| {
-                std::thread::sleep(wait);
-                true
-            })
+            .finish(second_signal_at_every_wait)
             .unwrap();
         assert_eq!(disk.text().lines().count(), 5);
     }

@@ -1,6 +1,7 @@
 //! The server as other people's clients see it: Python `requests` with keep-alive and a read
-//! timeout, ApacheBench with keep-alive, wrk, and slowhttptest's slow-read attack. A missing tool skips its test, except under
-//! CI (`CI` set), where `.ci/run` installs them all and a missing one fails.
+//! timeout, ApacheBench with keep-alive, wrk, and slowhttptest's slow-read attack. A missing tool
+//! skips its test, except under CI (`CI` set), where `.ci/run` installs them all and a missing one
+//! fails.
 //!
 //! Loopback only, fixed seeds and bounded counts; the deadlines only turn a stuck tool into a
 //! failed test, they assert nothing about speed.
