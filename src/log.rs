@@ -44,6 +44,10 @@ pub const MAX_UNWRITTEN_BYTES: usize = 32 << 20;
 pub const MAX_EVICTED_UNWRITTEN: usize = 100_000;
 /// The most entries one `page` call inspects, so a reader never holds the lock for long.
 pub const MAX_SCAN_PER_PAGE: usize = 4096;
+/// How far behind the newest entry's time a new entry's clock reading may be and still be taken
+/// for a thread that read the clock first but took its id second (a preempted thread: a few
+/// milliseconds), rather than for the system clock set back.
+const CLOCK_SET_BACK_MILLIS: u64 = 1000;
 
 /// What the server knows of a request before its outcome is drawn.
 #[derive(Debug, Clone, Copy)]
@@ -261,6 +265,8 @@ struct Ring {
     evicted_unwritten: Vec<Entry>,
     /// [`text_limit_for`] the capacity, smaller in tests.
     text_limit: u64,
+    /// The time of the newest entry: times do not go back from one id to the next.
+    last_unix_millis: u64,
 }
 
 impl Ring {
@@ -412,6 +418,7 @@ impl RequestLog {
                 written_through: 0,
                 evicted_unwritten: Vec::new(),
                 text_limit,
+                last_unix_millis: 0,
             }),
             file_stalled: AtomicBool::new(false),
             file_failing: AtomicBool::new(false),
@@ -511,6 +518,14 @@ impl RequestLog {
             ring.evict_oldest();
             writer_stalled = ring.evicted_unwritten.len() >= MAX_EVICTED_UNWRITTEN;
         }
+        // The clock was read before the lock: a thread that read it earlier may take its id
+        // after one that read it later. It gets that one's time, which still lies between its
+        // request and its recording; a clock set back further than that is believed.
+        let behind = ring.last_unix_millis.saturating_sub(stored.unix_millis);
+        if behind < CLOCK_SET_BACK_MILLIS {
+            stored.unix_millis += behind;
+        }
+        ring.last_unix_millis = stored.unix_millis;
         ring.counts.total += 1;
         let id = ring.counts.total;
         let outcome = choose(id);
@@ -1430,6 +1445,34 @@ mod tests {
 
     fn cycle(k: u64) -> Outcome {
         Outcome::ALL[(k % 4) as usize]
+    }
+
+    #[test]
+    fn times_do_not_go_back_from_one_id_to_the_next_unless_the_clock_was_set_back() {
+        let log = RequestLog::new(10, false).unwrap();
+        let start = 1_729_727_731_705;
+        // Read 5 ms before the first one's, taken second; then a clock set back by 2 s.
+        for read_at in [
+            start,
+            start - 5,
+            start + 10,
+            start + 10 - 2_000,
+            start - 1_990,
+        ] {
+            log.record(
+                &NewEntry {
+                    unix_millis: read_at,
+                    ..new_entry("x")
+                },
+                cycle,
+            );
+        }
+        let page = log.page(&Filter::default(), u64::MAX, 10);
+        let times: Vec<u64> = page.entries.iter().map(|entry| entry.unix_millis).collect();
+        assert_eq!(
+            times,
+            vec![start, start, start + 10, start - 1_990, start - 1_990]
+        );
     }
 
     #[test]
