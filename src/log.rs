@@ -520,7 +520,8 @@ impl RequestLog {
         }
         // The clock was read before the lock: a thread that read it earlier may take its id
         // after one that read it later. It gets that one's time, which still lies between its
-        // request and its recording; a clock set back further than that is believed.
+        // request and its recording. A clock set back by [`CLOCK_SET_BACK_MILLIS`] or more is
+        // believed.
         let behind = ring.last_unix_millis.saturating_sub(stored.unix_millis);
         if behind < CLOCK_SET_BACK_MILLIS {
             stored.unix_millis += behind;
