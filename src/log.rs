@@ -1448,6 +1448,15 @@ mod tests {
         Outcome::ALL[(k % 4) as usize]
     }
 
+    /// A log for a file writer, of `capacity` entries, with `entries` alike recorded.
+    fn log_with_entries(capacity: usize, entries: u64) -> Arc<RequestLog> {
+        let log = Arc::new(RequestLog::new(capacity, true).unwrap());
+        for _ in 0..entries {
+            log.record(&new_entry("x"), cycle);
+        }
+        log
+    }
+
     #[test]
     fn times_do_not_go_back_from_one_id_to_the_next_unless_the_clock_was_set_back() {
         let log = RequestLog::new(10, false).unwrap();
@@ -1835,25 +1844,6 @@ mod tests {
         }
     }
 
-    /// A pipe whose reader never reads: every write would block.
-    struct UnreadPipe;
-
-    impl Write for UnreadPipe {
-        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-            Err(std::io::ErrorKind::WouldBlock.into())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Sink for UnreadPipe {
-        fn discard_last(&mut self, _: u64) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// Runs the writer on `disk`, as `start_writer` does on a file.
     fn spawn_writer(
         log: &Arc<RequestLog>,
@@ -1996,10 +1986,7 @@ mod tests {
 
     #[test]
     fn a_second_signal_while_a_pipe_is_read_names_exactly_the_entries_not_in_it() {
-        let log = Arc::new(RequestLog::new(1000, true).unwrap());
-        for _ in 0..1000 {
-            log.record(&new_entry("x"), cycle);
-        }
+        let log = log_with_entries(1000, 1000);
         // A reader that takes 100 bytes every 2 ms: about 5 s for the whole log.
         let disk = SmallDisk::with_room(usize::MAX);
         let pipe = Pipe {
@@ -2096,10 +2083,7 @@ mod tests {
             write_entry_json(&mut line, &sample.take_unwritten(1)[0]);
             line.len() + 1
         };
-        let log = Arc::new(RequestLog::new(1000, true).unwrap());
-        for _ in 0..10 {
-            log.record(&new_entry("x"), cycle);
-        }
+        let log = log_with_entries(1000, 10);
         // Room for three lines and a half.
         let disk = SmallDisk::with_room(line_length * 7 / 2);
         let error = spawn_writer(&log, disk.clone(), 1 << 20)
@@ -2117,13 +2101,12 @@ mod tests {
 
     #[test]
     fn a_second_signal_ends_the_wait_for_a_full_pipe_and_names_the_entries_not_written() {
-        let log = Arc::new(RequestLog::new(100, true).unwrap());
-        for _ in 0..5 {
-            log.record(&new_entry("x"), cycle);
-        }
+        let log = log_with_entries(100, 5);
         // A signal at every wait: the first ones come before the notice and are let pass.
         let started = std::time::Instant::now();
-        let error = spawn_writer(&log, UnreadPipe, 1 << 20)
+        // A pipe whose reader never reads: every write would block.
+        let unread = Pipe::taking_all_it_has_room_for(&SmallDisk::with_room(0));
+        let error = spawn_writer(&log, unread, 1 << 20)
             .finish(second_signal_at_every_wait)
             .unwrap_err();
         assert!(started.elapsed() >= STOP_NOTICE);
@@ -2134,36 +2117,18 @@ mod tests {
         );
     }
 
-    /// A disk that takes 50 ms for every write.
-    #[derive(Clone)]
-    struct SlowDisk(SmallDisk);
-
-    impl Write for SlowDisk {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            std::thread::sleep(Duration::from_millis(50));
-            self.0.write(bytes)
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Sink for SlowDisk {
-        fn discard_last(&mut self, bytes: u64) -> std::io::Result<()> {
-            self.0.discard_last(bytes)
-        }
-    }
-
     #[test]
     fn a_second_signal_before_the_notice_is_let_pass_and_loses_nothing() {
-        let log = Arc::new(RequestLog::new(100, true).unwrap());
-        for _ in 0..5 {
-            log.record(&new_entry("x"), cycle);
-        }
+        let log = log_with_entries(100, 5);
         let disk = SmallDisk::with_room(usize::MAX);
-        // A signal at every wait, while the first write takes 50 ms.
-        spawn_writer(&log, SlowDisk(disk.clone()), 1 << 20)
+        // A signal at every wait, while a reader takes the five lines 100 bytes every 2 ms
+        // (about 30 ms): honoured, it would leave the lines after the first out.
+        let slow = Pipe {
+            disk: disk.clone(),
+            per_write: 100,
+            pause: Duration::from_millis(2),
+        };
+        spawn_writer(&log, slow, 1 << 20)
             .finish(second_signal_at_every_wait)
             .unwrap();
         assert_eq!(disk.text().lines().count(), 5);
