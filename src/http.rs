@@ -89,9 +89,9 @@ static TARGET_CHARS: [bool; 256] = add_bytes(PATH_CHARS, b"[]");
 /// because a comma in `Host` is how two hosts get smuggled into one field.
 static REG_NAME_CHARS: [bool; 256] = add_bytes(add_alphanumeric([false; 256]), b"-._~!$&'()*+;=%");
 
-/// RFC 3986 §3.2.2: inside `IP-literal = "[" ( IPv6address / IPvFuture ) "]"`, loosely:
-/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )` covers IPv6 too.
-static IP_LITERAL_CHARS: [bool; 256] =
+/// RFC 3986 §3.2.2: what may follow the "." of `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved /
+/// sub-delims / ":" )`.
+static IP_FUTURE_CHARS: [bool; 256] =
     add_bytes(add_alphanumeric([false; 256]), b"-._~!$&'()*+,;=:");
 
 /// RFC 9110 §5.6.4: `qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text`.
@@ -165,8 +165,7 @@ fn is_valid_authority(bytes: &[u8], host_required: bool, port_required: bool) ->
         let Some(close) = after_bracket.iter().position(|&byte| byte == b']') else {
             return false;
         };
-        let inside = &after_bracket[..close];
-        if inside.is_empty() || !inside.iter().all(|&byte| IP_LITERAL_CHARS[byte as usize]) {
+        if !is_valid_ip_literal(&after_bracket[..close]) {
             return false;
         }
         let after = &after_bracket[close + 1..];
@@ -192,12 +191,30 @@ fn is_valid_authority(bytes: &[u8], host_required: bool, port_required: bool) ->
     }
     match port {
         None | Some([]) => !port_required,
-        Some(digits) => {
-            digits.len() <= 5
-                && digits.iter().all(u8::is_ascii_digit)
-                && parse_decimal(digits).is_some_and(|port| port <= 65_535)
-        }
+        // `port = *DIGIT`: leading zeros are allowed, as in Content-Length; above 65535 names
+        // no port at all.
+        Some(digits) => parse_decimal(digits).is_some_and(|port| port <= 65_535),
     }
+}
+
+/// What lies between the brackets of `IP-literal = "[" ( IPv6address / IPvFuture ) "]"` (RFC
+/// 3986 §3.2.2). The characters alone are not enough: `[zz]` or `[:::::]` name no address, and
+/// RFC 9112 §3.2 has a request with an invalid Host refused.
+fn is_valid_ip_literal(inside: &[u8]) -> bool {
+    // ABNF literals are case-insensitive, so "V" introduces an IPvFuture too.
+    if let [b'v' | b'V', future @ ..] = inside {
+        let Some(dot) = future.iter().position(|&byte| byte == b'.') else {
+            return false;
+        };
+        let (version, address) = (&future[..dot], &future[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !address.is_empty()
+            && address.iter().all(|&byte| IP_FUTURE_CHARS[byte as usize]);
+    }
+    // std's parser takes exactly RFC 4291 §2.2's text forms, which RFC 3986's `IPv6address`
+    // spells out: no zone identifier, no leading zeros in an embedded IPv4 address.
+    std::str::from_utf8(inside).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 /// `1*DIGIT` as a `u64`; `None` if empty, not all digits, or too big.
@@ -2473,6 +2490,11 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n", E::BadHost),
             (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", E::BadHost),
             (b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", E::BadHost),
+            (b"GET / HTTP/1.1\r\nHost: [zz]\r\n\r\n", E::BadHost),
+            (b"GET / HTTP/1.1\r\nHost: [:::::]:80\r\n\r\n", E::BadHost),
+            (b"GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", E::BadHost),
+            (b"GET http://[zz]/ HTTP/1.1\r\nHost: a\r\n\r\n", E::BadTarget),
+            (b"CONNECT [v1]:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", E::BadTarget),
             // Content-Length.
             (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", E::BadContentLength),
             (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", E::BadContentLength),
@@ -2512,6 +2534,69 @@ mod tests {
         for &(request, expected) in cases {
             let shown = String::from_utf8_lossy(request);
             assert_eq!(parse_request(request).err(), Some(expected), "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn authorities_follow_rfc_3986_grammar_for_ip_literals_and_ports() {
+        let valid: &[&[u8]] = &[
+            b"a",
+            b"a:80",
+            b"a:",
+            b"a:000080",
+            b"a:65535",
+            b"%41b.example",
+            b"[::]",
+            b"[::1]:443",
+            b"[1:2:3:4:5:6:7:8]",
+            b"[1:2:3:4:5:6:7::]",
+            b"[1::2:3:4:5:6:7]",
+            b"[::ffff:192.0.2.1]",
+            b"[1:2:3:4:5:6:1.2.3.4]",
+            b"[FE80::ABCD]",
+            b"[v1.a]",
+            b"[V1F.a:b!$&'()*+,;=-._~]",
+        ];
+        let invalid: &[&[u8]] = &[
+            b"a:65536",
+            b"a:99999999999999999999999",
+            b"a:8o",
+            b"[]",
+            b"[zz]",
+            b"[.]",
+            b"[-]",
+            b"[v]",
+            b"[v1]",
+            b"[v.a]",
+            b"[v1.]",
+            b"[vg.a]",
+            b"[v1.a/b]",
+            b"[:::::]",
+            b"[1:2:3:4:5:6:7:8:9]",
+            b"[1:2:3:4:5:6:7:8::]",
+            b"[1::2::3]",
+            b"[12345::]",
+            b"[1:2:3:4:5:6:7]",
+            b"[::1.2.3]",
+            b"[::01.2.3.4]",
+            b"[fe80::1%25eth0]",
+            b"[::1]x",
+            b"[::1]:x",
+            b"[\xff::]",
+        ];
+        for &authority in valid {
+            let shown = String::from_utf8_lossy(authority);
+            assert!(
+                is_valid_authority(authority, true, false),
+                "{shown} refused"
+            );
+        }
+        for &authority in invalid {
+            let shown = String::from_utf8_lossy(authority);
+            assert!(
+                !is_valid_authority(authority, true, false),
+                "{shown} accepted"
+            );
         }
     }
 

@@ -676,6 +676,16 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want)> {
             Kept(200),
         ),
         (
+            "host ip-literal that is no address",
+            head(b"GET /health HTTP/1.1\r\nHost: [zz]\r\n"),
+            Closed(400),
+        ),
+        (
+            "host port with leading zeros",
+            head(b"GET /health HTTP/1.1\r\nHost: x:000080\r\n"),
+            Kept(200),
+        ),
+        (
             "host empty",
             head(b"GET /health HTTP/1.1\r\nHost:\r\n"),
             Kept(200),
