@@ -3,7 +3,9 @@
 //! Invariants: encoding cannot fail and always produces valid JSON (strings escaped per RFC 8259,
 //! plus U+2028/U+2029 so the output is also safe inside JavaScript; non-finite numbers become
 //! `null`); decoding accepts exactly RFC 8259 and caps nesting depth at [`MAX_DEPTH`]. The decoder
-//! also rejects numbers too large for an `f64` (RFC 8259 §9 lets a parser limit their range).
+//! keeps integers written as plain digits exact up to `u64::MAX`, rounds every other number to
+//! the nearest `f64` however long its digits or exponent, and rejects numbers too large for an
+//! `f64` (RFC 8259 §9 lets a parser limit their range). Errors name the byte that broke the text.
 
 /// Deepest nesting of arrays and objects the decoder accepts. The decoder recurses once per
 /// level, so this also bounds its stack use; a hostile body cannot overflow the stack.
@@ -214,6 +216,11 @@ fn push_display(out: &mut String, value: impl std::fmt::Display) {
 pub enum Value {
     Null,
     Bool(bool),
+    /// A number written as digits alone (no sign, fraction or exponent) that fits in a `u64`,
+    /// kept exact: an `f64` holds integers exactly only below 2^53, and seeds and counters go
+    /// beyond that.
+    Integer(u64),
+    /// Every other number, rounded to the nearest `f64`.
     Number(f64),
     String(String),
     Array(Vec<Value>),
@@ -232,17 +239,21 @@ pub enum DecodeError {
         offset: usize,
         expected: &'static str,
     },
-    /// A literal that is not exactly `true`, `false` or `null`.
+    /// A literal that is not exactly `true`, `false` or `null`; the offset is the first byte
+    /// that differs.
     InvalidLiteral { offset: usize },
-    /// A number outside the RFC 8259 grammar (leading zero, `+`, `.5`, `1.`, bare `e`).
+    /// A number outside the RFC 8259 grammar (leading zero, `+`, `1.e5`, `1e+x`); the offset
+    /// is the byte that broke it.
     InvalidNumber { offset: usize },
-    /// A number whose magnitude does not fit in an `f64`.
+    /// A number whose magnitude does not fit in an `f64`; the offset is where it starts.
     NumberOutOfRange { offset: usize },
     /// An unescaped control character (U+0000 to U+001F) inside a string.
     ControlCharacterInString { offset: usize },
-    /// A backslash followed by something other than the eight escapes RFC 8259 defines.
+    /// A backslash followed by something other than the eight escapes RFC 8259 defines, or a
+    /// `\u` with a byte that is not a hex digit; the offset is that byte.
     InvalidEscape { offset: usize },
-    /// A `\uD800`-`\uDFFF` escape that is not half of a well-formed surrogate pair.
+    /// A `\uD800`-`\uDFFF` escape that is not half of a well-formed surrogate pair; the offset
+    /// is where the missing or wrong half is (or the low half that has no high half before it).
     LoneSurrogate { offset: usize },
     /// Arrays and objects nested deeper than [`MAX_DEPTH`].
     TooDeep { offset: usize },
@@ -370,12 +381,21 @@ impl Parser<'_> {
     }
 
     fn literal(&mut self, word: &'static str, value: Value) -> Result<Value, DecodeError> {
-        let offset = self.position;
-        let end = offset + word.len();
-        if self.bytes.get(offset..end) != Some(word.as_bytes()) {
-            return Err(DecodeError::InvalidLiteral { offset });
+        for &expected in word.as_bytes() {
+            match self.peek() {
+                Some(byte) if byte == expected => self.position += 1,
+                Some(_) => {
+                    return Err(DecodeError::InvalidLiteral {
+                        offset: self.position,
+                    })
+                }
+                None => {
+                    return Err(DecodeError::UnexpectedEnd {
+                        offset: self.position,
+                    })
+                }
+            }
         }
-        self.position = end;
         Ok(value)
     }
 
@@ -458,46 +478,94 @@ impl Parser<'_> {
     /// RFC 8259 §6: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
     fn number(&mut self) -> Result<Value, DecodeError> {
         let start = self.position;
-        let invalid = DecodeError::InvalidNumber { offset: start };
-        if self.peek() == Some(b'-') {
+        let negative = self.peek() == Some(b'-');
+        if negative {
             self.position += 1;
         }
+        let integer_start = self.position;
         match self.peek() {
             Some(b'0') => {
                 self.position += 1;
                 if matches!(self.peek(), Some(b'0'..=b'9')) {
-                    return Err(invalid);
+                    return Err(self.invalid_number());
                 }
             }
             Some(b'1'..=b'9') => self.skip_digits(),
-            _ => return Err(invalid),
+            _ => return Err(self.invalid_number()),
         }
+        let integer_end = self.position;
+        let mut fraction_end = integer_end;
         if self.peek() == Some(b'.') {
             self.position += 1;
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(invalid);
-            }
+            self.require_digit()?;
             self.skip_digits();
+            fraction_end = self.position;
         }
+        let mut exponent_digits = None;
         if let Some(b'e' | b'E') = self.peek() {
             self.position += 1;
+            let sign = self.position;
             if let Some(b'+' | b'-') = self.peek() {
                 self.position += 1;
             }
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(invalid);
-            }
+            let digits_start = self.position;
+            self.require_digit()?;
             self.skip_digits();
+            exponent_digits = Some((self.bytes[sign] == b'-', digits_start));
         }
-        // The grammar above is a subset of what `f64::from_str` accepts, so this cannot fail;
-        // map it to an error anyway rather than trusting that.
-        let number: f64 = self.text[start..self.position]
-            .parse()
-            .map_err(|_| invalid)?;
+        let digits = &self.text[integer_start..integer_end];
+        if !negative && fraction_end == integer_end && exponent_digits.is_none() {
+            if let Ok(integer) = digits.parse::<u64>() {
+                return Ok(Value::Integer(integer));
+            }
+        }
+        let number = match exponent_digits {
+            Some((exponent_negative, digits_start))
+                if self.bytes[digits_start..self.position]
+                    .iter()
+                    .skip_while(|&&digit| digit == b'0')
+                    .count()
+                    > LONGEST_EXPONENT_FOR_STD =>
+            {
+                let fraction = self.text.get(integer_end + 1..fraction_end).unwrap_or("");
+                let exponent = saturating_decimal(&self.bytes[digits_start..self.position]);
+                let exponent = if exponent_negative {
+                    -exponent
+                } else {
+                    exponent
+                };
+                parse_with_long_exponent(negative, digits, fraction, exponent)
+            }
+            // The grammar above is a subset of what `f64::from_str` accepts, so this cannot
+            // fail; map it to an error anyway rather than trusting that.
+            _ => self.text[start..self.position]
+                .parse()
+                .map_err(|_| DecodeError::InvalidNumber { offset: start })?,
+        };
         if !number.is_finite() {
             return Err(DecodeError::NumberOutOfRange { offset: start });
         }
         Ok(Value::Number(number))
+    }
+
+    /// A number cannot go on here: the end of the text, or the byte that does not fit.
+    fn invalid_number(&self) -> DecodeError {
+        match self.peek() {
+            None => DecodeError::UnexpectedEnd {
+                offset: self.position,
+            },
+            Some(_) => DecodeError::InvalidNumber {
+                offset: self.position,
+            },
+        }
+    }
+
+    /// After `.`, `e`, `e+` or `e-` a digit must follow.
+    fn require_digit(&self) -> Result<(), DecodeError> {
+        match self.peek() {
+            Some(b'0'..=b'9') => Ok(()),
+            _ => Err(self.invalid_number()),
+        }
     }
 
     fn skip_digits(&mut self) {
@@ -552,51 +620,117 @@ impl Parser<'_> {
             b'r' => '\r',
             b't' => '\t',
             b'u' => return self.unicode_escape(backslash),
-            _ => return Err(DecodeError::InvalidEscape { offset: backslash }),
+            _ => {
+                return Err(DecodeError::InvalidEscape {
+                    offset: backslash + 1,
+                })
+            }
         };
         Ok(character)
     }
 
     /// `XXXX` after `\u`, joining a UTF-16 surrogate pair written as two escapes.
     fn unicode_escape(&mut self, backslash: usize) -> Result<char, DecodeError> {
-        let first = self.hex4(backslash)?;
+        let first = self.hex4()?;
         let code_point = match first {
             0xD800..=0xDBFF => {
-                if self.bytes.get(self.position..self.position + 2) != Some(b"\\u") {
-                    return Err(DecodeError::LoneSurrogate { offset: backslash });
+                let low_half = self.position;
+                match self.bytes.get(low_half..low_half + 2) {
+                    Some(b"\\u") => {}
+                    // `"\ud800` and nothing more: the text ended, not a wrong escape.
+                    None if matches!(self.bytes.get(low_half), None | Some(b'\\')) => {
+                        return Err(DecodeError::UnexpectedEnd {
+                            offset: self.bytes.len(),
+                        })
+                    }
+                    _ => return Err(DecodeError::LoneSurrogate { offset: low_half }),
                 }
-                let second_backslash = self.position;
                 self.position += 2;
-                let second = self.hex4(second_backslash)?;
+                let second = self.hex4()?;
                 if !(0xDC00..=0xDFFF).contains(&second) {
-                    return Err(DecodeError::LoneSurrogate { offset: backslash });
+                    return Err(DecodeError::LoneSurrogate { offset: low_half });
                 }
                 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
             }
             0xDC00..=0xDFFF => return Err(DecodeError::LoneSurrogate { offset: backslash }),
             other => other,
         };
+        // Surrogates are handled above, so every other value up to 0x10FFFF is a char.
         char::from_u32(code_point).ok_or(DecodeError::InvalidEscape { offset: backslash })
     }
 
-    fn hex4(&mut self, backslash: usize) -> Result<u32, DecodeError> {
+    fn hex4(&mut self) -> Result<u32, DecodeError> {
         let mut code = 0u32;
         for _ in 0..4 {
+            let offset = self.position;
             let digit = match self.peek() {
-                None => {
-                    return Err(DecodeError::UnexpectedEnd {
-                        offset: self.position,
-                    })
-                }
+                None => return Err(DecodeError::UnexpectedEnd { offset }),
                 Some(byte) => (byte as char)
                     .to_digit(16)
-                    .ok_or(DecodeError::InvalidEscape { offset: backslash })?,
+                    .ok_or(DecodeError::InvalidEscape { offset })?,
             };
             code = code * 16 + digit;
             self.position += 1;
         }
         Ok(code)
     }
+}
+
+/// Exponents with more significant digits than this go around `f64::from_str`: Rust's parser
+/// stops counting an exponent at about 655,360, so `0.<700,000 zeros>1e700001` (exactly 1)
+/// came out as 0. Below 100,000 it is exact, and such numbers are all we ever meet.
+const LONGEST_EXPONENT_FOR_STD: usize = 5;
+
+/// The value of ASCII digits, stopping at `i64::MAX / 4` (far beyond any exponent that matters,
+/// and room left to add a digit count without overflow).
+fn saturating_decimal(digits: &[u8]) -> i64 {
+    const CAP: i64 = i64::MAX / 4;
+    digits.iter().fold(0i64, |value, &digit| {
+        value
+            .saturating_mul(10)
+            .saturating_add(i64::from(digit - b'0'))
+            .min(CAP)
+    })
+}
+
+/// A number whose exponent is too long for `f64::from_str`: moves the decimal point to just
+/// before the first significant digit, so the exponent left over is small (or the value is
+/// plainly zero or out of range), and lets std round the digits.
+fn parse_with_long_exponent(negative: bool, integer: &str, fraction: &str, exponent: i64) -> f64 {
+    let sign = if negative { -1.0 } else { 1.0 };
+    let leading_zeros = integer.bytes().take_while(|&digit| digit == b'0').count();
+    let (significant, point) = if leading_zeros == integer.len() {
+        // The integer part is all zeros (it is "0"): the significant digits are in the fraction.
+        let fraction_zeros = fraction.bytes().take_while(|&digit| digit == b'0').count();
+        ([&fraction[fraction_zeros..], ""], -(fraction_zeros as i64))
+    } else {
+        (
+            [&integer[leading_zeros..], fraction],
+            (integer.len() - leading_zeros) as i64,
+        )
+    };
+    if significant
+        .iter()
+        .all(|part| part.bytes().all(|digit| digit == b'0'))
+    {
+        return sign * 0.0;
+    }
+    // The value is 0.<significant> × 10^scale, so 10^(scale-1) <= |value| < 10^scale.
+    let scale = point.saturating_add(exponent);
+    if scale > 400 {
+        return sign * f64::INFINITY;
+    }
+    if scale < -400 {
+        return sign * 0.0;
+    }
+    let mut text = String::with_capacity(significant[0].len() + significant[1].len() + 8);
+    text.push_str("0.");
+    text.push_str(significant[0]);
+    text.push_str(significant[1]);
+    text.push('e');
+    text.push_str(&scale.to_string());
+    // Digits and a short exponent: within what `f64::from_str` accepts and rounds exactly.
+    sign * text.parse::<f64>().unwrap_or(f64::NAN)
 }
 
 /// 2^53: every integer below it is an exact `f64`. 2^53 itself is not trustworthy as a decoded
@@ -619,13 +753,16 @@ impl Value {
     }
     pub fn as_f64(&self) -> Option<f64> {
         match self {
+            Value::Integer(integer) => Some(*integer as f64),
             Value::Number(number) => Some(*number),
             _ => None,
         }
     }
-    /// A number that is a non-negative integer exactly representable (≤ 2^53).
+    /// A non-negative integer known exactly: written as digits alone, or a number such as `2.0`
+    /// or `1e3` that is an integer below 2^53.
     pub fn as_u64(&self) -> Option<u64> {
         match self {
+            Value::Integer(integer) => Some(*integer),
             Value::Number(number)
                 if *number >= 0.0 && number.fract() == 0.0 && *number < MAX_EXACT_INTEGER =>
             {
@@ -824,13 +961,18 @@ mod tests {
 
     #[test]
     fn accepts_valid_documents() {
-        let cases: [(&str, Value); 22] = [
+        let cases: [(&str, Value); 24] = [
             ("[]", Value::Array(vec![])),
             ("{}", Value::Object(vec![])),
             (" \t\r\n null \n", Value::Null),
             ("true", Value::Bool(true)),
             ("false", Value::Bool(false)),
-            ("0", Value::Number(0.0)),
+            ("0", Value::Integer(0)),
+            ("18446744073709551615", Value::Integer(u64::MAX)),
+            (
+                "18446744073709551616",
+                Value::Number(18_446_744_073_709_551_616.0),
+            ),
             ("-0", Value::Number(-0.0)),
             ("-12", Value::Number(-12.0)),
             ("1.5e3", Value::Number(1500.0)),
@@ -849,7 +991,7 @@ mod tests {
             (
                 r#"[1,"a",null,[]]"#,
                 Value::Array(vec![
-                    Value::Number(1.0),
+                    Value::Integer(1),
                     Value::String("a".into()),
                     Value::Null,
                     Value::Array(vec![]),
@@ -858,15 +1000,15 @@ mod tests {
             (
                 r#"{ "a" : 1 , "b" : [ ] }"#,
                 Value::Object(vec![
-                    ("a".into(), Value::Number(1.0)),
+                    ("a".into(), Value::Integer(1)),
                     ("b".into(), Value::Array(vec![])),
                 ]),
             ),
             (
                 r#"{"a":1,"a":2}"#,
                 Value::Object(vec![
-                    ("a".into(), Value::Number(1.0)),
-                    ("a".into(), Value::Number(2.0)),
+                    ("a".into(), Value::Integer(1)),
+                    ("a".into(), Value::Integer(2)),
                 ]),
             ),
             (r#"{"":{"":""}}"#, {
@@ -925,15 +1067,20 @@ mod tests {
                     expected: "',' or '}'",
                 },
             ),
-            ("01", DecodeError::InvalidNumber { offset: 0 }),
-            ("-01", DecodeError::InvalidNumber { offset: 0 }),
-            ("1.", DecodeError::InvalidNumber { offset: 0 }),
+            // Each offset is the byte that broke the number; a cut-off number is an early end.
+            ("01", DecodeError::InvalidNumber { offset: 1 }),
+            ("-01", DecodeError::InvalidNumber { offset: 2 }),
+            ("-a", DecodeError::InvalidNumber { offset: 1 }),
+            ("1.", DecodeError::UnexpectedEnd { offset: 2 }),
             (".1", DecodeError::ExpectedValue { offset: 0 }),
             ("+1", DecodeError::ExpectedValue { offset: 0 }),
-            ("-", DecodeError::InvalidNumber { offset: 0 }),
-            ("1e", DecodeError::InvalidNumber { offset: 0 }),
-            ("1e+", DecodeError::InvalidNumber { offset: 0 }),
-            ("[1.e5]", DecodeError::InvalidNumber { offset: 1 }),
+            ("-", DecodeError::UnexpectedEnd { offset: 1 }),
+            ("1e", DecodeError::UnexpectedEnd { offset: 2 }),
+            ("1e+", DecodeError::UnexpectedEnd { offset: 3 }),
+            ("1e+x", DecodeError::InvalidNumber { offset: 3 }),
+            ("1E-]", DecodeError::InvalidNumber { offset: 3 }),
+            ("[1.e5]", DecodeError::InvalidNumber { offset: 3 }),
+            ("[-]", DecodeError::InvalidNumber { offset: 2 }),
             ("0x10", DecodeError::TrailingCharacters { offset: 1 }),
             ("1e400", DecodeError::NumberOutOfRange { offset: 0 }),
             ("-1e400", DecodeError::NumberOutOfRange { offset: 0 }),
@@ -951,24 +1098,34 @@ mod tests {
                 "\"line\nbreak\"",
                 DecodeError::ControlCharacterInString { offset: 5 },
             ),
-            (r#""\ud800""#, DecodeError::LoneSurrogate { offset: 1 }),
+            // A high half points where its low half should be; a low half alone, at itself.
+            (r#""\ud800""#, DecodeError::LoneSurrogate { offset: 7 }),
             (
                 r#""\udc00\ud800""#,
                 DecodeError::LoneSurrogate { offset: 1 },
             ),
             (
-                r#""\ud800\u0041""#,
-                DecodeError::LoneSurrogate { offset: 1 },
+                r#""ab\ud800\u0041""#,
+                DecodeError::LoneSurrogate { offset: 9 },
             ),
-            (r#""\ud800x""#, DecodeError::LoneSurrogate { offset: 1 }),
-            (r#""\x41""#, DecodeError::InvalidEscape { offset: 1 }),
-            (r#""\u12G4""#, DecodeError::InvalidEscape { offset: 1 }),
-            (r#""\'""#, DecodeError::InvalidEscape { offset: 1 }),
+            (
+                r#""\ud800\ud800""#,
+                DecodeError::LoneSurrogate { offset: 7 },
+            ),
+            (r#""\ud800x""#, DecodeError::LoneSurrogate { offset: 7 }),
+            (r#""\ud800\n""#, DecodeError::LoneSurrogate { offset: 7 }),
+            (r#""\ud800"#, DecodeError::UnexpectedEnd { offset: 7 }),
+            (r#""\ud800\"#, DecodeError::UnexpectedEnd { offset: 8 }),
+            (r#""\x41""#, DecodeError::InvalidEscape { offset: 2 }),
+            (r#""abc\u12G4""#, DecodeError::InvalidEscape { offset: 8 }),
+            (r#""\'""#, DecodeError::InvalidEscape { offset: 2 }),
             (r#""\u12"#, DecodeError::UnexpectedEnd { offset: 5 }),
             (r#""abc"#, DecodeError::UnexpectedEnd { offset: 4 }),
             (&too_deep, DecodeError::TooDeep { offset: MAX_DEPTH }),
-            ("nul", DecodeError::InvalidLiteral { offset: 0 }),
-            ("tru", DecodeError::InvalidLiteral { offset: 0 }),
+            ("nul", DecodeError::UnexpectedEnd { offset: 3 }),
+            ("[nulx]", DecodeError::InvalidLiteral { offset: 4 }),
+            ("fals", DecodeError::UnexpectedEnd { offset: 4 }),
+            ("tRue", DecodeError::InvalidLiteral { offset: 1 }),
             ("True", DecodeError::ExpectedValue { offset: 0 }),
             ("nulll", DecodeError::TrailingCharacters { offset: 4 }),
             ("1 2", DecodeError::TrailingCharacters { offset: 2 }),
@@ -980,6 +1137,59 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(decode(text), Err(expected), "{text:?}");
         }
+    }
+
+    #[test]
+    fn numbers_with_long_exponents_are_exact() {
+        // std's parser stops counting an exponent near 655,360: both of these are exactly 1,
+        // and came out as 0 and as out of range.
+        let long_fraction = format!("0.{}1e700000", "0".repeat(699_999));
+        assert_eq!(decode(&long_fraction), Ok(Value::Number(1.0)));
+        let long_integer = format!("1{}e-700000", "0".repeat(700_000));
+        assert_eq!(decode(&long_integer), Ok(Value::Number(1.0)));
+        let negative = format!("-0.{}25e700000", "0".repeat(699_999));
+        assert_eq!(decode(&negative), Ok(Value::Number(-2.5)));
+        let cases = [
+            ("1e99999999999999999999999999", None::<f64>),
+            ("-1e100000", None),
+            ("1e-99999999999999999999999999", Some(0.0)),
+            ("-1e-100000", Some(-0.0)),
+            ("0e99999999999999999999", Some(0.0)),
+            ("-0.000e100000", Some(-0.0)),
+            ("1e000000000000000000000000000308", Some(1e308)),
+            ("0.00017976931348623157e100000", None),
+        ];
+        for (text, expected) in cases {
+            let decoded = decode(text);
+            match expected {
+                Some(value) => {
+                    let Ok(Value::Number(number)) = decoded else {
+                        panic!("{text}: {decoded:?}");
+                    };
+                    assert_eq!(number.to_bits(), value.to_bits(), "{text}");
+                }
+                None => assert_eq!(
+                    decoded,
+                    Err(DecodeError::NumberOutOfRange { offset: 0 }),
+                    "{text}"
+                ),
+            }
+        }
+        // Where std is right, the way around it gives the same bits.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let integer = (state % 1_000_000).to_string();
+            let fraction = format!("{:07}", (state >> 20) % 10_000_000);
+            let exponent = (state >> 44) as i64 % 700 - 350;
+            let text = format!("{integer}.{fraction}e{exponent}");
+            let by_std: f64 = text.parse().unwrap();
+            let around = parse_with_long_exponent(false, &integer, &fraction, exponent);
+            assert_eq!(around.to_bits(), by_std.to_bits(), "{text}");
+        }
+        assert_eq!(parse_with_long_exponent(true, "0", "0001", 4), -1.0);
     }
 
     #[test]
@@ -1020,10 +1230,18 @@ mod tests {
             ("0", Some(0)),
             ("-0", Some(0)),
             ("9007199254740991", Some((1u64 << 53) - 1)),
-            // Both decode to 2^53, so neither can be told apart from the other.
-            ("9007199254740992", None),
-            ("9007199254740993", None),
-            ("9007199254740994", None),
+            // Digits alone are kept exact, up to u64::MAX.
+            ("9007199254740992", Some(1 << 53)),
+            ("9007199254740993", Some((1 << 53) + 1)),
+            ("18446744073709551615", Some(u64::MAX)),
+            // Past u64::MAX, or with a fraction or exponent, it is an f64: exact below 2^53.
+            ("18446744073709551616", None),
+            ("2.0", Some(2)),
+            ("1e3", Some(1000)),
+            ("9007199254740991.0", Some((1 << 53) - 1)),
+            // Both round to 2^53, so neither can be told apart from the other.
+            ("9007199254740992.0", None),
+            ("9007199254740993e0", None),
             ("-1", None),
             ("1.5", None),
             ("\"1\"", None),

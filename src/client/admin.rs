@@ -38,17 +38,16 @@ pub const UPTIME_SLACK: Duration = Duration::from_secs(1);
 /// `GET path` on a fresh connection within `timeout`, connecting included; the body of a 200
 /// answer, decoded as JSON.
 fn fetch_json(target: &Target, path: &str, timeout: Duration) -> Result<Value, ClientError> {
-    fetch_json_text(target, path, timeout, timeout).map(|(_, value)| value)
+    fetch_json_connecting_within(target, path, timeout, timeout)
 }
 
-/// Like [`fetch_json`], also handing back the text; connecting may take `connect_timeout` of
-/// the `timeout` at most.
-fn fetch_json_text(
+/// Like [`fetch_json`], but connecting may take `connect_timeout` of the `timeout` at most.
+fn fetch_json_connecting_within(
     target: &Target,
     path: &str,
     timeout: Duration,
     connect_timeout: Duration,
-) -> Result<(String, Value), ClientError> {
+) -> Result<Value, ClientError> {
     let fail = |reason: String| ClientError::Server {
         request: format!("GET {path}"),
         reason,
@@ -59,12 +58,11 @@ fn fetch_json_text(
     let mut stream = connect(target.address, connect_timeout.min(timeout))
         .map_err(|e| fail(describe_io_error(&e)))?;
     let answer = ask_json(&mut stream, target, path, (deadline, timeout), true).map_err(fail)?;
-    Ok((answer.text, answer.value))
+    Ok(answer.value)
 }
 
 /// A JSON answer, and whether its connection may carry another request.
 struct JsonAnswer {
-    text: String,
     value: Value,
     reusable: bool,
 }
@@ -115,13 +113,14 @@ fn ask_json(
         return Err(format!("answered status {}", response.status));
     }
     let reusable = response.keep_alive && !response.trailing_bytes;
-    let text = String::from_utf8(response.body).map_err(|_| "body is not UTF-8".to_string())?;
+    let text = String::from_utf8(response.body).map_err(|error| {
+        format!(
+            "body is not UTF-8 (byte {} of the body)",
+            error.utf8_error().valid_up_to()
+        )
+    })?;
     let value = json::decode(&text).map_err(|error| format!("invalid JSON: {error}"))?;
-    Ok(JsonAnswer {
-        text,
-        value,
-        reusable,
-    })
+    Ok(JsonAnswer { value, reusable })
 }
 
 /// `/stats` before the run, asked on the connection [`reach`] opened (so a server with a
@@ -139,7 +138,7 @@ pub(super) fn stats_before_run(
     };
     let deadline = (Instant::now() + ADMIN_TIMEOUT, ADMIN_TIMEOUT);
     let answer = ask_json(&mut stream, target, "/stats", deadline, false).map_err(fail)?;
-    let stats = parse_server_stats(&answer.text, &answer.value).map_err(fail)?;
+    let stats = parse_server_stats(&answer.value).map_err(fail)?;
     Ok((stats, answer.reusable.then_some(stream)))
 }
 
@@ -154,8 +153,8 @@ pub(super) fn fetch_server_stats(
     attempt_timeout: Duration,
 ) -> Result<ServerStats, ClientError> {
     let read = |timeout: Duration, connect_timeout: Duration| {
-        let (text, value) = fetch_json_text(target, "/stats", timeout, connect_timeout)?;
-        parse_server_stats(&text, &value).map_err(|reason| ClientError::Server {
+        let value = fetch_json_connecting_within(target, "/stats", timeout, connect_timeout)?;
+        parse_server_stats(&value).map_err(|reason| ClientError::Server {
             request: "GET /stats".into(),
             reason,
         })
@@ -198,13 +197,13 @@ pub struct ServerStats {
     pub started: Option<String>,
 }
 
-/// Reads the seed and the outcome probabilities (or, failing those, the weights) from `/stats`;
-/// `text` is the document `value` was decoded from.
-pub fn parse_server_stats(text: &str, value: &Value) -> Result<ServerStats, String> {
+/// Reads the seed and the outcome probabilities (or, failing those, the weights) from `/stats`.
+/// The seed is exact as the decoder keeps integers (a seed is only useful exact); a server that
+/// sends it as a string of digits is understood too.
+pub fn parse_server_stats(value: &Value) -> Result<ServerStats, String> {
     let seed = value.get("seed").and_then(|seed| match seed {
-        Value::Number(number) => seed.as_u64().or_else(|| exact_seed(text, *number)),
         Value::String(digits) => digits.parse().ok(),
-        _ => None,
+        number => number.as_u64(),
     });
     let table = value
         .get("probabilities")
@@ -308,30 +307,6 @@ pub fn restart_evidence(
             evidence.join("; ")
         ))
     }
-}
-
-/// The seed's digits read from the text: JSON numbers decode to f64, which cannot hold every
-/// 64-bit seed, and a seed is only useful exact. The digits are trusted only when they agree
-/// with the decoded number, so a `"seed"` key elsewhere in the document cannot be mistaken.
-fn exact_seed(text: &str, decoded: f64) -> Option<u64> {
-    const KEY: &str = "\"seed\"";
-    let mut rest = text;
-    while let Some(position) = rest.find(KEY) {
-        rest = &rest[position + KEY.len()..];
-        let Some(number) = rest.trim_start().strip_prefix(':') else {
-            continue;
-        };
-        let number = number.trim_start();
-        let end = number
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(number.len());
-        if let Ok(seed) = number[..end].parse::<u64>() {
-            if seed as f64 == decoded {
-                return Some(seed);
-            }
-        }
-    }
-    None
 }
 
 /// One `/getlogs` entry, as the client needs it.
@@ -584,10 +559,10 @@ mod tests {
         assert_eq!(restart_evidence(&silent, &stats(1, 0, 0.0), minute), None);
         // A start time that is no timestamp is not believed (it would reach the report raw).
         let odd = r#"{"started":"\u001b[2J","weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
-        let parsed = parse_server_stats(odd, &json::decode(odd).unwrap()).unwrap();
+        let parsed = parse_server_stats(&json::decode(odd).unwrap()).unwrap();
         assert_eq!(parsed.started, None);
         let text = r#"{"seed":7,"total":12,"uptime_seconds":3.25,"started":"2026-11-28T10:00:00.000Z","weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
-        let parsed = parse_server_stats(text, &json::decode(text).unwrap()).unwrap();
+        let parsed = parse_server_stats(&json::decode(text).unwrap()).unwrap();
         assert_eq!(
             (
                 parsed.total,
@@ -605,32 +580,37 @@ mod tests {
                 "probabilities":{"timeout":0.2,"403":0.2,"500":0.1,"200":0.5},"total":0}"#,
         )
         .unwrap();
-        let parsed = parse_server_stats("", &stats).unwrap();
+        let parsed = parse_server_stats(&stats).unwrap();
         assert_eq!(parsed.seed, Some(123));
         assert_eq!(parsed.probabilities, OWNER);
         let big = r#"{"nested":{"seed":5},"seed" : 8824335353481052954,
             "probabilities":{"timeout":0.2,"403":0.2,"500":0.1,"200":0.5}}"#;
-        let parsed = parse_server_stats(big, &json::decode(big).unwrap()).unwrap();
+        let parsed = parse_server_stats(&json::decode(big).unwrap()).unwrap();
         assert_eq!(parsed.seed, Some(8_824_335_353_481_052_954));
-        // Both decode to the f64 2^53: only the digits tell them apart.
+        // As f64 both would be 2^53; the decoder keeps the digits apart.
         for seed in [1u64 << 53, (1 << 53) + 1] {
             let text =
                 format!(r#"{{"seed":{seed},"weights":{{"timeout":1,"403":1,"500":1,"200":1}}}}"#);
-            let parsed = parse_server_stats(&text, &json::decode(&text).unwrap()).unwrap();
+            let parsed = parse_server_stats(&json::decode(&text).unwrap()).unwrap();
             assert_eq!(parsed.seed, Some(seed), "{text}");
         }
+        // Only the top-level seed counts, whatever is nested before it.
+        let nested = r#"{"nested":{"seed":9007199254740993},"seed":9007199254740992,
+            "weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
+        let parsed = parse_server_stats(&json::decode(nested).unwrap()).unwrap();
+        assert_eq!(parsed.seed, Some(1 << 53));
         let quoted =
             r#"{"seed":"18446744073709551615","weights":{"timeout":1,"403":1,"500":1,"200":1}}"#;
-        let parsed = parse_server_stats(quoted, &json::decode(quoted).unwrap()).unwrap();
+        let parsed = parse_server_stats(&json::decode(quoted).unwrap()).unwrap();
         assert_eq!(parsed.seed, Some(u64::MAX));
         assert_eq!(parsed.probabilities, [0.25; Outcome::COUNT]);
         let weights_only =
             json::decode(r#"{"weights":{"timeout":1,"403":1,"500":0,"200":2}}"#).unwrap();
         assert_eq!(
-            parse_server_stats("", &weights_only).unwrap().probabilities,
+            parse_server_stats(&weights_only).unwrap().probabilities,
             [0.25, 0.25, 0.0, 0.5]
         );
-        assert!(parse_server_stats("", &json::decode(r#"{"seed":1}"#).unwrap()).is_err());
+        assert!(parse_server_stats(&json::decode(r#"{"seed":1}"#).unwrap()).is_err());
         // Each value finite, the sum not: before, every probability became 0 and the run
         // passed against a table of zeros.
         let overflowing = json::decode(
@@ -638,7 +618,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            parse_server_stats("", &overflowing),
+            parse_server_stats(&overflowing),
             Err("the probabilities do not sum to a finite number".to_string())
         );
 
