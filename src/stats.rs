@@ -79,23 +79,47 @@ pub struct GoodnessOfFit {
 /// rescaled; counts in them are returned apart (`impossible_observed`). With no observations,
 /// or fewer than two categories left, the statistic is 0 and the p-value 1 (method exact).
 /// Probabilities that are negative or not finite count as 0; the rest are rescaled to sum to
-/// 1, so plain weights work too. Extra entries of the longer slice are ignored.
+/// 1, so plain weights work too (any finite ones: they are divided by the largest before they
+/// are summed), and one that rescales to below the smallest `f64` counts as 0 as well. Extra
+/// entries of the longer slice are ignored.
 ///
 /// Method: chi-square when every expected count is at least [`MIN_EXPECTED_FOR_CHI_SQUARE`]; else
-/// exact when at most [`MAX_EXACT_TABLES`] tables are possible; else Monte Carlo.
+/// exact when at most [`MAX_EXACT_TABLES`] tables are possible; else Monte Carlo. The exact and
+/// Monte Carlo methods cost about one step per category for each table or simulation: a few
+/// milliseconds for the handful of outcomes this project has, a second for 1,000 categories.
 pub fn goodness_of_fit(observed: &[u64], probabilities: &[f64]) -> GoodnessOfFit {
     let length = observed.len().min(probabilities.len());
+    let observed = &observed[..length];
+    let probabilities = &probabilities[..length];
+    let usable = |probability: f64| probability.is_finite() && probability > 0.0;
+    let largest = probabilities
+        .iter()
+        .copied()
+        .filter(|&probability| usable(probability))
+        .fold(0.0, f64::max);
+    // At most `length` after the division, so the sum is finite whatever the weights were.
+    let weight_sum: f64 = probabilities
+        .iter()
+        .filter(|&&probability| usable(probability))
+        .map(|probability| probability / largest)
+        .sum();
     let mut counts = Vec::with_capacity(length);
-    let mut weights = Vec::with_capacity(length);
+    let mut rescaled = Vec::with_capacity(length);
     let mut impossible_observed = 0u64;
-    for (&count, &probability) in observed.iter().zip(probabilities).take(length) {
-        if probability.is_finite() && probability > 0.0 {
+    for (&count, &probability) in observed.iter().zip(probabilities) {
+        let probability = if usable(probability) {
+            probability / largest / weight_sum
+        } else {
+            0.0
+        };
+        if probability > 0.0 {
             counts.push(count);
-            weights.push(probability);
+            rescaled.push(probability);
         } else {
             impossible_observed = impossible_observed.saturating_add(count);
         }
     }
+    let probabilities = rescaled;
     let degrees_of_freedom = u32::try_from(counts.len().saturating_sub(1)).unwrap_or(u32::MAX);
     let certain = |statistic: f64, p_value: f64| GoodnessOfFit {
         statistic,
@@ -104,31 +128,33 @@ pub fn goodness_of_fit(observed: &[u64], probabilities: &[f64]) -> GoodnessOfFit
         method: PValueMethod::ExactMultinomial,
         impossible_observed,
     };
-    let total: u64 = counts
-        .iter()
-        .fold(0u64, |sum, &count| sum.saturating_add(count));
+    // In u128: counts near u64::MAX must not saturate into a wrong expected count.
+    let total: u128 = counts.iter().map(|&count| u128::from(count)).sum();
     if total == 0 || counts.len() < 2 {
         return certain(0.0, 1.0);
     }
-    let weight_sum: f64 = weights.iter().sum();
-    let probabilities: Vec<f64> = weights.iter().map(|weight| weight / weight_sum).collect();
     let expected: Vec<f64> = probabilities.iter().map(|p| p * total as f64).collect();
     let statistic = pearson_statistic(&counts, &expected);
     let all_large = expected.iter().all(|&e| e >= MIN_EXPECTED_FOR_CHI_SQUARE);
-    let (p_value, method) = if all_large || total > MAX_MONTE_CARLO_TRIALS {
+    let small_total = u64::try_from(total)
+        .ok()
+        .filter(|&total| total <= MAX_MONTE_CARLO_TRIALS && !all_large);
+    let (p_value, method) = if let Some(total) = small_total {
+        if table_count_within(total, counts.len(), MAX_EXACT_TABLES) {
+            (
+                exact_p_value(total, &probabilities, statistic),
+                PValueMethod::ExactMultinomial,
+            )
+        } else {
+            (
+                monte_carlo_p_value(total, &probabilities, statistic),
+                PValueMethod::MonteCarlo,
+            )
+        }
+    } else {
         (
             chi_square_survival(statistic, degrees_of_freedom),
             PValueMethod::ChiSquare,
-        )
-    } else if table_count_within(total, counts.len(), MAX_EXACT_TABLES) {
-        (
-            exact_p_value(total, &probabilities, statistic),
-            PValueMethod::ExactMultinomial,
-        )
-    } else {
-        (
-            monte_carlo_p_value(total, &probabilities, statistic),
-            PValueMethod::MonteCarlo,
         )
     };
     GoodnessOfFit {
@@ -285,7 +311,8 @@ impl SplitMix64 {
 
 /// One draw from Binomial(trials, probability) with `trials ≥ 1`, `0 ≤ probability ≤ 1`.
 fn draw_binomial(rng: &mut SplitMix64, trials: u64, probability: f64) -> u64 {
-    if probability <= 0.0 {
+    // NaN too: it would fail every acceptance test below and spend the whole proposal cap.
+    if probability.is_nan() || probability <= 0.0 {
         return 0;
     }
     if probability >= 1.0 {
@@ -498,7 +525,9 @@ fn scaled_erfc(z: f64) -> f64 {
 /// e^(-z²) without the rounding error of z² being magnified by a large exponent: z is split
 /// into a part with a short mantissa (whose square is exact) and a small remainder.
 fn exp_minus_square(z: f64) -> f64 {
-    let high = f64::from_bits(z.to_bits() & !((1u64 << 26) - 1));
+    // 27 of the 52 stored mantissa bits cleared leave 26 significant bits (the implicit one
+    // included), so high * high fits the 53 bits of an f64 exactly.
+    let high = f64::from_bits(z.to_bits() & !((1u64 << 27) - 1));
     let low = z - high;
     (-high * high).exp() * (-low * (z + high)).exp()
 }
@@ -598,10 +627,19 @@ pub fn wilson_interval(successes: u64, trials: u64, confidence: f64) -> (f64, f6
     let center = (proportion + z_squared / (2.0 * n)) / denominator;
     let half_width =
         z * (proportion * (1.0 - proportion) / n + z_squared / (4.0 * n * n)).sqrt() / denominator;
-    (
-        (center - half_width).max(0.0),
-        (center + half_width).min(1.0),
-    )
+    // At 0 (or all) successes the bound is exactly 0 (or 1); the subtraction would leave a
+    // rounding error that shuts out the observed proportion itself.
+    let low = if successes == 0 {
+        0.0
+    } else {
+        (center - half_width).max(0.0)
+    };
+    let high = if successes >= trials {
+        1.0
+    } else {
+        (center + half_width).min(1.0)
+    };
+    (low, high)
 }
 
 /// The q-quantile (0 ≤ q ≤ 1, clamped) of sorted values by linear interpolation (numpy's
@@ -900,6 +938,14 @@ mod tests {
             assert_close(erfc(z), expected, 1e-15, &format!("erfc({z})"));
             assert_close(erfc(-z), 2.0 - expected, 1e-15, &format!("erfc(-{z})"));
         }
+        // A z whose square was not exact when only 26 mantissa bits were cleared (relative
+        // error 5.7e-14 then): mpmath.erfc(24.603009490807615) at 40 digits, rounded.
+        assert_close(
+            erfc(24.603009490807615),
+            3.006917887382706e-265,
+            1e-15,
+            "erfc(24.603009490807615)",
+        );
     }
 
     #[test]
@@ -943,11 +989,28 @@ mod tests {
     }
 
     #[test]
+    fn wilson_interval_is_closed_at_zero_and_all_successes() {
+        // The exact bounds; the formula's subtraction left 2.8e-17 at 0 of 5, shutting out the
+        // observed proportion 0 (statsmodels gives 0.0 there).
+        for trials in 1..=200u64 {
+            for confidence in [0.5, 0.9, 0.95, 0.99, 0.9999] {
+                assert_eq!(wilson_interval(0, trials, confidence).0, 0.0, "0/{trials}");
+                assert_eq!(
+                    wilson_interval(trials, trials, confidence).1,
+                    1.0,
+                    "all {trials}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn wilson_interval_matches_statsmodels() {
         // statsmodels.stats.proportion.proportion_confint(s, n, alpha=1 - c, method='wilson')
         let cases = [
             (0, 10, 0.95, 0.0, 0.2775327998628892),
-            (10, 10, 0.95, 0.7224672001371107, 0.9999999999999999),
+            // statsmodels says 0.9999999999999999; the exact bound is 1.
+            (10, 10, 0.95, 0.7224672001371107, 1.0),
             (3, 10, 0.95, 0.10779126740630099, 0.6032218525388546),
             (50, 100, 0.95, 0.4038315303659956, 0.5961684696340044),
             (1, 1000, 0.99, 0.00011741635361832078, 0.008460566219981694),
@@ -1004,6 +1067,34 @@ mod tests {
         assert_eq!(percentile(&[4.0], 0.3), Some(4.0));
         assert_eq!(percentile(&[1.0, 2.0], 2.0), Some(2.0));
         assert_eq!(percentile(&[1.0, 2.0], -1.0), Some(1.0));
+    }
+
+    #[test]
+    fn goodness_of_fit_copes_with_extreme_weights_and_counts() {
+        // Weights whose sum overflows: rescaled, they are the same as 1:1.
+        assert_eq!(
+            goodness_of_fit(&[50, 50], &[1e308, 1e308]),
+            goodness_of_fit(&[50, 50], &[0.5, 0.5])
+        );
+        // scipy.stats.chisquare([500,200,200,100], f_exp=[1000*w/3.8 for w in (1.7,1,1,.1)])
+        let huge = goodness_of_fit(&[500, 200, 200, 100], &[1.7e308, 1e308, 1e308, 1e307]);
+        assert_eq!(huge.method, PValueMethod::ChiSquare);
+        assert_close(huge.statistic, 242.82352941176467, 1e-13, "statistic");
+        assert_close(huge.p_value, 2.3329401366545195e-52, 1e-11, "p-value");
+        // A weight that rescales below the smallest f64 is a category of probability 0, not a
+        // NaN term that made any table "less extreme".
+        let without = goodness_of_fit(&[200, 3, 1], &[1e300, 1e298, 1e297]);
+        let with = goodness_of_fit(&[200, 3, 1, 0], &[1e300, 1e298, 1e297, 1e-300]);
+        assert_eq!(with, without);
+        assert!(without.p_value > 0.1, "{without:?}");
+        let tiny = goodness_of_fit(&[10, 0], &[1e300, 1e-300]);
+        assert_eq!((tiny.statistic, tiny.p_value), (0.0, 1.0));
+        let seen = goodness_of_fit(&[10, 2, 3], &[1e300, 1e-300, 1e300]);
+        assert_eq!(seen.impossible_observed, 2);
+        // Counts whose sum passes u64::MAX are not saturated into a lopsided table.
+        let full = goodness_of_fit(&[u64::MAX, u64::MAX], &[0.5, 0.5]);
+        assert_eq!((full.statistic, full.p_value), (0.0, 1.0));
+        assert_eq!(full.method, PValueMethod::ChiSquare);
     }
 
     #[test]
