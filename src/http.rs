@@ -956,7 +956,9 @@ fn scan_request(buf: &[u8]) -> Result<RequestHead<'_>, Stop> {
 
     let fields = FieldTable::new(&buf[line.end..section_end]);
     let minor_version = line.minor_version;
-    check_host(&fields, minor_version)?;
+    // Origin-form and asterisk-form name no host: the target URI's host is the Host field's.
+    let target_names_host = !(target.starts_with('/') || target == "*");
+    check_host(&fields, minor_version, target_names_host)?;
     let body = request_framing(&fields, minor_version)?;
     let (close, keep_alive_option) = connection_options(&fields)?;
     let expect_continue = expects_continue(&fields)? && minor_version >= 1;
@@ -1183,14 +1185,21 @@ fn split_path_and_query(target: &str) -> Result<(&str, Option<&str>), RequestErr
 }
 
 /// RFC 9112 §3.2: exactly one `Host` on HTTP/1.1, never more than one, and a valid value.
-fn check_host(section: &FieldTable<'_>, minor_version: u8) -> Result<(), RequestError> {
+/// An empty one passes only when the target names its own host (absolute-form, CONNECT's
+/// authority-form): otherwise the target URI would be an `http` URI with an empty host, which
+/// RFC 9110 §4.2.1 calls invalid and RFC 9112 §3.3 lets a server refuse.
+fn check_host(
+    section: &FieldTable<'_>,
+    minor_version: u8,
+    target_names_host: bool,
+) -> Result<(), RequestError> {
     let mut hosts = field_values(section, "host");
     match (hosts.next(), hosts.next()) {
         (None, _) if minor_version >= 1 => Err(RequestError::MissingHost),
         (None, _) => Ok(()),
         (Some(_), Some(_)) => Err(RequestError::MultipleHost),
-        // An empty Host is what a client sends when the target has no authority.
-        (Some(value), None) if value.is_empty() || is_valid_authority(value, true, false) => Ok(()),
+        (Some(value), None) if value.is_empty() && target_names_host => Ok(()),
+        (Some(value), None) if is_valid_authority(value, true, false) => Ok(()),
         (Some(_), None) => Err(RequestError::BadHost),
     }
 }
@@ -2345,8 +2354,9 @@ mod tests {
                 true,
                 false,
             ),
+            // An empty Host where the target names the host (RFC 9112 §3.2).
             case(
-                b"DELETE /d HTTP/1.1\r\nHost:\r\n\r\n",
+                b"DELETE http://h/d HTTP/1.1\r\nHost:\r\n\r\n",
                 M::Delete,
                 "/d",
                 None,
@@ -2493,6 +2503,10 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: [zz]\r\n\r\n", E::BadHost),
             (b"GET / HTTP/1.1\r\nHost: [:::::]:80\r\n\r\n", E::BadHost),
             (b"GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", E::BadHost),
+            // Empty, where only Host could name the host (RFC 9110 §4.2.1).
+            (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", E::BadHost),
+            (b"GET / HTTP/1.0\r\nHost: \r\n\r\n", E::BadHost),
+            (b"OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n", E::BadHost),
             (b"GET http://[zz]/ HTTP/1.1\r\nHost: a\r\n\r\n", E::BadTarget),
             (b"CONNECT [v1]:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", E::BadTarget),
             // Content-Length.

@@ -688,6 +688,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want)> {
         (
             "host empty",
             head(b"GET /health HTTP/1.1\r\nHost:\r\n"),
+            Closed(400),
+        ),
+        (
+            "host empty with an absolute target",
+            head(b"GET http://x/health HTTP/1.1\r\nHost:\r\n"),
             Kept(200),
         ),
         (
