@@ -1186,8 +1186,10 @@ fn split_path_and_query(target: &str) -> Result<(&str, Option<&str>), RequestErr
 
 /// RFC 9112 §3.2: exactly one `Host` on HTTP/1.1, never more than one, and a valid value.
 /// An empty one passes only when the target names its own host (absolute-form, CONNECT's
-/// authority-form): otherwise the target URI would be an `http` URI with an empty host, which
-/// RFC 9110 §4.2.1 calls invalid and RFC 9112 §3.3 lets a server refuse.
+/// authority-form; RFC 9112 §3.2.2 has Host ignored then): otherwise the target URI would be an
+/// `http` URI with an empty host, which RFC 9110 §4.2.1 calls invalid and RFC 9112 §3.3 lets a
+/// server refuse. HTTP/1.0 may leave Host out (the server's own address is the default then),
+/// but an empty one is refused there too, as nginx does: it is a client naming no host.
 fn check_host(
     section: &FieldTable<'_>,
     minor_version: u8,
@@ -2354,7 +2356,7 @@ mod tests {
                 true,
                 false,
             ),
-            // An empty Host where the target names the host (RFC 9112 §3.2).
+            // An empty Host where the target names the host: it is ignored (RFC 9112 §3.2.2).
             case(
                 b"DELETE http://h/d HTTP/1.1\r\nHost:\r\n\r\n",
                 M::Delete,

@@ -242,8 +242,8 @@ pub enum DecodeError {
     /// A literal that is not exactly `true`, `false` or `null`; the offset is the first byte
     /// that differs.
     InvalidLiteral { offset: usize },
-    /// A number outside the RFC 8259 grammar (leading zero, `+`, `1.e5`, `1e+x`); the offset
-    /// is the byte that broke it.
+    /// A number outside the RFC 8259 grammar (`01`, `-x`, `1.e5`, `1e+x`); the offset is the
+    /// byte that broke it. (`+1` and `.5` cannot start a value: [`DecodeError::ExpectedValue`].)
     InvalidNumber { offset: usize },
     /// A number whose magnitude does not fit in an `f64`; the offset is where it starts.
     NumberOutOfRange { offset: usize },
@@ -334,7 +334,6 @@ impl Parser<'_> {
         self.bytes.get(self.position).copied()
     }
 
-    /// RFC 8259 §2: whitespace is exactly space, tab, line feed and carriage return.
     /// After an array item or object member: consumes `,` (false: more follows) or `close`
     /// (true: the container ended).
     fn comma_or_close(&mut self, close: u8, expected: &'static str) -> Result<bool, DecodeError> {
@@ -358,6 +357,7 @@ impl Parser<'_> {
         }
     }
 
+    /// RFC 8259 §2: whitespace is exactly space, tab, line feed and carriage return.
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.position += 1;
@@ -734,7 +734,8 @@ fn parse_with_long_exponent(negative: bool, integer: &str, fraction: &str, expon
 }
 
 /// 2^53: every integer below it is an exact `f64`. 2^53 itself is not trustworthy as a decoded
-/// value: `9007199254740993` rounds to it, so a number that decoded to 2^53 may have been either.
+/// `f64`: `9007199254740993.0` rounds to it, so a number that decoded to 2^53 may have been
+/// either. (Written as digits alone, both are a [`Value::Integer`] and exact.)
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
 
 impl Value {
@@ -1149,6 +1150,32 @@ mod tests {
         assert_eq!(decode(&long_integer), Ok(Value::Number(1.0)));
         let negative = format!("-0.{}25e700000", "0".repeat(699_999));
         assert_eq!(decode(&negative), Ok(Value::Number(-2.5)));
+        // Where std must still round on that path: at f64::MAX, at half the smallest subnormal,
+        // and to a negative zero.
+        let long = |digits: &str, zeros: usize, exponent: &str| {
+            decode(&format!("{digits}{}e{exponent}", "0".repeat(zeros)))
+        };
+        assert_eq!(
+            long("17976931348623158", 100_292, "-100000"),
+            Ok(Value::Number(f64::MAX))
+        );
+        assert_eq!(
+            long("17976931348623159", 100_292, "-100000"),
+            Err(DecodeError::NumberOutOfRange { offset: 0 })
+        );
+        assert_eq!(
+            long("24703282292062328", 100_000, "-100340"),
+            Ok(Value::Number(5e-324))
+        );
+        assert_eq!(
+            long("24703282292062327", 100_000, "-100340"),
+            Ok(Value::Number(0.0))
+        );
+        let underflow = format!("-0.{}24703282292062327e999677", "0".repeat(1_000_000));
+        let Ok(Value::Number(zero)) = decode(&underflow) else {
+            panic!("{:?}", decode(&underflow));
+        };
+        assert_eq!(zero.to_bits(), (-0.0f64).to_bits());
         let cases = [
             ("1e99999999999999999999999999", None::<f64>),
             ("-1e100000", None),
@@ -1181,7 +1208,11 @@ mod tests {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let integer = (state % 1_000_000).to_string();
+            // One in four has no integer part, and its fraction's leading zeros move the point.
+            let integer = match state % 4 {
+                0 => "0".to_string(),
+                _ => ((state >> 2) % 1_000_000).to_string(),
+            };
             let fraction = format!("{:07}", (state >> 20) % 10_000_000);
             let exponent = (state >> 44) as i64 % 700 - 350;
             let text = format!("{integer}.{fraction}e{exponent}");

@@ -68,9 +68,11 @@ pub struct GoodnessOfFit {
     pub degrees_of_freedom: u32,
     pub p_value: f64,
     pub method: PValueMethod,
-    /// Observations in categories of probability 0. They are no part of the test (their
-    /// expected count is 0, so Pearson's term would be infinite and say nothing about the
-    /// others); any at all means the probabilities are wrong, which the caller must say.
+    /// Observations in categories of probability 0, or of a weight so much smaller than the
+    /// largest (below about 1e-308 of it) that it rescales to 0; the CLI's weights, 1e-6 to
+    /// 1e6, never do. They are no part of the test (their expected count is 0, so Pearson's
+    /// term would be infinite and say nothing about the others); any at all means the
+    /// probabilities are wrong, which the caller must say.
     pub impossible_observed: u64,
 }
 
