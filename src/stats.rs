@@ -1,8 +1,8 @@
 //! The statistics that judge an observed outcome mix against the configured weights.
 //!
 //! Invariants: pure functions, no I/O, no panics on any input; every routine is tested against
-//! reference values computed with scipy/numpy/statsmodels (pasted as constants, with the call that
-//! made them). Where a chi-square approximation is unsafe (an expected count below 5) the p-value
+//! reference values computed with scipy/numpy/statsmodels, or mpmath at 40 digits for the erf
+//! pieces (pasted as constants, with the call that made them). Where a chi-square approximation is unsafe (an expected count below 5) the p-value
 //! is exact (few possible tables) or Monte Carlo, with a fixed seed so the same counts always give
 //! the same p-value, on the server and the client alike.
 
