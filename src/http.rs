@@ -869,7 +869,9 @@ impl RequestError {
             RequestError::BadMethod => "invalid method",
             RequestError::BadTarget => "invalid request target",
             RequestError::BadVersion => "malformed http version",
-            RequestError::UnsupportedVersion => "http version not supported",
+            RequestError::UnsupportedVersion => {
+                "http version not supported: use HTTP/1.1 or HTTP/1.0"
+            }
             RequestError::RequestLineTooLong => "request line too long",
             RequestError::MethodTooLong => "method too long: not implemented",
             RequestError::BareLineFeed => "bare line feed",
@@ -1766,15 +1768,20 @@ fn write_head(out: &mut Vec<u8>, response: &Response<'_>, body_length: usize, da
 /// Appends a head for a body of unknown length: `Transfer-Encoding: chunked` on HTTP/1.1, or no
 /// length and `Connection: close` on HTTP/1.0 (the body then ends when the connection closes).
 /// `keep_alive` without `chunked` is for an HTTP/1.0 answer to HEAD only: no body follows it.
+/// The extra headers follow `Content-Type`.
 pub fn write_streaming_head(
     out: &mut Vec<u8>,
     status: u16,
     content_type: &str,
+    extra_headers: &[(&str, &str)],
     chunked: bool,
     keep_alive: bool,
     date: &[u8; 29],
 ) {
     write_head_start(out, status, content_type, date);
+    for (name, value) in extra_headers {
+        write_field(out, name, value.as_bytes());
+    }
     if chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
@@ -3331,7 +3338,7 @@ mod tests {
         ];
         for (chunked, keep_alive, rest) in cases {
             let mut out = Vec::new();
-            write_streaming_head(&mut out, 200, "text/plain", chunked, keep_alive, DATE);
+            write_streaming_head(&mut out, 200, "text/plain", &[], chunked, keep_alive, DATE);
             assert_eq!(String::from_utf8_lossy(&out), format!("{prefix}{rest}"));
         }
         let mut out = Vec::new();

@@ -30,6 +30,9 @@ const JSON: &str = "application/json";
 const ALLOW: (&str, &str) = ("Allow", "GET, HEAD, OPTIONS");
 /// A fault answer cached by a proxy would stop being a fault.
 const NO_STORE: (&str, &str) = ("Cache-Control", "no-store");
+/// `/getbalance` answers JSON or HTML by `Accept`; a cache that ignored `no-store` must still
+/// not hand one client the other's form (RFC 9110 §12.5.5).
+const VARY_ACCEPT: (&str, &str) = ("Vary", "Accept");
 const RETRY_AFTER: (&str, &str) = ("Retry-After", "1");
 /// Why `/getbalance` and `/health` answer 503 while the log file cannot be written.
 const LOG_STALLED_BODY: &[u8] =
@@ -185,13 +188,14 @@ pub fn respond(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Ans
             Answered { disposition, rest }
         }
         "/stats" => complete(get_stats(app, exchange, out)),
+        // A probe answered from a cache would report a health the server no longer has.
         "/health" if app.log.file_stalled() => {
-            complete(exchange.reply(out, 503, TEXT, &[RETRY_AFTER], LOG_STALLED_BODY))
+            complete(exchange.reply(out, 503, TEXT, &[NO_STORE, RETRY_AFTER], LOG_STALLED_BODY))
         }
         "/health" if app.log.file_failing() => {
-            complete(exchange.reply(out, 503, TEXT, &[], LOG_FAILING_BODY))
+            complete(exchange.reply(out, 503, TEXT, &[NO_STORE, RETRY_AFTER], LOG_FAILING_BODY))
         }
-        "/health" => complete(exchange.reply(out, 200, TEXT, &[], b"ok\n")),
+        "/health" => complete(exchange.reply(out, 200, TEXT, &[NO_STORE], b"ok\n")),
         "/" => complete(exchange.reply(out, 200, HTML, &[], INDEX_PAGE.as_bytes())),
         path => {
             let mut body = String::from("not found: ");
@@ -273,7 +277,7 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
     let wants_json = prefers_json(request.header("accept"));
     let mut entry_id_text = [0u8; 20];
     let entry_id = decimal(entry.id, &mut entry_id_text);
-    let headers = [NO_STORE, ("X-Unreliable-Entry", entry_id)];
+    let headers = [NO_STORE, VARY_ACCEPT, ("X-Unreliable-Entry", entry_id)];
     let status = entry.outcome.status().unwrap_or(500);
     match entry.outcome {
         Outcome::Timeout => Disposition::Hang,
@@ -481,7 +485,16 @@ fn get_logs(
     // to HEAD has no body, so its connection stays open as asked either way.
     let chunked = request.minor_version >= 1;
     let keep_alive = request.keep_alive && (chunked || request.method == Method::Head);
-    http::write_streaming_head(out, 200, JSON, chunked, keep_alive, exchange.date);
+    // A stale page would hide entries from the client that reconciles against it.
+    http::write_streaming_head(
+        out,
+        200,
+        JSON,
+        &[NO_STORE],
+        chunked,
+        keep_alive,
+        exchange.date,
+    );
     let disposition = if keep_alive {
         Disposition::KeepOpen
     } else {
@@ -633,7 +646,9 @@ fn get_stats(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dispo
     started.push('"');
     object.finish();
     text.push('\n');
-    exchange.reply(out, 200, JSON, &[], text.as_bytes())
+    // A stale copy would hide a restart from the client, which compares `started` before and
+    // after its run.
+    exchange.reply(out, 200, JSON, &[NO_STORE], text.as_bytes())
 }
 
 fn write_per_outcome(out: &mut String, value_of: impl Fn(Outcome) -> f64) {

@@ -686,6 +686,39 @@ fn endpoints_and_methods() {
     }
     assert_eq!(get(&server, "/", &[]).unwrap().status, 200);
     assert_eq!(get(&server, "/nothing-here", &[]).unwrap().status, 404);
+    // What a cache in front of the server must not keep: a fault, a health that has changed, the
+    // log and the counts a client reconciles against.
+    for (path, headers) in [
+        ("/getbalance", &[("X-Unreliable-Outcome", "403")][..]),
+        ("/health", &[]),
+        ("/stats", &[]),
+        ("/getlogs", &[]),
+    ] {
+        let reply = get(&server, path, headers).unwrap();
+        assert_eq!(reply.status, if path == "/getbalance" { 403 } else { 200 });
+        assert_eq!(
+            reply.header("cache-control").as_deref(),
+            Some("no-store"),
+            "{path}: {}",
+            reply.head
+        );
+    }
+    // /getbalance's form follows Accept, and says so (RFC 9110 §12.5.5).
+    for accept in ["application/json", "text/html"] {
+        let reply = get(
+            &server,
+            "/getbalance",
+            &[("Accept", accept), ("X-Unreliable-Outcome", "200")],
+        )
+        .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.header("vary").as_deref(),
+            Some("Accept"),
+            "{}",
+            reply.head
+        );
+    }
     let post = exchange(
         &server,
         b"POST /getbalance HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
@@ -838,6 +871,13 @@ fn malformed_and_oversized_requests_get_the_right_status_and_a_close() {
         assert_eq!(status, expected, "{name}");
         assert!(closed, "{name}: connection not closed");
     }
+    // RFC 9110 §15.6.6: a 505 says which versions the server does speak.
+    let version = exchange(&server, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n").unwrap();
+    assert!(
+        version.text().contains("HTTP/1.1 or HTTP/1.0"),
+        "{}",
+        version.text()
+    );
 }
 
 #[test]
