@@ -2,9 +2,11 @@
 //! a response parser for the client, a chunked-body decoder for both, and response writers.
 //!
 //! Invariants: parsers never allocate per header and never panic; they return
-//! `Ok(Parsed::Partial)` only when more bytes could still make a valid message, and `Err` for a
-//! real violation, whose `status()` is what the server answers before closing. Writers append to a
-//! caller's buffer and cannot fail. Nothing here touches a socket.
+//! `Ok(Parsed::Partial)` while the head is incomplete and each line of it so far is well-formed,
+//! and `Err` for a real violation, whose `status()` is what the server answers before closing.
+//! Rules that weigh fields against each other (one Host, the framing fields) are checked once the
+//! head is complete, so a head that breaks one is refused at its blank line, not before. Writers
+//! append to a caller's buffer and cannot fail. Nothing here touches a socket.
 //!
 //! Strictness: lines end in CRLF only; a bare CR or LF, obs-fold, whitespace before a field's
 //! colon, control bytes in values, conflicting framing (`Content-Length` with
@@ -532,10 +534,9 @@ fn transfer_codings(section: &FieldTable<'_>) -> Result<TransferCodings, Request
     let mut last_is_chunked = false;
     for value in field_values(section, "transfer-encoding") {
         present = true;
-        // `1#transfer-coding`: an empty field value is not a list.
-        if value.is_empty() {
-            return Err(RequestError::BadTransferEncoding);
-        }
+        // `#transfer-coding` (RFC 9112 §6.1): empty elements, and so an empty field line, are
+        // ignored (RFC 9110 §5.6.1.2), as they would be once the lines were combined into one
+        // list (§5.3). A field with no coding at all is refused below.
         for element in split_list(value)? {
             let element = trim_whitespace(element);
             if element.is_empty() {
@@ -1319,9 +1320,6 @@ pub struct ChunkProgress {
     pub finished: bool,
 }
 
-/// More hex digits than this cannot fit a `u64` (and no honest sender pads that much).
-const MAX_CHUNK_SIZE_DIGITS: usize = 16;
-
 impl ChunkedDecoder {
     /// `max_body`: the most data bytes accepted before `BodyTooLarge`.
     pub fn new(max_body: u64) -> ChunkedDecoder {
@@ -1418,11 +1416,13 @@ impl ChunkedDecoder {
         self.state = match self.state {
             S::Size => match byte {
                 _ if byte.is_ascii_hexdigit() => {
-                    if self.size_digits == MAX_CHUNK_SIZE_DIGITS {
+                    // `1*HEXDIG` (RFC 9112 §7.1): leading zeros are as valid as in
+                    // Content-Length, and MAX_CHUNK_LINE bounds how many. Only a value that
+                    // would not fit a u64 is refused, before the shift that would lose it.
+                    if self.size >> 60 != 0 {
                         return Err(RequestError::BadChunkSize);
                     }
                     self.size_digits += 1;
-                    // 16 hex digits always fit: no overflow possible.
                     self.size = (self.size << 4) | u64::from(hex_value(byte));
                     S::Size
                 }
@@ -2273,6 +2273,27 @@ mod tests {
                 true,
                 false,
             ),
+            // An empty line of a list field is an empty element (RFC 9110 §5.3, §5.6.1.2).
+            case(
+                b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+                M::Post,
+                "/p",
+                None,
+                1,
+                B::Chunked,
+                true,
+                false,
+            ),
+            case(
+                b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\nTransfer-Encoding: chunked\r\n\r\n",
+                M::Post,
+                "/p",
+                None,
+                1,
+                B::Chunked,
+                true,
+                false,
+            ),
             case(
                 b"PUT /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-Continue\r\n\r\n",
                 M::Put,
@@ -2974,6 +2995,10 @@ mod tests {
                 b"\r\n\r\n\r\n\r\n\r\n",
             ),
             (b"0000000000000003\r\nabc\r\n0\r\n\r\n", b"abc"),
+            (
+                b"00000000000000001\r\nx\r\n000000000000000000\r\n\r\n",
+                b"x",
+            ),
             (b"3;name\r\nabc\r\n0;last\r\n\r\n", b"abc"),
             (b"3 ;name=value\r\nabc\r\n0\r\n\r\n", b"abc"),
             (b"3\t; a = b ; c=\"q \\\" ;\"\r\nabc\r\n0\r\n\r\n", b"abc"),
@@ -3009,7 +3034,8 @@ mod tests {
             (b"1\t\r\na\r\n", E::BadChunkSize),
             (b"1 x\r\n", E::BadChunkSize),
             (b"ffffffffffffffffff\r\n", E::BadChunkSize),
-            (b"00000000000000001\r\n", E::BadChunkSize),
+            (b"10000000000000000\r\n", E::BadChunkSize),
+            (b"000000000000000010000000000000000\r\n", E::BadChunkSize),
             (b"1\na\r\n", E::BareLineFeed),
             (b"\n", E::BareLineFeed),
             (b"1\rxa\r\n", E::BareCarriageReturn),

@@ -449,6 +449,14 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want)> {
         ),
         ("te: empty list elements", te(", chunked"), Kept(200)),
         (
+            "te: an empty line beside chunked",
+            get_with(
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding:\r\n",
+                b"5\r\nhello\r\n0\r\n\r\n",
+            ),
+            Kept(200),
+        ),
+        (
             "te: space before colon",
             get_with("Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"),
             Closed(400),
@@ -928,6 +936,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Want)> {
             "chunk size overflow",
             chunked(b"1FFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n"),
             Closed(400),
+        ),
+        (
+            "chunk size with leading zeros past 16 digits",
+            chunked(b"000000000000000005\r\nhello\r\n0000000000000000000\r\n\r\n"),
+            Kept(200),
         ),
         (
             "chunk size over the limit",
