@@ -129,6 +129,22 @@ fn is_fresh(last_used: Instant, now: Instant) -> bool {
     now.saturating_duration_since(last_used) <= MAX_IDLE_REUSE
 }
 
+/// Whether a kept connection can carry the next request: the server has neither closed it nor
+/// sent anything since its last answer. A close (a server's or a proxy's idle limit, a reset)
+/// would otherwise be charged to the next request as a transport error the server never saw,
+/// and late bytes (an answer the server sent twice) would be read as the next request's answer.
+/// A close that comes after this look still fails the attempt, as it would for any client.
+fn is_quiet(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let quiet = matches!(
+        stream.peek(&mut [0u8; 1]),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock
+    );
+    stream.set_nonblocking(false).is_ok() && quiet
+}
+
 /// One classified attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {
@@ -682,7 +698,7 @@ fn exchange(
 ) -> (AttemptOutcome, bool) {
     let reusable = connection
         .take()
-        .filter(|open| is_fresh(open.last_used, Instant::now()));
+        .filter(|open| is_fresh(open.last_used, Instant::now()) && is_quiet(&open.stream));
     let mut open = match reusable {
         Some(open) => open,
         None => match connect(target.address, timeout)
@@ -894,6 +910,55 @@ mod tests {
             assert_eq!(outcome, (AttemptOutcome::Server(Outcome::Balance), true));
             // Kept: the 200 was read to its end, nothing of it is left for the next attempt.
             assert!(connection.is_some(), "attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn a_kept_connection_the_server_closed_or_wrote_to_since_is_not_reused() {
+        // After each answer the server either closes (an idle limit) or sends a stray second
+        // answer (a server out of step); the next attempt must get its own answer either way.
+        for stray in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let target = loopback(listener.local_addr().unwrap().port());
+            std::thread::spawn(move || {
+                for _ in 0..2 {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        return;
+                    };
+                    let mut buffer = Vec::new();
+                    if read_head(&mut stream, &mut buffer).is_none() {
+                        return;
+                    }
+                    let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+                    if stream.write_all(&reply).is_err() {
+                        return;
+                    }
+                    if stray {
+                        std::thread::sleep(Duration::from_millis(20));
+                        reply = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n".to_vec();
+                        let _ = stream.write_all(&reply);
+                        // Held open, so only the stray bytes tell it apart.
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                }
+            });
+            let mut connection = None;
+            let mut scratch = Scratch::new();
+            for attempt in 1..=2 {
+                let id = RequestId {
+                    run_id: "ab",
+                    request: 1,
+                    attempt,
+                };
+                let timeout = Duration::from_secs(2);
+                let outcome = exchange(&target, timeout, &mut connection, &mut scratch, id);
+                assert_eq!(
+                    outcome,
+                    (AttemptOutcome::Server(Outcome::Balance), true),
+                    "stray {stray}, attempt {attempt}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 

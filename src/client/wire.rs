@@ -2,8 +2,9 @@
 //! its `X-Request-Id`, assembling a response as it arrives and reading it within a deadline, and
 //! naming what an exchange got ([`AttemptOutcome`], [`TransportError`]).
 //!
-//! Invariants: no read blocks more than [`READ_TIMEOUT_SLACK`] past its deadline; a response is
-//! complete only with its whole body, bounded in bytes and in interim responses; every I/O
+//! Invariants: no read is asked to block past its deadline (by more than [`READ_TIMEOUT_SLACK`]),
+//! nor longer than [`MAX_READ_WAIT`], so the kernel's tick is all it may overrun by; a response
+//! is complete only with its whole body, bounded in bytes and in interim responses; every I/O
 //! failure maps to one named category.
 
 use super::{ClientError, USER_AGENT};
@@ -24,6 +25,11 @@ pub const RUN_ID_DIGITS: usize = 8;
 /// read keeps the full timeout the socket already has when the time left is within this of it,
 /// as it is unless the thread was held up between starting the clock and reading.
 const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
+/// The longest one read waits; a longer timeout is waited out in reads of this length. The
+/// kernel keeps a socket timeout on its coarse timer wheel, whose precision falls as the wait
+/// grows: measured here (250 Hz), a 3 s read timeout returned after 3.15 to 3.23 s, a 1 s one
+/// after 1.024 s. Up to 63 ticks the wheel is exact to one tick, which 50 ms is at up to 1000 Hz.
+const MAX_READ_WAIT: Duration = Duration::from_millis(50);
 
 /// A failure below HTTP: the attempt got no usable response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +212,9 @@ pub struct Assembled {
     pub keep_alive: bool,
     /// The decoded body (empty unless the assembler keeps bodies).
     pub body: Vec<u8>,
-    /// Bytes arrived after the response: the connection is out of step and must not be reused.
+    /// Bytes came after the response's end in the reads that completed it: the connection is
+    /// out of step and must not be reused. Bytes that come later are caught before the next use
+    /// (`send::is_quiet`).
     pub trailing_bytes: bool,
     /// The `Server` header names unreliable: reports are only trusted from the real thing.
     pub from_unreliable: bool,
@@ -461,7 +469,8 @@ pub(super) fn describe_io_error(error: &io::Error) -> String {
 /// `timeout`, or `None` when its `current` one is right already. Within
 /// [`READ_TIMEOUT_SLACK`] of the start that is the whole timeout, so the common attempt (one
 /// read on a kept connection) makes no `setsockopt` call at all; a later read of the same
-/// attempt gets exactly what is left, so a slow response never overruns the deadline.
+/// attempt gets exactly what is left, so a slow response never overruns the deadline. Neither
+/// is more than [`MAX_READ_WAIT`].
 fn read_timeout_change(
     current: Option<Duration>,
     remaining: Duration,
@@ -471,7 +480,8 @@ fn read_timeout_change(
         timeout
     } else {
         remaining
-    };
+    }
+    .min(MAX_READ_WAIT);
     (current != Some(wanted) && !wanted.is_zero()).then_some(wanted)
 }
 
@@ -754,7 +764,7 @@ mod tests {
 
     #[test]
     fn the_read_timeout_is_set_only_when_it_changes() {
-        let timeout = Duration::from_millis(200);
+        let timeout = Duration::from_millis(40);
         let ms = Duration::from_millis;
         let cases = [
             // A new connection gets the whole timeout.
@@ -763,13 +773,30 @@ mod tests {
             (Some(timeout), timeout, None),
             (Some(timeout), timeout - READ_TIMEOUT_SLACK, None),
             // A later read gets exactly what is left, so the deadline holds.
-            (Some(timeout), ms(150), Some(ms(150))),
-            (Some(ms(150)), ms(150), None),
-            (Some(ms(150)), ms(120), Some(ms(120))),
+            (Some(timeout), ms(30), Some(ms(30))),
+            (Some(ms(30)), ms(30), None),
+            (Some(ms(30)), ms(12), Some(ms(12))),
             // The next attempt on the same connection restores the whole timeout once.
-            (Some(ms(120)), timeout, Some(timeout)),
+            (Some(ms(12)), timeout, Some(timeout)),
             // A socket timeout of zero would mean "block forever": never asked for.
             (Some(ms(3)), Duration::ZERO, None),
+        ];
+        for (current, remaining, expected) in cases {
+            assert_eq!(
+                read_timeout_change(current, remaining, timeout),
+                expected,
+                "current {current:?}, remaining {remaining:?}"
+            );
+        }
+        // A timeout longer than one read may wait is waited out in reads of MAX_READ_WAIT, set
+        // once, and the last of them gets what is left.
+        let timeout = Duration::from_secs(3);
+        let cases = [
+            (None, timeout, Some(MAX_READ_WAIT)),
+            (Some(MAX_READ_WAIT), timeout, None),
+            (Some(MAX_READ_WAIT), ms(1_000), None),
+            (Some(MAX_READ_WAIT), ms(20), Some(ms(20))),
+            (Some(ms(20)), timeout, Some(MAX_READ_WAIT)),
         ];
         for (current, remaining, expected) in cases {
             assert_eq!(
