@@ -2,7 +2,8 @@
 //!
 //! Invariants: encoding cannot fail and always produces valid JSON (strings escaped per RFC 8259,
 //! plus U+2028/U+2029 so the output is also safe inside JavaScript; non-finite numbers become
-//! `null`); decoding accepts exactly RFC 8259 and caps nesting depth at [`MAX_DEPTH`]. The decoder
+//! `null`); decoding accepts exactly RFC 8259 and caps nesting depth at [`MAX_DEPTH`] (and the
+//! number of values at what the caller expects, [`decode_at_most`]). The decoder
 //! keeps integers written as plain digits exact up to `u64::MAX`, rounds every other number to
 //! the nearest `f64` however long its digits or exponent, and rejects numbers too large for an
 //! `f64` (RFC 8259 §9 lets a parser limit their range). Errors name the byte that broke the text.
@@ -257,6 +258,9 @@ pub enum DecodeError {
     LoneSurrogate { offset: usize },
     /// Arrays and objects nested deeper than [`MAX_DEPTH`].
     TooDeep { offset: usize },
+    /// More values (each array, object, member value, item and scalar counts one) than the
+    /// caller of [`decode_at_most`] allowed; the offset is where the first one too many starts.
+    TooManyValues { offset: usize, limit: usize },
     /// Something other than whitespace after the document.
     TrailingCharacters { offset: usize },
 }
@@ -275,6 +279,7 @@ impl DecodeError {
             | DecodeError::InvalidEscape { offset }
             | DecodeError::LoneSurrogate { offset }
             | DecodeError::TooDeep { offset }
+            | DecodeError::TooManyValues { offset, .. }
             | DecodeError::TrailingCharacters { offset } => offset,
         }
     }
@@ -298,6 +303,9 @@ impl std::fmt::Display for DecodeError {
             DecodeError::TooDeep { .. } => {
                 write!(f, "nesting deeper than {MAX_DEPTH}")
             }
+            DecodeError::TooManyValues { limit, .. } => {
+                write!(f, "more than the {limit} values expected")
+            }
             DecodeError::TrailingCharacters { .. } => f.write_str("trailing characters"),
         }
     }
@@ -305,12 +313,23 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Parses one JSON document (surrounding whitespace allowed, nothing else).
+/// Parses one JSON document (surrounding whitespace allowed, nothing else), of any size. The
+/// client always knows the shape it expects and uses [`decode_at_most`]; tests take anything.
+#[cfg(test)]
 pub fn decode(text: &str) -> Result<Value, DecodeError> {
+    decode_at_most(text, usize::MAX)
+}
+
+/// [`decode`] for a document of at most `max_values` values. A [`Value`] takes 32 bytes and
+/// `[0,0,...]` two bytes of text per value, so without a bound a text of n bytes may take 16 n
+/// of memory; a caller that knows the shape it expects keeps that to what the shape needs.
+pub fn decode_at_most(text: &str, max_values: usize) -> Result<Value, DecodeError> {
     let mut parser = Parser {
         text,
         bytes: text.as_bytes(),
         position: 0,
+        values_left: max_values,
+        max_values,
     };
     parser.skip_whitespace();
     let value = parser.value(0)?;
@@ -327,6 +346,8 @@ struct Parser<'a> {
     text: &'a str,
     bytes: &'a [u8],
     position: usize,
+    values_left: usize,
+    max_values: usize,
 }
 
 impl Parser<'_> {
@@ -367,6 +388,13 @@ impl Parser<'_> {
     /// Parses the value at the current position; `depth` counts the enclosing arrays/objects.
     fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
         let offset = self.position;
+        let Some(left) = self.values_left.checked_sub(1) else {
+            return Err(DecodeError::TooManyValues {
+                offset,
+                limit: self.max_values,
+            });
+        };
+        self.values_left = left;
         match self.peek() {
             None => Err(DecodeError::UnexpectedEnd { offset }),
             Some(b'{') => self.object(depth + 1),
@@ -1237,6 +1265,39 @@ mod tests {
         // A huge hostile input fails fast instead of overflowing the stack.
         let hostile = "[{\"a\":".repeat(100_000);
         assert!(matches!(decode(&hostile), Err(DecodeError::TooDeep { .. })));
+    }
+
+    #[test]
+    fn the_number_of_values_is_capped_when_asked() {
+        // The array, its items, the object and its member's value: one each.
+        let text = r#"[1,"a",{"k":[null]}]"#;
+        assert!(decode_at_most(text, 6).is_ok());
+        let error = decode_at_most(text, 5).unwrap_err();
+        assert_eq!(
+            error,
+            DecodeError::TooManyValues {
+                offset: 13,
+                limit: 5
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "invalid json at byte 13: more than the 5 values expected"
+        );
+        assert_eq!(
+            decode_at_most("7", 0),
+            Err(DecodeError::TooManyValues {
+                offset: 0,
+                limit: 0
+            })
+        );
+        // The amplifying shape is stopped at the bound, not after building the whole tree.
+        let zeros = format!("[{}0]", "0,".repeat(1_000_000));
+        assert_eq!(
+            decode_at_most(&zeros, 1_001).unwrap_err().offset(),
+            2 * 1_000 + 1
+        );
+        assert!(decode(&zeros).is_ok());
     }
 
     #[test]

@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 
 /// Largest `/stats` answer or `/getlogs` page read.
 pub const MAX_ADMIN_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// JSON values a `/stats` answer may hold (it has about 40). Decoded JSON takes up to 16 times
+/// its text, so the byte cap alone would let a wrong server cost 250 MB.
+const MAX_STATS_VALUES: usize = 4096;
+/// JSON values per `/getlogs` entry allowed for (an entry has 12, `log::write_entry_json`),
+/// and for the page around them: a page of `limit` entries may hold `(limit + 1)` times this.
+const MAX_VALUES_PER_LOG_ENTRY: usize = 64;
 /// Text (time, client address, outcome, request id) kept per log entry the run may have (one per
 /// attempt and [`EXTRA_RUN_ENTRIES`]), summed over the entries. An entry of the run holds about
 /// 100 bytes (an id of at most 40, a 24-byte time, an address of at most 45) and the server
@@ -37,16 +43,21 @@ pub const UPTIME_SLACK: Duration = Duration::from_secs(1);
 
 /// `GET path` on a fresh connection within `timeout`, connecting included; the body of a 200
 /// answer, decoded as JSON.
-fn fetch_json(target: &Target, path: &str, timeout: Duration) -> Result<Value, ClientError> {
-    fetch_json_connecting_within(target, path, timeout, timeout)
+fn fetch_json(
+    target: &Target,
+    path: &str,
+    timeout: Duration,
+    max_values: usize,
+) -> Result<Value, ClientError> {
+    fetch_json_connecting_within(target, path, (timeout, timeout), max_values)
 }
 
 /// Like [`fetch_json`], but connecting may take `connect_timeout` of the `timeout` at most.
 fn fetch_json_connecting_within(
     target: &Target,
     path: &str,
-    timeout: Duration,
-    connect_timeout: Duration,
+    (timeout, connect_timeout): (Duration, Duration),
+    max_values: usize,
 ) -> Result<Value, ClientError> {
     let fail = |reason: String| ClientError::Server {
         request: format!("GET {path}"),
@@ -57,7 +68,14 @@ fn fetch_json_connecting_within(
     let deadline = Instant::now() + timeout;
     let mut stream = connect(target.address, connect_timeout.min(timeout))
         .map_err(|e| fail(describe_io_error(&e)))?;
-    let answer = ask_json(&mut stream, target, path, (deadline, timeout), true).map_err(fail)?;
+    let answer = ask_json(
+        &mut stream,
+        target,
+        path,
+        (deadline, timeout),
+        (true, max_values),
+    )
+    .map_err(fail)?;
     Ok(answer.value)
 }
 
@@ -68,14 +86,15 @@ struct JsonAnswer {
 }
 
 /// `GET path` on an open connection, asking the server to close it after the answer when
-/// `close`; the body of a 200 answer from an unreliable server, decoded as JSON, or why not.
-/// `deadline` ends the exchange; `timeout` is what the caller gave it, for the message.
+/// `close`; the body of a 200 answer from an unreliable server, decoded as JSON of at most
+/// `max_values` values, or why not. `deadline` ends the exchange; `timeout` is what the caller
+/// gave it, for the message.
 fn ask_json(
     stream: &mut TcpStream,
     target: &Target,
     path: &str,
     (deadline, timeout): (Instant, Duration),
-    close: bool,
+    (close, max_values): (bool, usize),
 ) -> Result<JsonAnswer, String> {
     let left = || deadline.saturating_duration_since(Instant::now());
     let connection = if close { "Connection: close\r\n" } else { "" };
@@ -119,7 +138,8 @@ fn ask_json(
             error.utf8_error().valid_up_to()
         )
     })?;
-    let value = json::decode(&text).map_err(|error| format!("invalid JSON: {error}"))?;
+    let value = json::decode_at_most(&text, max_values)
+        .map_err(|error| format!("invalid JSON: {error}"))?;
     Ok(JsonAnswer { value, reusable })
 }
 
@@ -137,7 +157,14 @@ pub(super) fn stats_before_run(
         reason,
     };
     let deadline = (Instant::now() + ADMIN_TIMEOUT, ADMIN_TIMEOUT);
-    let answer = ask_json(&mut stream, target, "/stats", deadline, false).map_err(fail)?;
+    let answer = ask_json(
+        &mut stream,
+        target,
+        "/stats",
+        deadline,
+        (false, MAX_STATS_VALUES),
+    )
+    .map_err(fail)?;
     let stats = parse_server_stats(&answer.value).map_err(fail)?;
     Ok((stats, answer.reusable.then_some(stream)))
 }
@@ -153,7 +180,12 @@ pub(super) fn fetch_server_stats(
     attempt_timeout: Duration,
 ) -> Result<ServerStats, ClientError> {
     let read = |timeout: Duration, connect_timeout: Duration| {
-        let value = fetch_json_connecting_within(target, "/stats", timeout, connect_timeout)?;
+        let value = fetch_json_connecting_within(
+            target,
+            "/stats",
+            (timeout, connect_timeout),
+            MAX_STATS_VALUES,
+        )?;
         parse_server_stats(&value).map_err(|reason| ClientError::Server {
             request: "GET /stats".into(),
             reason,
@@ -417,7 +449,10 @@ pub(super) fn fetch_run_entries(
             request: format!("GET {path}"),
             reason,
         };
-        let value = fetch_json(target, &path, timeout)?;
+        let max_values = usize::try_from(page_limit.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .saturating_mul(MAX_VALUES_PER_LOG_ENTRY);
+        let value = fetch_json(target, &path, timeout, max_values)?;
         let page = parse_log_page(&value).map_err(fail)?;
         let delivered = page.entries.len() as u64;
         let arrived = fetched.entries.len() as u64 + delivered;
@@ -833,6 +868,78 @@ mod tests {
     }
 
     #[test]
+    fn a_log_page_with_more_values_than_its_entries_hold_is_refused_before_it_is_built() {
+        let timeout = Duration::from_secs(2);
+        // Two bytes of text per value: decoded whole, 16 times the text in memory.
+        let padded = |id| {
+            let entry = page_entry(id, 8);
+            let zeros = "0,".repeat(5_000);
+            format!(r#"{},"x":[{zeros}0]}}"#, &entry[..entry.len() - 1])
+        };
+        let (port, _) = serve_log_pages(move |since, _| {
+            if since == 0 {
+                vec![padded(1)]
+            } else {
+                Vec::new()
+            }
+        });
+        let error = fetch_run_entries(&loopback(port), "ab-", 10, MAX_LOG_PAGES, (1, 0), timeout)
+            .unwrap_err();
+        let limit = 11 * MAX_VALUES_PER_LOG_ENTRY;
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("more than the {limit} values expected")),
+            "{error}"
+        );
+        // A full page of ordinary entries is far inside the bound.
+        let (port, _) = serve_log_pages(|since, limit| {
+            if since == 0 {
+                (1..=limit).map(|id| page_entry(id, 200)).collect()
+            } else {
+                Vec::new()
+            }
+        });
+        let fetched =
+            fetch_run_entries(&loopback(port), "ab-", 10, MAX_LOG_PAGES, (10, 0), timeout).unwrap();
+        assert_eq!(fetched.entries.len(), 10);
+    }
+
+    #[test]
+    fn a_stats_answer_with_more_values_than_stats_hold_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut buffer = Vec::new();
+            if read_head(&mut stream, &mut buffer).is_some() {
+                let body = format!(r#"{{"seed":1,"x":[{}0]}}"#, "0,".repeat(MAX_STATS_VALUES));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nConnection: close\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let error = fetch_json(
+            &loopback(port),
+            "/stats",
+            Duration::from_secs(2),
+            MAX_STATS_VALUES,
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("more than the {MAX_STATS_VALUES} values expected")),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_server_that_never_answers_admin_requests_times_out() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let target = Target {
@@ -840,7 +947,13 @@ mod tests {
             host_header: "127.0.0.1".into(),
         };
         let started = Instant::now();
-        let error = fetch_json(&target, "/stats", Duration::from_millis(100)).unwrap_err();
+        let error = fetch_json(
+            &target,
+            "/stats",
+            Duration::from_millis(100),
+            MAX_STATS_VALUES,
+        )
+        .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(
             error.to_string(),
