@@ -1936,71 +1936,19 @@ type StatusLine<'b> = (u8, u16, &'b str, usize);
 fn scan_status_line(buf: &[u8]) -> Result<Parsed<StatusLine<'_>>, ResponseError> {
     let window = &buf[..buf.len().min(MAX_STATUS_LINE + 2)];
     let Some(line_end) = window.windows(2).position(|pair| pair == b"\r\n") else {
-        // Fail at once on anything that cannot become a status line.
-        let malformed = window.contains(&b'\n')
-            || window
-                .iter()
-                .zip(b"HTTP/1.")
-                .any(|(byte, expected)| byte != expected)
-            || window
-                .iter()
-                .position(|&byte| byte == b'\r')
-                .is_some_and(|carriage_return| carriage_return + 1 < window.len());
-        if malformed {
-            return Err(
-                if window.starts_with(b"HTTP/") && window.get(5).is_some_and(|&major| major != b'1')
-                {
-                    ResponseError::UnsupportedVersion
-                } else {
-                    ResponseError::MalformedStatusLine
-                },
-            );
-        }
-        let trailing_carriage_return = usize::from(window.last() == Some(&b'\r'));
-        if window.len() - trailing_carriage_return > MAX_STATUS_LINE {
+        // Fail at once on anything that cannot become a status line; a CR at the very end may
+        // still be the start of the CRLF.
+        let arrived = window.strip_suffix(b"\r").unwrap_or(window);
+        check_status_line(arrived, false)?;
+        if arrived.len() > MAX_STATUS_LINE {
             return Err(ResponseError::StatusLineTooLong);
         }
         return Ok(Parsed::Partial);
     };
-    let line = &window[..line_end];
-    let Some(after_name) = line.strip_prefix(b"HTTP/") else {
+    let Some((minor_version, status, reason)) = check_status_line(&window[..line_end], true)?
+    else {
         return Err(ResponseError::MalformedStatusLine);
     };
-    let (minor_version, rest) = match after_name {
-        [b'1', b'.', minor, rest @ ..] if minor.is_ascii_digit() => {
-            (u8::from(*minor != b'0'), rest)
-        }
-        [major, b'.', minor, ..] if major.is_ascii_digit() && minor.is_ascii_digit() => {
-            return Err(ResponseError::UnsupportedVersion)
-        }
-        [major, b' ', ..] if major.is_ascii_digit() && *major != b'1' => {
-            return Err(ResponseError::UnsupportedVersion)
-        }
-        _ => return Err(ResponseError::MalformedStatusLine),
-    };
-    let [b' ', hundreds, tens, units, rest @ ..] = rest else {
-        return Err(ResponseError::MalformedStatusLine);
-    };
-    if ![hundreds, tens, units]
-        .iter()
-        .all(|digit| digit.is_ascii_digit())
-    {
-        return Err(ResponseError::BadStatusCode);
-    }
-    let status =
-        u16::from(hundreds - b'0') * 100 + u16::from(tens - b'0') * 10 + u16::from(units - b'0');
-    if status < 100 {
-        return Err(ResponseError::BadStatusCode);
-    }
-    let reason = match rest {
-        [] => &[][..],
-        [b' ', reason @ ..] => reason,
-        _ => return Err(ResponseError::MalformedStatusLine),
-    };
-    // reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )
-    if !reason.iter().all(|&byte| FIELD_VALUE_CHARS[byte as usize]) {
-        return Err(ResponseError::MalformedStatusLine);
-    }
     let reason = std::str::from_utf8(reason).unwrap_or("");
     Ok(Parsed::Complete((
         minor_version,
@@ -2008,6 +1956,66 @@ fn scan_status_line(buf: &[u8]) -> Result<Parsed<StatusLine<'_>>, ResponseError>
         reason,
         line_end + 2,
     )))
+}
+
+/// The minor version (0 or 1), the status and the reason of a whole status line.
+type CheckedStatus<'b> = (u8, u16, &'b [u8]);
+
+/// Checks a status line left to right: `line` is the whole line without its CRLF when `ended`,
+/// or what has arrived of it. The first byte that breaks the grammar decides the error, so a
+/// response gets the same verdict however TCP split it. `Ok(None)`: nothing wrong yet, but the
+/// line is not complete. Another major version is named as such (`HTTP/2.0`, `HTTP/2 200`).
+fn check_status_line(line: &[u8], ended: bool) -> Result<Option<CheckedStatus<'_>>, ResponseError> {
+    use ResponseError::{BadStatusCode, MalformedStatusLine as Malformed, UnsupportedVersion};
+    // What running out of bytes at some point means.
+    let short = if ended { Err(Malformed) } else { Ok(None) };
+    for (index, &expected) in b"HTTP/".iter().enumerate() {
+        match line.get(index) {
+            None => return short,
+            Some(&byte) if byte != expected => return Err(Malformed),
+            Some(_) => {}
+        }
+    }
+    let minor_version = match line[5..] {
+        [] => return short,
+        [b'1'] | [b'1', b'.'] => return short,
+        [b'1', b'.', minor, ..] if minor.is_ascii_digit() => u8::from(minor != b'0'),
+        [major, ..] if !major.is_ascii_digit() || major == b'1' => return Err(Malformed),
+        [_] | [_, b'.'] => return short,
+        [_, b' ', ..] => return Err(UnsupportedVersion),
+        [_, b'.', minor, ..] if minor.is_ascii_digit() => return Err(UnsupportedVersion),
+        _ => return Err(Malformed),
+    };
+    match line.get(8) {
+        None => return short,
+        Some(b' ') => {}
+        Some(_) => return Err(Malformed),
+    }
+    let mut status = 0u16;
+    for index in 9..12 {
+        match line.get(index) {
+            None => return short,
+            Some(digit) if digit.is_ascii_digit() => status = status * 10 + u16::from(digit - b'0'),
+            Some(_) => return Err(BadStatusCode),
+        }
+    }
+    if status < 100 {
+        return Err(BadStatusCode);
+    }
+    let reason = match &line[12..] {
+        [] => &[][..],
+        [b' ', reason @ ..] => reason,
+        _ => return Err(Malformed),
+    };
+    // reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )
+    if !reason.iter().all(|&byte| FIELD_VALUE_CHARS[byte as usize]) {
+        return Err(Malformed);
+    }
+    Ok(if ended {
+        Some((minor_version, status, reason))
+    } else {
+        None
+    })
 }
 
 /// RFC 9112 §6.3 for responses.
@@ -3516,7 +3524,18 @@ mod tests {
             (b"HTTP/1.1 099 OK\r\n\r\n", E::BadStatusCode),
             (b"HTTP/2.0 200 OK\r\n\r\n", E::UnsupportedVersion),
             (b"HTTP/2 200 OK\r\n\r\n", E::UnsupportedVersion),
-            (b"HTTP/2", E::UnsupportedVersion),
+            // Named as soon as the byte after the digit shows a version, before the line ends.
+            (b"HTTP/2.0", E::UnsupportedVersion),
+            (b"HTTP/3 ", E::UnsupportedVersion),
+            (b"HTTP/2x", E::MalformedStatusLine),
+            (b"HTTP/H.1 200 OK\r\n\r\n", E::MalformedStatusLine),
+            (
+                b"HTTP/1.1 2/0 :K\rContent-Length: 2\r\n\r\n",
+                E::BadStatusCode,
+            ),
+            (b"HTTP/1.1 2\n0 OK\r\n\r\n", E::BadStatusCode),
+            (b"HTTP/1.1 200 O\rK\r\n\r\n", E::MalformedStatusLine),
+            (b"HTTP/1.1 20\r\n\r\n", E::MalformedStatusLine),
             (b"HTTX", E::MalformedStatusLine),
             (
                 b"HTTP/1.1 200 OK\r\nX : y\r\n\r\n",
@@ -3636,6 +3655,52 @@ mod tests {
             let _ = parse_response(&input, false);
             let mut decoder = ChunkedDecoder::new(64);
             let _ = decoder.decode(&input, None);
+        }
+    }
+
+    /// A response's error does not depend on how TCP split it: a prefix that is already an
+    /// error is the same error as the whole.
+    #[test]
+    fn a_response_error_is_the_same_at_every_split() {
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let bases: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.0 403 Forbidden\r\nServer: x\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 500 E\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        let alphabet = b"\r\n :.\t/0129HTPxz\x00\x7f\x80";
+        for round in 0..20_000 {
+            let mut input = bases[round % bases.len()].to_vec();
+            for _ in 0..(next() % 3 + 1) {
+                let position = (next() % (input.len() as u64 + 1)) as usize;
+                let byte = alphabet[(next() % alphabet.len() as u64) as usize];
+                match next() % 3 {
+                    0 if position < input.len() => input[position] = byte,
+                    1 if position < input.len() => {
+                        input.remove(position);
+                    }
+                    _ => input.insert(position, byte),
+                }
+            }
+            let Err(whole) = parse_response(&input, false) else {
+                continue;
+            };
+            for end in 0..input.len() {
+                if let Err(early) = parse_response(&input[..end], false) {
+                    assert_eq!(
+                        early,
+                        whole,
+                        "{:?} cut at {end}",
+                        String::from_utf8_lossy(&input)
+                    );
+                }
+            }
         }
     }
 }

@@ -364,10 +364,15 @@ struct LogPage {
 }
 
 fn parse_log_entry(value: &Value) -> Result<LogEntry, String> {
-    let id = value
-        .get("id")
-        .and_then(Value::as_u64)
-        .ok_or("log entry without an id")?;
+    let id = match value.get("id") {
+        None => return Err("log entry without an id".into()),
+        Some(id) => id.as_u64().ok_or_else(|| {
+            format!(
+                "log entry whose id is {}, not a whole number from 0 to 2^64-1",
+                kind_of(id)
+            )
+        })?,
+    };
     let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
     let client_ip = text("client_ip")
         .or_else(|| {
@@ -389,6 +394,21 @@ fn parse_log_entry(value: &Value) -> Result<LogEntry, String> {
         request_id: text("request_id"),
         duration_ms: value.get("duration_ms").and_then(Value::as_f64),
     })
+}
+
+/// What a server's value is, for a message that must not echo the server's text.
+fn kind_of(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(value) => value.to_string(),
+        Value::Integer(number) => number.to_string(),
+        // Plain digits would spell 1e300 out in full.
+        Value::Number(number) if number.abs() < 1e15 => format!("the number {number}"),
+        Value::Number(number) => format!("the number {number:e}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
 }
 
 fn parse_log_page(value: &Value) -> Result<LogPage, String> {
@@ -677,9 +697,26 @@ mod tests {
         assert_eq!(parsed.entries[0].request_id.as_deref(), Some("ab-1-1"));
         assert_eq!(parsed.entries[1].status, Some(200));
         assert_eq!(parsed.entries[1].request_id, None);
-        assert!(
-            parse_log_page(&json::decode(r#"{"entries":[{"outcome":"200"}]}"#).unwrap()).is_err()
-        );
+        let entry_error = |entry: &str| {
+            let page = format!(r#"{{"entries":[{{"outcome":"200"{entry}}}]}}"#);
+            parse_log_page(&json::decode(&page).unwrap()).unwrap_err()
+        };
+        assert_eq!(entry_error(""), "log entry without an id");
+        // A wrong id says what it is instead, without echoing the server's text.
+        let not_whole = "not a whole number from 0 to 2^64-1";
+        let cases = [
+            (r#","id":1e300"#, "the number 1e300"),
+            (r#","id":-1"#, "the number -1"),
+            (r#","id":2.5"#, "the number 2.5"),
+            (r#","id":"1""#, "a string"),
+            (r#","id":null"#, "null"),
+        ];
+        for (entry, kind) in cases {
+            assert_eq!(
+                entry_error(entry),
+                format!("log entry whose id is {kind}, {not_whole}")
+            );
+        }
     }
 
     /// A `/getlogs`-only server on loopback: `page(since, limit)` makes each answer's entries
