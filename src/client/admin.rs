@@ -7,6 +7,7 @@
 
 use super::wire::{
     connect, describe_io_error, receive, strip_brackets, ReceiveFailure, ResponseAssembler, Target,
+    TransportError,
 };
 use super::{format_duration, ClientError, ADMIN_TIMEOUT, READ_CHUNK, USER_AGENT};
 use crate::chaos::Outcome;
@@ -112,7 +113,9 @@ fn ask_json(
     let received = receive(stream, &mut assembler, left(), &mut chunk, &mut None);
     let response = match received {
         Ok(response) => response,
-        Err(ReceiveFailure::Timeout) => {
+        Err(
+            ReceiveFailure::Timeout | ReceiveFailure::Transport(TransportError::TimeoutMidResponse),
+        ) => {
             return Err(format!(
                 "no complete answer within {}",
                 format_duration(timeout)

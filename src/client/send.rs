@@ -963,6 +963,50 @@ mod tests {
     }
 
     #[test]
+    fn a_response_begun_but_not_finished_in_time_is_no_timeout_draw() {
+        // First connection: a head and part of the body, then nothing. Second: nothing at all.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = loopback(listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for head in [
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"[..],
+                b"",
+            ] {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut buffer = Vec::new();
+                if read_head(&mut stream, &mut buffer).is_none() || stream.write_all(head).is_err()
+                {
+                    return;
+                }
+                // Held until the client gives up.
+                let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+            }
+        });
+        let expected = [
+            AttemptOutcome::Transport(TransportError::TimeoutMidResponse),
+            AttemptOutcome::Server(Outcome::Timeout),
+        ];
+        for (attempt, expected) in (1..).zip(expected) {
+            let id = RequestId {
+                run_id: "ab",
+                request: 1,
+                attempt,
+            };
+            let mut connection = None;
+            let outcome = exchange(
+                &target,
+                Duration::from_millis(150),
+                &mut connection,
+                &mut Scratch::new(),
+                id,
+            );
+            assert_eq!(outcome, (expected, true), "attempt {attempt}");
+        }
+    }
+
+    #[test]
     fn the_unreachable_streak_grows_with_the_workers_from_a_floor() {
         let cases = [(1, 10), (2, 10), (3, 10), (4, 12), (64, 192), (1024, 3072)];
         for (workers, streak) in cases {

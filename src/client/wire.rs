@@ -52,6 +52,9 @@ pub enum TransportError {
     ClosedBeforeResponse,
     /// The connection closed in the middle of a response.
     ClosedMidResponse,
+    /// Part of a response arrived, but not all of it within the attempt timeout (a slow body):
+    /// the server answered, so this is no draw of `timeout`, which is an answer never begun.
+    TimeoutMidResponse,
     /// The bytes were not a valid HTTP response; the detail says why.
     Malformed(String),
     /// Any other I/O error, described.
@@ -70,6 +73,7 @@ impl TransportError {
             TransportError::ConnectionReset => "connection reset",
             TransportError::ClosedBeforeResponse => "closed before a response",
             TransportError::ClosedMidResponse => "closed mid-response",
+            TransportError::TimeoutMidResponse => "timed out mid-response",
             TransportError::Malformed(_) => "malformed response",
             TransportError::Io(_) => "I/O error",
         }
@@ -282,6 +286,11 @@ impl ResponseAssembler {
         }
     }
 
+    /// Whether any byte of a response (an interim one included) has arrived since the reset.
+    fn has_started(&self) -> bool {
+        self.received > 0
+    }
+
     /// Ready for the next response, keeping the buffers' capacity: a worker reuses one
     /// assembler, so an attempt does not allocate one.
     pub fn reset(&mut self) {
@@ -427,6 +436,7 @@ impl ResponseAssembler {
 /// Why receiving a response failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ReceiveFailure {
+    /// Not one byte of a response within the timeout.
     Timeout,
     Transport(TransportError),
 }
@@ -485,7 +495,8 @@ fn read_timeout_change(
     (current != Some(wanted) && !wanted.is_zero()).then_some(wanted)
 }
 
-/// Reads until the assembler has a complete response or `timeout` has passed since the call.
+/// Reads until the assembler has a complete response or `timeout` has passed since the call
+/// (`Timeout` when no byte came, `TimeoutMidResponse` when part of a response did).
 /// `chunk` is the read buffer (a worker reuses one); `read_timeout` is the socket's current
 /// read timeout, changed only when it must be.
 pub(super) fn receive(
@@ -498,10 +509,17 @@ pub(super) fn receive(
     let deadline = Instant::now() + timeout;
     let limit = assembler.max_bytes;
     let failure = |error: AssemblyError| ReceiveFailure::Transport(error.into_transport(limit));
+    let too_late = |assembler: &ResponseAssembler| {
+        if assembler.has_started() {
+            ReceiveFailure::Transport(TransportError::TimeoutMidResponse)
+        } else {
+            ReceiveFailure::Timeout
+        }
+    };
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ReceiveFailure::Timeout);
+            return Err(too_late(assembler));
         }
         if let Some(wanted) = read_timeout_change(*read_timeout, remaining, timeout) {
             if let Err(error) = stream.set_read_timeout(Some(wanted)) {
@@ -523,7 +541,7 @@ pub(super) fn receive(
             // Only the deadline decides: a socket timeout set for an earlier read may be
             // shorter than what is left, and the loop then sets the right one.
             Err(error) if is_timeout(&error) && Instant::now() < deadline => {}
-            Err(error) if is_timeout(&error) => return Err(ReceiveFailure::Timeout),
+            Err(error) if is_timeout(&error) => return Err(too_late(assembler)),
             Err(error) => return Err(ReceiveFailure::Transport(io_failure(&error))),
         }
     }
