@@ -5,6 +5,7 @@
 //! Invariants: only a 200 from a server that names itself `unreliable/` is believed; what is
 //! kept of the log is bounded by the run (entries, text per entry, pages), not by the server.
 
+use super::render::visible;
 use super::wire::{
     connect, describe_io_error, receive, strip_brackets, ReceiveFailure, ResponseAssembler, Target,
     TransportError,
@@ -16,6 +17,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// Bytes of an answer that is not HTTP quoted in the error.
+const MAX_SHOWN_BYTES: usize = 32;
 /// Largest `/stats` answer or `/getlogs` page read.
 pub const MAX_ADMIN_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// JSON values a `/stats` answer may hold (it has about 40). Decoded JSON takes up to 16 times
@@ -123,7 +126,26 @@ fn ask_json(
         }
         Err(ReceiveFailure::Transport(error)) => {
             let detail = error.detail().map(|d| format!(": {d}")).unwrap_or_default();
-            return Err(format!("{}{detail}", error.name()));
+            let mut reason = format!("{}{detail}", error.name());
+            // A wrong port often answers in another protocol (SSH's banner, TLS): its first
+            // bytes tell which faster than any description.
+            let head = assembler.unparsed_head();
+            if matches!(error, TransportError::Malformed(_))
+                && !head.is_empty()
+                && !head.starts_with(b"HTTP/")
+            {
+                let shown = String::from_utf8_lossy(&head[..head.len().min(MAX_SHOWN_BYTES)]);
+                let more = if head.len() > MAX_SHOWN_BYTES {
+                    "..."
+                } else {
+                    ""
+                };
+                reason.push_str(&format!(
+                    " (the answer began \"{}{more}\": is this an HTTP server?)",
+                    visible(&shown)
+                ));
+            }
+            return Err(reason);
         }
     };
     if !response.from_unreliable {
@@ -977,6 +999,39 @@ mod tests {
                 .contains(&format!("more than the {MAX_STATS_VALUES} values expected")),
             "{error}"
         );
+    }
+
+    #[test]
+    fn an_answer_in_another_protocol_is_quoted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for banner in [
+                &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+                b"\x15\x03\x03\x00\x02\x02\x46",
+            ] {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    return;
+                };
+                let _ = stream.write_all(banner);
+            }
+        });
+        let reasons = [
+            "malformed response: malformed status line (the answer began \"SSH-2.0-OpenSSH_9.6\\u{d}\\u{a}\": \
+             is this an HTTP server?)",
+            "malformed response: malformed status line (the answer began \"\\u{15}\\u{3}\\u{3}\\u{0}\\u{2}\\u{2}F\": \
+             is this an HTTP server?)",
+        ];
+        for reason in reasons {
+            let error = fetch_json(
+                &loopback(port),
+                "/stats",
+                Duration::from_secs(2),
+                MAX_STATS_VALUES,
+            )
+            .unwrap_err();
+            assert_eq!(error.to_string(), format!("GET /stats failed: {reason}"));
+        }
     }
 
     #[test]

@@ -286,6 +286,16 @@ impl ResponseAssembler {
         }
     }
 
+    /// The bytes of a head that did not parse (none once a final head has), to show what
+    /// answered instead of an HTTP server.
+    pub fn unparsed_head(&self) -> &[u8] {
+        if self.head.is_some() {
+            &[]
+        } else {
+            &self.pending
+        }
+    }
+
     /// Whether any byte of a response (an interim one included) has arrived since the reset.
     fn has_started(&self) -> bool {
         self.received > 0
