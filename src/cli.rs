@@ -836,14 +836,16 @@ Options:
   --count N               logical requests to send [default: 100]
   --concurrency C         worker threads, each with its own keep-alive connection [default: 1]
   --timeout DURATION      per attempt, e.g. 250ms, 3s: the whole answer must arrive within
-                          it once the request is sent; connecting gets as long again
-                          [default: 3s]
+                          it once the request is sent (no byte of it: a timeout draw;
+                          only part: timed out mid-response, a transport error);
+                          connecting gets as long again [default: 3s]
   --retries R             retries after a retried outcome [default: 3]
   --retry-on LIST         outcomes that are retried: timeout, 403, 500, 200 or none
                           [default: timeout]; transport errors (connection refused,
                           reset or timed out, closed before or during the answer,
-                          malformed answer, other I/O errors) are retried whatever the
-                          list, except with none: no retries at all
+                          timed out during it, malformed answer, other I/O errors)
+                          are retried whatever the list, except with none: no
+                          retries at all
   --backoff DURATION      first retry delay; doubles per retry, full jitter [default: 100ms]
   --max-backoff DURATION  cap on the retry delay [default: 2s]
   --interval DURATION     pause before each fresh request a worker takes [default: 0ms]
@@ -860,6 +862,8 @@ fixed timeout of 10s of their own, connecting included, whatever --timeout is
 After 10 attempts in a row (3 per worker when more) over at least 1s (or
 --timeout) without an answer, the run stops early and fails: when all failed
 to connect, or when they timed out and GET /health does not answer either.
+A goodness-of-fit p-value below 1e-6 fails the run too (one run in a million
+of a correct server); one below 0.05 is only reported.
 
 Exit status: 0 fine, 1 the run failed (verdict, reconciliation, /stats unreadable),
 2 usage error, 3 server unreachable.

@@ -641,6 +641,33 @@ mod tests {
     }
 
     #[test]
+    fn a_server_whose_mix_is_far_from_its_weights_fails_without_a_tolerance() {
+        // Every answer a 200 where the weights say a quarter: the log agrees with the client,
+        // so only the fit can tell.
+        let fake = start_fake(vec!["200"], vec![]);
+        let options = ClientOptions {
+            json: true,
+            ..fake_options(fake.port, 40)
+        };
+        let (verdict, text) = run_report(&options);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        let value = json::decode(&text).unwrap();
+        let p_value = ["attempts", "chi_square", "p_value"]
+            .iter()
+            .try_fold(&value, |value, key| value.get(key))
+            .and_then(Value::as_f64)
+            .unwrap();
+        assert!(p_value < 1e-20, "{p_value}");
+        assert_eq!(
+            reasons_of(&value),
+            [format!(
+                "the outcomes cannot pass for the server's weights: goodness-of-fit p-value \
+                 {p_value:.1e}, under 1e-6 (one run in a million of a correct server)"
+            )]
+        );
+    }
+
+    #[test]
     fn json_run_counts_timeouts_and_retries_them_to_the_limit() {
         let fake = start_fake(vec!["timeout"], vec![]);
         let options = ClientOptions {

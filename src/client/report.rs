@@ -19,6 +19,14 @@ use std::time::Duration;
 
 /// Two-sided confidence of every interval in the report.
 pub const CONFIDENCE: f64 = 0.95;
+/// A goodness-of-fit p-value below this fails the run: the draws cannot pass for the server's
+/// weights. A correct server gives one in a million runs (a p-value is uniform when the weights
+/// hold), while one that answers 200 to everything gives 1.6e-21 after 100 attempts of the
+/// default weights. A p-value under the report's 0.05 but above this only warns: one run in
+/// twenty of a correct server has one. A Monte Carlo p-value (see `stats::goodness_of_fit`) is
+/// 1/20,001 at least, so it never fails a run this way; the tolerance and the intervals still
+/// can.
+pub const IMPLAUSIBLE_P_VALUE: f64 = 1e-6;
 
 /// Final-outcome probabilities per logical request when the outcomes in `retried` are tried
 /// again up to `retries` times. With q the summed probability of `retried`: an outcome outside
@@ -467,6 +475,19 @@ pub(super) fn build_report(
         .get(Outcome::Timeout.name())
     {
         verdict_reasons.push(hung_closed_reason(hung));
+    }
+    // Only when nothing above explains such a mix (a server that stopped, hung requests it
+    // closed, a log that disagrees): it would add a symptom to the cause.
+    if verdict_reasons.is_empty() && attempt_draws > 0 && fit.p_value < IMPLAUSIBLE_P_VALUE {
+        let p_value = if fit.p_value > 0.0 {
+            format!("{:.1e}", fit.p_value)
+        } else {
+            "below 1e-300".to_string()
+        };
+        verdict_reasons.push(format!(
+            "the outcomes cannot pass for the server's weights: goodness-of-fit p-value \
+             {p_value}, under {IMPLAUSIBLE_P_VALUE:.0e} (one run in a million of a correct server)"
+        ));
     }
     if let Some(tolerance) = options.tolerance {
         for outcome in &tolerance_violations {
