@@ -59,6 +59,11 @@ const SO_LINGER: i32 = 13;
 /// `ioctl` request: bytes in a TCP socket's send queue not yet acknowledged by the peer
 /// (`SIOCOUTQ`, the same number as `TIOCOUTQ`).
 const SIOCOUTQ: u64 = 0x5411;
+const IPPROTO_TCP: i32 = 6;
+/// `getsockopt` at `IPPROTO_TCP`: `struct tcp_info`, whose first byte is the connection's state.
+const TCP_INFO: i32 = 11;
+/// The TCP state of a connection that is gone: reset by the peer, or closed both ways.
+const TCP_CLOSE: u8 = 7;
 const RLIM_INFINITY: u64 = u64::MAX;
 /// What to ask for when the hard open-file limit is "unlimited": the kernel refuses an infinite
 /// soft limit, and its default ceiling (`fs.nr_open`) is this value.
@@ -142,6 +147,7 @@ extern "C" {
     fn sigtimedwait(set: *const SignalSet, info: *mut u8, timeout: *const Timespec) -> i32;
     fn getrlimit(resource: i32, limit: *mut ResourceLimit) -> i32;
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, length: u32) -> i32;
+    fn getsockopt(fd: i32, level: i32, name: i32, value: *mut u8, length: *mut u32) -> i32;
     fn setrlimit(resource: i32, limit: *const ResourceLimit) -> i32;
     fn signal(signal: i32, handler: usize) -> usize;
     fn ioctl(fd: i32, request: u64, ...) -> i32;
@@ -217,8 +223,10 @@ fn set_socket_option<T: Copy>(socket: &impl AsRawFd, name: i32, value: &T) -> io
     }
 }
 
-/// Bytes sent on `socket` that the peer has not acknowledged yet: answers still queued in the
-/// kernel, which a client that stopped reading leaves there.
+/// Bytes sent on `socket` that the peer has not acknowledged yet and still may: answers queued
+/// in the kernel, which a client that stopped reading leaves there. None once the connection is
+/// gone (a reset): `SIOCOUTQ` still counts what was queued then, though none of it will ever
+/// be sent, and a connection waiting for it to go out would hold its slot for nothing.
 pub fn unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
     let mut queued: i32 = 0;
     // SAFETY: SIOCOUTQ writes one int through the pointer, which points to `queued`, live for
@@ -227,7 +235,36 @@ pub fn unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {
     if result != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(usize::try_from(queued).unwrap_or(0))
+    let queued = usize::try_from(queued).unwrap_or(0);
+    if queued > 0 && tcp_state(socket)? == TCP_CLOSE {
+        return Ok(0);
+    }
+    Ok(queued)
+}
+
+/// The kernel's state of a TCP connection (`tcpi_state`: 1 established ... 7 closed).
+fn tcp_state(socket: &impl AsRawFd) -> io::Result<u8> {
+    // The kernel copies as much of `struct tcp_info` as the buffer holds; the state is first.
+    let mut info = [0u8; 8];
+    let mut length = info.len() as u32;
+    // SAFETY: `info` is writable for `length` bytes and `length` is a live u32 the kernel
+    // updates; the descriptor is open while `socket` is borrowed.
+    let result = unsafe {
+        getsockopt(
+            socket.as_raw_fd(),
+            IPPROTO_TCP,
+            TCP_INFO,
+            info.as_mut_ptr(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if length == 0 {
+        return Err(io::Error::other("TCP_INFO returned nothing"));
+    }
+    Ok(info[0])
 }
 
 /// Takes an exclusive advisory lock (`flock`) on `file` without waiting: `Ok(false)` when another
@@ -692,6 +729,22 @@ mod tests {
             .wait(&mut events, Some(Duration::from_millis(20)))
             .unwrap();
         assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn a_reset_connection_has_nothing_left_to_send() {
+        let (client, server) = connected_pair();
+        let chunk = [b'z'; 64 * 1024];
+        while send_without_waiting(&server, &chunk).is_ok() {}
+        assert!(unsent_bytes(&server).unwrap() > 0);
+        reset_on_close(&client).unwrap();
+        drop(client);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        // The reset arrives on loopback at once; the loop only bounds a slow machine.
+        while tcp_state(&server).unwrap() != TCP_CLOSE && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(unsent_bytes(&server).unwrap(), 0);
     }
 
     #[test]
