@@ -24,6 +24,7 @@ use super::wire::{
 use super::{format_duration, MAX_RESPONSE_BYTES, READ_CHUNK, USER_AGENT};
 use crate::chaos::{mix64, Outcome, Rng};
 use crate::cli::ClientOptions;
+use crate::sys;
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::net::TcpStream;
@@ -134,15 +135,12 @@ fn is_fresh(last_used: Instant, now: Instant) -> bool {
 /// would otherwise be charged to the next request as a transport error the server never saw,
 /// and late bytes (an answer the server sent twice) would be read as the next request's answer.
 /// A close that comes after this look still fails the attempt, as it would for any client.
+/// One `recv` that does not wait; a byte it takes is lost, but so is the connection then.
 fn is_quiet(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let quiet = matches!(
-        stream.peek(&mut [0u8; 1]),
+    matches!(
+        sys::receive_without_waiting(stream, &mut [0u8; 1]),
         Err(error) if error.kind() == io::ErrorKind::WouldBlock
-    );
-    stream.set_nonblocking(false).is_ok() && quiet
+    )
 }
 
 /// One classified attempt.
