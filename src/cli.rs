@@ -862,8 +862,8 @@ fixed timeout of 10s of their own, connecting included, whatever --timeout is
 After 10 attempts in a row (3 per worker when more) over at least 1s (or
 --timeout) without an answer, the run stops early and fails: when all failed
 to connect, or when they timed out and GET /health does not answer either.
-A goodness-of-fit p-value below 1e-6 fails the run too (one run in a million
-of a correct server); one below 0.05 is only reported.
+A goodness-of-fit p-value below 1e-9 fails the run too (a correct server:
+about one run in a million at most); one below 0.05 is only reported.
 
 Exit status: 0 fine, 1 the run failed (verdict, reconciliation, /stats unreadable),
 2 usage error, 3 server unreachable.

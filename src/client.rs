@@ -662,7 +662,7 @@ mod tests {
             reasons_of(&value),
             [format!(
                 "the outcomes cannot pass for the server's weights: goodness-of-fit p-value \
-                 {p_value:.1e}, under 1e-6 (one run in a million of a correct server)"
+                 {p_value:.1e}, under 1e-9 (a correct server: about one run in a million at most)"
             )]
         );
     }

@@ -320,7 +320,7 @@ pub fn decode(text: &str) -> Result<Value, DecodeError> {
     decode_at_most(text, usize::MAX)
 }
 
-/// [`decode`] for a document of at most `max_values` values. A [`Value`] takes 32 bytes and
+/// `decode` for a document of at most `max_values` values. A [`Value`] takes 32 bytes and
 /// `[0,0,...]` two bytes of text per value, so without a bound a text of n bytes may take 16 n
 /// of memory; a caller that knows the shape it expects keeps that to what the shape needs.
 pub fn decode_at_most(text: &str, max_values: usize) -> Result<Value, DecodeError> {

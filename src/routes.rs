@@ -553,6 +553,8 @@ impl LogStream {
     /// HTTP/1.1) to `out`; after the last one (the closing tail and, chunked, the last chunk)
     /// returns `false`.
     pub fn next_piece(&mut self, app: &App, out: &mut Vec<u8>) -> bool {
+        // A piece is STREAM_CHUNK and the rest of the page of entries that passed it.
+        self.text.reserve(2 * STREAM_CHUNK);
         while self.text.len() < STREAM_CHUNK && !self.is_complete() {
             let max = usize::try_from(self.remaining.min(PIECE_ENTRIES)).unwrap_or(1);
             let page = app.log.page(&self.filter, self.up_to, max);
@@ -596,8 +598,8 @@ impl LogStream {
         }
         // Not kept between pieces: a client that stops reading parks its connection until the
         // write timeout, and thousands of them must not each hold a piece's capacity as well as
-        // the piece that waits to be sent. One allocation per 32 KiB piece costs nothing next
-        // to formatting it.
+        // the piece that waits to be sent. An allocation per piece costs nothing next to
+        // formatting it.
         self.text = String::new();
         !finished
     }

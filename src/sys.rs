@@ -224,7 +224,7 @@ fn set_socket_option<T: Copy>(socket: &impl AsRawFd, name: i32, value: &T) -> io
 }
 
 /// Bytes sent on `socket` that the peer has not acknowledged yet and still may: answers queued
-/// in the kernel, which a client that stopped reading leaves there. None once the connection is
+/// in the kernel, which a client that stopped reading leaves there. Zero once the connection is
 /// gone (a reset): `SIOCOUTQ` still counts what was queued then, though none of it will ever
 /// be sent, and a connection waiting for it to go out would hold its slot for nothing.
 pub fn unsent_bytes(socket: &impl AsRawFd) -> io::Result<usize> {

@@ -393,7 +393,8 @@ fn parse_log_entry(value: &Value) -> Result<LogEntry, String> {
         None => return Err("log entry without an id".into()),
         Some(id) => id.as_u64().ok_or_else(|| {
             format!(
-                "log entry whose id is {}, not a whole number from 0 to 2^64-1",
+                "log entry whose id is {}: an id is a whole number from 0 to 2^64-1 in plain \
+                 digits",
                 kind_of(id)
             )
         })?,
@@ -426,7 +427,7 @@ fn kind_of(value: &Value) -> String {
     match value {
         Value::Null => "null".into(),
         Value::Bool(value) => value.to_string(),
-        Value::Integer(number) => number.to_string(),
+        Value::Integer(number) => format!("the number {number}"),
         // Plain digits would spell 1e300 out in full.
         Value::Number(number) if number.abs() < 1e15 => format!("the number {number}"),
         Value::Number(number) => format!("the number {number:e}"),
@@ -728,9 +729,10 @@ mod tests {
         };
         assert_eq!(entry_error(""), "log entry without an id");
         // A wrong id says what it is instead, without echoing the server's text.
-        let not_whole = "not a whole number from 0 to 2^64-1";
+        let not_whole = "an id is a whole number from 0 to 2^64-1 in plain digits";
         let cases = [
             (r#","id":1e300"#, "the number 1e300"),
+            (r#","id":1e17"#, "the number 1e17"),
             (r#","id":-1"#, "the number -1"),
             (r#","id":2.5"#, "the number 2.5"),
             (r#","id":"1""#, "a string"),
@@ -739,7 +741,7 @@ mod tests {
         for (entry, kind) in cases {
             assert_eq!(
                 entry_error(entry),
-                format!("log entry whose id is {kind}, {not_whole}")
+                format!("log entry whose id is {kind}: {not_whole}")
             );
         }
     }

@@ -20,13 +20,16 @@ use std::time::Duration;
 /// Two-sided confidence of every interval in the report.
 pub const CONFIDENCE: f64 = 0.95;
 /// A goodness-of-fit p-value below this fails the run: the draws cannot pass for the server's
-/// weights. A correct server gives one in a million runs (a p-value is uniform when the weights
-/// hold), while one that answers 200 to everything gives 1.6e-21 after 100 attempts of the
-/// default weights. A p-value under the report's 0.05 but above this only warns: one run in
-/// twenty of a correct server has one. A Monte Carlo p-value (see `stats::goodness_of_fit`) is
-/// 1/20,001 at least, so it never fails a run this way; the tolerance and the intervals still
-/// can.
-pub const IMPLAUSIBLE_P_VALUE: f64 = 1e-6;
+/// weights, while one that answers 200 to everything gives 1.6e-21 after 100 attempts of the
+/// default weights. Were p-values exact, a correct server would fail this way once in a billion
+/// runs; the chi-square approximation (used once every outcome expects 5 draws or more)
+/// understates the far tail when an outcome expects few, so exact enumeration of the
+/// multinomial gives more: 3e-8 for the default weights at 100 attempts, 8e-8 at 50, 1.2e-6 for
+/// weights 1/99 at 500 (1e-6 here would have failed those 3.9e-6 and 6.1e-5 of the time). A
+/// p-value under the report's 0.05 but above this only warns: one run in twenty of a correct
+/// server has one. A Monte Carlo p-value (see `stats::goodness_of_fit`) is 1/20,001 at least,
+/// so it never fails a run this way; the tolerance and the intervals still can.
+pub const IMPLAUSIBLE_P_VALUE: f64 = 1e-9;
 
 /// Final-outcome probabilities per logical request when the outcomes in `retried` are tried
 /// again up to `retries` times. With q the summed probability of `retried`: an outcome outside
@@ -476,8 +479,8 @@ pub(super) fn build_report(
     {
         verdict_reasons.push(hung_closed_reason(hung));
     }
-    // Only when nothing above explains such a mix (a server that stopped, hung requests it
-    // closed, a log that disagrees): it would add a symptom to the cause.
+    // Only when the run does not fail already: beside a server that stopped, hung requests it
+    // closed or a log that disagrees, a p-value is a symptom of the cause listed.
     if verdict_reasons.is_empty() && attempt_draws > 0 && fit.p_value < IMPLAUSIBLE_P_VALUE {
         let p_value = if fit.p_value > 0.0 {
             format!("{:.1e}", fit.p_value)
@@ -486,7 +489,8 @@ pub(super) fn build_report(
         };
         verdict_reasons.push(format!(
             "the outcomes cannot pass for the server's weights: goodness-of-fit p-value \
-             {p_value}, under {IMPLAUSIBLE_P_VALUE:.0e} (one run in a million of a correct server)"
+             {p_value}, under {IMPLAUSIBLE_P_VALUE:.0e} (a correct server: about one run in a million \
+             at most)"
         ));
     }
     if let Some(tolerance) = options.tolerance {

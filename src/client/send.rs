@@ -359,9 +359,9 @@ fn no_answer_name(outcome: &AttemptOutcome) -> Option<&'static str> {
     }
 }
 
-/// Whether anything answers `GET /health` within `timeout`, connecting included: any complete
-/// response will do (a `503` while the server's log file is stuck is an answer too). Why not,
-/// otherwise.
+/// Whether anything answers `GET /health` within `timeout`, connecting included: any response
+/// will do, even one not finished in time (a `503` while the server's log file is stuck is an
+/// answer too). Why not, otherwise.
 fn probe_health(target: &Target, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     // While the listen queue is full the kernel drops the SYN and resends it after 1 s, then
@@ -380,6 +380,8 @@ fn probe_health(target: &Target, timeout: Duration) -> Result<(), String> {
     let left = deadline.saturating_duration_since(Instant::now());
     match receive(&mut stream, &mut assembler, left, &mut chunk, &mut None) {
         Ok(_) => Ok(()),
+        // An answer begun is a server alive, as it is for the no-answer streak.
+        Err(ReceiveFailure::Transport(TransportError::TimeoutMidResponse)) => Ok(()),
         Err(ReceiveFailure::Timeout) => {
             Err(format!("no answer within {}", format_duration(timeout)))
         }
@@ -919,25 +921,25 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let target = loopback(listener.local_addr().unwrap().port());
             std::thread::spawn(move || {
+                // A thread per connection: the one held open must not delay the next accept.
                 for _ in 0..2 {
                     let Ok((mut stream, _)) = listener.accept() else {
                         return;
                     };
-                    let mut buffer = Vec::new();
-                    if read_head(&mut stream, &mut buffer).is_none() {
-                        return;
-                    }
-                    let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
-                    if stream.write_all(&reply).is_err() {
-                        return;
-                    }
-                    if stray {
+                    std::thread::spawn(move || {
+                        let mut buffer = Vec::new();
+                        if read_head(&mut stream, &mut buffer).is_none() {
+                            return;
+                        }
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(reply).is_err() || !stray {
+                            return;
+                        }
                         std::thread::sleep(Duration::from_millis(20));
-                        reply = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n".to_vec();
-                        let _ = stream.write_all(&reply);
+                        let _ = stream.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n");
                         // Held open, so only the stray bytes tell it apart.
                         std::thread::sleep(Duration::from_secs(2));
-                    }
+                    });
                 }
             });
             let mut connection = None;
@@ -1002,6 +1004,24 @@ mod tests {
             );
             assert_eq!(outcome, (expected, true), "attempt {attempt}");
         }
+    }
+
+    #[test]
+    fn a_health_answer_begun_but_not_finished_shows_a_server_alive() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = loopback(listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut buffer = Vec::new();
+            if read_head(&mut stream, &mut buffer).is_some() {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok");
+                // Held until the probe gives up.
+                let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+            }
+        });
+        assert_eq!(probe_health(&target, Duration::from_millis(200)), Ok(()));
     }
 
     #[test]
