@@ -559,7 +559,9 @@ fn entry_text_bytes(entry: &LogEntry) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::test_support::{loopback, owner_stats, query_value, read_head, OWNER};
+    use crate::client::test_support::{
+        answer_each, loopback, owner_stats, query_value, read_head, OWNER,
+    };
     use crate::client::MAX_LOG_PAGES;
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -971,30 +973,14 @@ mod tests {
 
     #[test]
     fn a_stats_answer_with_more_values_than_stats_hold_is_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            let mut buffer = Vec::new();
-            if read_head(&mut stream, &mut buffer).is_some() {
-                let body = format!(r#"{{"seed":1,"x":[{}0]}}"#, "0,".repeat(MAX_STATS_VALUES));
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nConnection: close\r\n\
-                     Content-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        let error = fetch_json(
-            &loopback(port),
-            "/stats",
-            Duration::from_secs(2),
-            MAX_STATS_VALUES,
-        )
-        .unwrap_err();
+        let body = format!(r#"{{"seed":1,"x":[{}0]}}"#, "0,".repeat(MAX_STATS_VALUES));
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nServer: unreliable/test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let target = answer_each(vec![reply.into_bytes()], true);
+        let error =
+            fetch_json(&target, "/stats", Duration::from_secs(2), MAX_STATS_VALUES).unwrap_err();
         assert!(
             error
                 .to_string()
@@ -1005,19 +991,11 @@ mod tests {
 
     #[test]
     fn an_answer_in_another_protocol_is_quoted() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for banner in [
-                &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
-                b"\x15\x03\x03\x00\x02\x02\x46",
-            ] {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    return;
-                };
-                let _ = stream.write_all(banner);
-            }
-        });
+        let banners = [
+            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+            b"\x15\x03\x03\x00\x02\x02\x46",
+        ];
+        let target = answer_each(banners.iter().map(|b| b.to_vec()).collect(), false);
         let reasons = [
             "malformed response: malformed status line (the answer began \"SSH-2.0-OpenSSH_9.6\\u{d}\\u{a}\": \
              is this an HTTP server?)",
@@ -1025,13 +1003,8 @@ mod tests {
              is this an HTTP server?)",
         ];
         for reason in reasons {
-            let error = fetch_json(
-                &loopback(port),
-                "/stats",
-                Duration::from_secs(2),
-                MAX_STATS_VALUES,
-            )
-            .unwrap_err();
+            let error = fetch_json(&target, "/stats", Duration::from_secs(2), MAX_STATS_VALUES)
+                .unwrap_err();
             assert_eq!(error.to_string(), format!("GET /stats failed: {reason}"));
         }
     }

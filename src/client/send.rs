@@ -743,7 +743,7 @@ fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::test_support::{loopback, read_head};
+    use crate::client::test_support::{answer_each, loopback, read_head};
     use std::net::TcpListener;
 
     #[test]
@@ -965,25 +965,8 @@ mod tests {
     #[test]
     fn a_response_begun_but_not_finished_in_time_is_no_timeout_draw() {
         // First connection: a head and part of the body, then nothing. Second: nothing at all.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let target = loopback(listener.local_addr().unwrap().port());
-        std::thread::spawn(move || {
-            for head in [
-                &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"[..],
-                b"",
-            ] {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    return;
-                };
-                let mut buffer = Vec::new();
-                if read_head(&mut stream, &mut buffer).is_none() || stream.write_all(head).is_err()
-                {
-                    return;
-                }
-                // Held until the client gives up.
-                let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
-            }
-        });
+        let part = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart".to_vec();
+        let target = answer_each(vec![part, Vec::new()], true);
         let expected = [
             AttemptOutcome::Transport(TransportError::TimeoutMidResponse),
             AttemptOutcome::Server(Outcome::Timeout),
@@ -1008,19 +991,8 @@ mod tests {
 
     #[test]
     fn a_health_answer_begun_but_not_finished_shows_a_server_alive() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let target = loopback(listener.local_addr().unwrap().port());
-        std::thread::spawn(move || {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            let mut buffer = Vec::new();
-            if read_head(&mut stream, &mut buffer).is_some() {
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok");
-                // Held until the probe gives up.
-                let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
-            }
-        });
+        let part = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok".to_vec();
+        let target = answer_each(vec![part], true);
         assert_eq!(probe_health(&target, Duration::from_millis(200)), Ok(()));
     }
 

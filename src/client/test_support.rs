@@ -8,8 +8,8 @@ use super::wire::{host_header, request_id, AttemptOutcome, Target};
 use crate::chaos::Outcome;
 use crate::cli::ClientOptions;
 use crate::json::Value;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 pub(super) const OWNER: [f64; Outcome::COUNT] = [0.2, 0.2, 0.1, 0.5];
@@ -165,6 +165,31 @@ pub(super) fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
     query
         .split('&')
         .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A loopback peer that answers its n-th connection with `replies[n]` (after reading a request
+/// head when `after_head`), then holds the connection until the client closes it: what a server
+/// does that answers in part, in another protocol or too much. A thread per connection, so a
+/// held one never delays the next accept.
+pub(super) fn answer_each(replies: Vec<Vec<u8>>, after_head: bool) -> Target {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("a bound address").port();
+    std::thread::spawn(move || {
+        for reply in replies {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            std::thread::spawn(move || {
+                if after_head && read_head(&mut stream, &mut Vec::new()).is_none() {
+                    return;
+                }
+                if stream.write_all(&reply).is_ok() {
+                    let _ = stream.read(&mut [0u8; 1]);
+                }
+            });
+        }
+    });
+    loopback(port)
 }
 
 pub(super) fn loopback(port: u16) -> Target {
