@@ -1302,7 +1302,8 @@ pub struct ChunkedDecoder {
     total: u64,
     /// The current chunk size while reading it; the data bytes still due while in `Data`.
     size: u64,
-    size_digits: usize,
+    /// A digit of the current chunk size has been read (leading zeros leave `size` at 0).
+    size_started: bool,
     size_line_length: usize,
     trailer_bytes: usize,
     trailer_fields: usize,
@@ -1328,7 +1329,7 @@ impl ChunkedDecoder {
             max_body,
             total: 0,
             size: 0,
-            size_digits: 0,
+            size_started: false,
             size_line_length: 0,
             trailer_bytes: 0,
             trailer_fields: 0,
@@ -1422,11 +1423,11 @@ impl ChunkedDecoder {
                     if self.size >> 60 != 0 {
                         return Err(RequestError::BadChunkSize);
                     }
-                    self.size_digits += 1;
+                    self.size_started = true;
                     self.size = (self.size << 4) | u64::from(hex_value(byte));
                     S::Size
                 }
-                _ if self.size_digits == 0 => {
+                _ if !self.size_started => {
                     return Err(if byte == b'\n' {
                         RequestError::BareLineFeed
                     } else {
@@ -1499,7 +1500,7 @@ impl ChunkedDecoder {
             },
             S::SizeLineFeed => match byte {
                 b'\n' => {
-                    self.size_digits = 0;
+                    self.size_started = false;
                     self.size_line_length = 0;
                     if self.size == 0 {
                         S::TrailerLineStart
