@@ -25,7 +25,9 @@ pub const CONFIDENCE: f64 = 0.95;
 /// runs; the chi-square approximation (used once every outcome expects 5 draws or more)
 /// understates the far tail when an outcome expects few, so exact enumeration of the
 /// multinomial gives more: 3e-8 for the default weights at 100 attempts, 8e-8 at 50, 1.2e-6 for
-/// weights 1/99 at 500 (1e-6 here would have failed those 3.9e-6 and 6.1e-5 of the time). A
+/// weights 1/99 at 500 (1e-6 here would have failed those 3.9e-6 and 6.1e-5 of the time), and
+/// at most 1.4e-6 over two-outcome weights from 1/99 to 1/10,000 whose rare outcome expects 5
+/// to 6 draws, the worst place for the approximation. A
 /// p-value under the report's 0.05 but above this only warns: one run in twenty of a correct
 /// server has one. A Monte Carlo p-value (see `stats::goodness_of_fit`) is 1/20,001 at least,
 /// so it never fails a run this way; the tolerance and the intervals still can.
