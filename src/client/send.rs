@@ -880,6 +880,15 @@ mod tests {
         }
     }
 
+    /// The id of attempt `attempt` of request 1 of run `ab`, the one request these tests send.
+    fn first_request(attempt: u32) -> RequestId<'static> {
+        RequestId {
+            run_id: "ab",
+            request: 1,
+            attempt,
+        }
+    }
+
     #[test]
     fn an_attempt_answered_with_early_hints_gets_the_final_answer_on_a_kept_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -900,11 +909,7 @@ mod tests {
         let mut connection = None;
         let mut scratch = Scratch::new();
         for attempt in 1..=3 {
-            let id = RequestId {
-                run_id: "ab",
-                request: 1,
-                attempt,
-            };
+            let id = first_request(attempt);
             let timeout = Duration::from_secs(2);
             let outcome = exchange(&target, timeout, &mut connection, &mut scratch, id);
             assert_eq!(outcome, (AttemptOutcome::Server(Outcome::Balance), true));
@@ -945,11 +950,7 @@ mod tests {
             let mut connection = None;
             let mut scratch = Scratch::new();
             for attempt in 1..=2 {
-                let id = RequestId {
-                    run_id: "ab",
-                    request: 1,
-                    attempt,
-                };
+                let id = first_request(attempt);
                 let timeout = Duration::from_secs(2);
                 let outcome = exchange(&target, timeout, &mut connection, &mut scratch, id);
                 assert_eq!(
@@ -972,11 +973,7 @@ mod tests {
             AttemptOutcome::Server(Outcome::Timeout),
         ];
         for (attempt, expected) in (1..).zip(expected) {
-            let id = RequestId {
-                run_id: "ab",
-                request: 1,
-                attempt,
-            };
+            let id = first_request(attempt);
             let mut connection = None;
             let outcome = exchange(
                 &target,
