@@ -62,6 +62,8 @@ const SIOCOUTQ: u64 = 0x5411;
 const IPPROTO_TCP: i32 = 6;
 /// `getsockopt` at `IPPROTO_TCP`: `struct tcp_info`, whose first byte is the connection's state.
 const TCP_INFO: i32 = 11;
+/// `setsockopt` at `IPPROTO_TCP`: how many unsent bytes a socket may hold (Linux 3.12+).
+const TCP_NOTSENT_LOWAT: i32 = 25;
 /// The TCP state of a connection that is gone: reset by the peer, or closed both ways.
 const TCP_CLOSE: u8 = 7;
 const RLIM_INFINITY: u64 = u64::MAX;
@@ -192,7 +194,17 @@ pub fn send_without_waiting(socket: &impl AsRawFd, bytes: &[u8]) -> io::Result<u
 /// peer never read queued in the kernel until the peer goes: for a client given up on because
 /// it stopped reading, whose unsent answers would otherwise outlive its descriptor.
 pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
-    set_socket_option(socket, SO_LINGER, &Linger { on: 1, seconds: 0 })
+    set_socket_option(socket, SOL_SOCKET, SO_LINGER, &Linger { on: 1, seconds: 0 })
+}
+
+/// Caps the bytes the kernel holds for a socket that it has not sent yet (`TCP_NOTSENT_LOWAT`):
+/// past them a write takes nothing (`WouldBlock`) and the socket is not writable. Without it
+/// the kernel grows the send buffer of a client that stopped reading to `tcp_wmem`'s maximum
+/// (4 MiB by default), and a few hundred such clients exhaust the machine's TCP memory. Bytes
+/// in flight are not counted, so a fast reader on a long link still gets a full window. Set on
+/// a listener, it is inherited by every connection accepted from it.
+pub fn limit_unsent(socket: &impl AsRawFd, bytes: u32) -> io::Result<()> {
+    set_socket_option(socket, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &bytes)
 }
 
 /// Caps a socket's receive buffer (`SO_RCVBUF`), as a client on a slow link has: the tests'
@@ -200,17 +212,22 @@ pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
 #[cfg(test)]
 pub fn set_receive_buffer(socket: &impl AsRawFd, bytes: i32) -> io::Result<()> {
     const SO_RCVBUF: i32 = 8;
-    set_socket_option(socket, SO_RCVBUF, &bytes)
+    set_socket_option(socket, SOL_SOCKET, SO_RCVBUF, &bytes)
 }
 
-/// Sets the `SOL_SOCKET` option `name` to `value`, a plain C value (an int, a struct linger).
-fn set_socket_option<T: Copy>(socket: &impl AsRawFd, name: i32, value: &T) -> io::Result<()> {
+/// Sets the option `name` at `level` to `value`, a plain C value (an int, a struct linger).
+fn set_socket_option<T: Copy>(
+    socket: &impl AsRawFd,
+    level: i32,
+    name: i32,
+    value: &T,
+) -> io::Result<()> {
     // SAFETY: `value` is live and of the size given for the whole call, and the descriptor is
     // open while `socket` is borrowed.
     let result = unsafe {
         setsockopt(
             socket.as_raw_fd(),
-            SOL_SOCKET,
+            level,
             name,
             (value as *const T).cast(),
             std::mem::size_of::<T>() as u32,

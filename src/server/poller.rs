@@ -466,10 +466,10 @@ impl Poller<'_> {
     /// At the deadline of a sending, idle or closing connection: whether answers it was sent
     /// are still queued in the kernel, and going out. All of an answer may fit in the send
     /// buffer, so the server never saw a stall; closed plainly, the kernel would keep the unread
-    /// bytes (megabytes each) for as long as the client keeps its end, outside
-    /// `max_connections`. And a stalled write may see no room for longer than the write timeout
-    /// while a slow client reads steadily: the kernel reports room only once a third of its
-    /// buffer (up to 4 MB) is free. While the queue shrinks the connection is kept (its deadline
+    /// bytes (up to [`UNSENT_LIMIT`](crate::server::UNSENT_LIMIT) plus the client's window) for
+    /// as long as the client keeps its end, outside `max_connections`. And a stalled write may
+    /// see no room for longer than the write timeout while a slow client with a large window
+    /// reads steadily: what it reads first empties the window, not the unsent queue. While the queue shrinks the connection is kept (its deadline
     /// moved by the write timeout); once it stops shrinking for that long, it is reset.
     fn await_kernel_queue(&mut self, token: u64, now: Instant) -> KernelQueue {
         let Some(parked) = self.parked.get_mut(token) else {
