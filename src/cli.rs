@@ -724,8 +724,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         (number, 1.0)
     } else if let Some(number) = text.strip_suffix('m') {
         (number, 60.0)
+    } else if let Some(number) = text.strip_suffix('h') {
+        (number, 3600.0)
     } else {
-        return Err("expected a duration with a unit: ms, s or m (e.g. 250ms, 3s, 2m)".into());
+        return Err(
+            "expected a duration with a unit: ms, s, m or h (e.g. 250ms, 3s, 2m, 1h)".into(),
+        );
     };
     let plain_decimal = !number.is_empty()
         && number
@@ -801,7 +805,7 @@ Options:
                           [default: timeout=20,403=20,500=10,200=50]
   --seed N                makes the outcome of the k-th request a pure function of (N, k);
                           without it a seed is drawn and printed
-  --hang DURATION         longest a hung request is held, e.g. 500ms, 30s, 2m [default: 30s]
+  --hang DURATION         longest a hung request is held, e.g. 500ms, 30s, 1h [default: 30s]
   --log-file PATH         append every entry here [default: unreliable.log]
   --no-log-file           keep the log in memory only
   --log-format FORMAT     text (the original style) or json (one object per line)
@@ -1159,6 +1163,8 @@ mod tests {
             ("-1s", None),
             ("1e3s", None),
             ("1.2.3s", None),
+            ("24h", Some(Duration::from_secs(24 * 3600))),
+            ("1.5h", Some(Duration::from_secs(5400))),
             ("25h", None),
             ("2000m", None),
         ];

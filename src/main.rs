@@ -1,7 +1,8 @@
 //! `unreliable`: an HTTP server that fails on purpose, and the client that proves what it did.
 //!
 //! `main` only dispatches: parse the command line, run the subcommand, turn its result into an
-//! exit status (0 fine, 1 verdict or reconciliation failed, 2 usage error, 3 server unreachable).
+//! exit status (0 fine, 1 the client's run failed or the server could not start or write its
+//! log, 2 usage error, 3 server unreachable).
 #![deny(unsafe_code)]
 
 /// `eprintln!` without its panic when stderr is closed or full: a server whose stderr went away

@@ -42,9 +42,10 @@ pub const READ_BUFFER_INITIAL: usize = 4 * 1024;
 pub const HEAD_SLACK: usize = 1024;
 /// Largest read buffer: a request head that does not fit is refused with 431.
 pub const HEAD_LIMIT: usize = MAX_REQUEST_LINE + MAX_HEADER_SECTION + HEAD_SLACK;
-/// Most answer bytes the kernel holds unsent per connection (`sys::limit_unsent`): a client
-/// that stops reading costs this plus what is in flight to it, not the 4 MiB the kernel would
-/// let its send buffer grow to. 32 KiB downloads a 21 MB `/getlogs` over loopback as fast as no
+/// Answer bytes the kernel holds unsent per connection (`sys::limit_unsent`; checked before
+/// each write, so the last write may go past it): a client that stops reading costs about this
+/// plus what is in flight to it (42-47 KiB on loopback), not the 4 MiB the kernel would let
+/// its send buffer grow to. 32 KiB downloads a 21 MB `/getlogs` over loopback as fast as no
 /// cap does, while 300 stalled readers no longer push the machine's TCP memory into pressure.
 pub const UNSENT_LIMIT: u32 = 32 * 1024;
 /// Longest a write to a client may go without progress; a stalled reader loses its connection.

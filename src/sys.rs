@@ -1,7 +1,8 @@
 //! The few operating-system calls std does not offer: epoll (to hold thousands of parked
 //! connections on one thread), blocking and awaiting SIGINT/SIGTERM/SIGHUP (a clean shutdown
-//! without an async-signal handler), ignoring SIGXFSZ, the bytes a socket still has queued,
-//! raising the open-file limit, and an advisory lock on the log file.
+//! without an async-signal handler), ignoring SIGXFSZ, the bytes a socket still has queued and
+//! its TCP state, socket options (a cap on unsent bytes, reset on close), raising the open-file
+//! limit, and an advisory lock on the log file.
 //!
 //! This is the only module allowed `unsafe`: each block is one libc call on memory this module
 //! owns, with the reason beside it. Linux only (x86_64 and aarch64 layouts).
@@ -198,7 +199,8 @@ pub fn reset_on_close(socket: &impl AsRawFd) -> io::Result<()> {
 }
 
 /// Caps the bytes the kernel holds for a socket that it has not sent yet (`TCP_NOTSENT_LOWAT`):
-/// past them a write takes nothing (`WouldBlock`) and the socket is not writable. Without it
+/// once that many are queued a write takes nothing (`WouldBlock`) and the socket is not
+/// writable; the check comes before a write, so one write may go past the cap. Without it
 /// the kernel grows the send buffer of a client that stopped reading to `tcp_wmem`'s maximum
 /// (4 MiB by default), and a few hundred such clients exhaust the machine's TCP memory. Bytes
 /// in flight are not counted, so a fast reader on a long link still gets a full window. Set on
