@@ -50,10 +50,16 @@ pub const HEAD_LIMIT: usize = MAX_REQUEST_LINE + MAX_HEADER_SECTION + HEAD_SLACK
 pub const UNSENT_LIMIT: u32 = 32 * 1024;
 /// Longest a write to a client may go without progress; a stalled reader loses its connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// What a client must read of the answers queued in the kernel per write timeout (all of them,
-/// when less are left) for its connection to be kept: 1.6 KB/s. Any reading at all would let
-/// a client that takes a few bytes now and then hold its connection for hours.
+/// What a client's kernel must take of the answers queued for it (all of them, when less are
+/// left) within [`QUEUE_PATIENCE`] write timeouts for its connection to be kept. Any reading at
+/// all would let a client that takes a few bytes now and then hold its connection for hours.
 pub const MIN_QUEUE_PROGRESS: usize = 16 * 1024;
+/// Write timeouts the answers queued in the kernel may go without [`MIN_QUEUE_PROGRESS`]
+/// before the client is given up on. What the server sees is what the client's kernel takes,
+/// which can lag what the client reads by tens of seconds: a closed receive window opens only
+/// as whole buffers are freed (up to 64 KiB on loopback), so a client reading 4 KiB/s from a
+/// full default buffer may take nothing new for 16 s. With one timeout such readers were cut.
+pub const QUEUE_PATIENCE: u32 = 3;
 /// Longest a closing connection is drained after its last response (RFC 9112 §9.6), so the
 /// client can read that response before the socket goes away.
 pub const LINGERING_CLOSE: Duration = Duration::from_secs(2);
@@ -597,10 +603,20 @@ struct Connection {
     /// is not reading fast enough): the poller writes it as room opens up, then goes on as its
     /// [`AfterSent`] says.
     unsent: Option<UnsentAnswer>,
-    /// Bytes queued in the kernel when a write stalled, or when a deadline was moved on for
-    /// them, with the deadline that followed (see `Poller::await_kernel_queue`).
-    kernel_queue_at_deadline: Option<(Instant, usize)>,
+    /// What the kernel held for the client when its progress was last seen (see
+    /// `Poller::await_kernel_queue`).
+    kernel_queue_note: Option<KernelQueueNote>,
     _slot: ConnectionSlot,
+}
+
+/// Bytes the kernel held for a client when it was last seen taking them, and the deadlines
+/// passed since without it taking [`MIN_QUEUE_PROGRESS`]; to be compared at `deadline` (a note
+/// made for another deadline is out of date).
+#[derive(Debug, Clone, Copy)]
+struct KernelQueueNote {
+    deadline: Instant,
+    queued: usize,
+    quiet_deadlines: u32,
 }
 
 /// A request body being read and thrown away; its head waits at the front of the buffer.
@@ -653,7 +669,7 @@ impl Connection {
             registered: false,
             peer_closed: false,
             unsent: None,
-            kernel_queue_at_deadline: None,
+            kernel_queue_note: None,
             _slot: slot,
         }
     }
@@ -702,8 +718,11 @@ impl Connection {
     /// Notes what the kernel holds for the client when a write stalls: at `deadline`, less
     /// means the client is still reading.
     fn note_kernel_queue(&mut self, deadline: Instant) {
-        let queued = sys::unsent_bytes(&self.stream).unwrap_or(0);
-        self.kernel_queue_at_deadline = Some((deadline, queued));
+        self.kernel_queue_note = Some(KernelQueueNote {
+            deadline,
+            queued: sys::unsent_bytes(&self.stream).unwrap_or(0),
+            quiet_deadlines: 0,
+        });
     }
 
     /// Drops `count` bytes after the first `keep` (the answered part, or a discarded body).
@@ -1615,7 +1634,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_reader_loses_its_connection_after_the_write_timeout() {
+    fn a_stalled_reader_loses_its_connection_once_its_queue_stops_moving() {
         let timeouts = Timeouts {
             write: Duration::from_millis(300),
             ..Timeouts::STANDARD
@@ -1632,14 +1651,14 @@ mod tests {
             thread::sleep(Duration::from_millis(1));
         }
         let admitted = Instant::now();
-        // The client neither reads nor closes; the server drops it all the same, once its
-        // writes have made no progress for the write timeout.
+        // The client neither reads nor closes; the server drops it all the same, once neither
+        // its writes nor the kernel's queue have made progress for QUEUE_PATIENCE timeouts.
         while server.open_connections() > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(server.open_connections(), 0);
         assert!(
-            admitted.elapsed() >= timeouts.write,
+            admitted.elapsed() >= timeouts.write * QUEUE_PATIENCE,
             "{:?}",
             admitted.elapsed()
         );
@@ -1648,6 +1667,55 @@ mod tests {
         drop(stuck);
         sender.join().unwrap();
         server.shutdown();
+    }
+
+    #[test]
+    fn a_reader_whose_kernel_takes_nothing_for_over_a_write_timeout_is_kept_while_it_reads() {
+        // What the server sees of a slow reader is what its kernel takes, in lumps: here the
+        // client reads all it has with pauses longer than the write timeout (but within
+        // QUEUE_PATIENCE of them), and must get every answer rather than a reset.
+        let timeouts = Timeouts {
+            write: Duration::from_millis(250),
+            ..Timeouts::STANDARD
+        };
+        let pause = Duration::from_millis(400);
+        assert!(pause > timeouts.write && pause * 3 / 2 < timeouts.write * QUEUE_PATIENCE);
+        let server = start_test_server(1, 64, timeouts);
+        let mut reader = connect(&server);
+        sys::set_receive_buffer(&reader, 16 * 1024).unwrap();
+        let mut writer = reader.try_clone().unwrap();
+        // 404s that quote their 8,000-byte path: 24 of them are 10x the socket buffers.
+        let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(8000));
+        let count = 24;
+        let sender = thread::spawn(move || {
+            let _ = writer.write_all(request.repeat(count).as_bytes());
+        });
+        let mut pending = Vec::new();
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut answers = 0;
+        while answers < count {
+            thread::sleep(pause);
+            let read = match reader.read(&mut chunk) {
+                Ok(0) => panic!("closed after {answers} answers"),
+                Ok(read) => read,
+                Err(error) => panic!("after {answers} answers: {error}"),
+            };
+            pending.extend_from_slice(&chunk[..read]);
+            answers = count_404_status_lines(&pending);
+        }
+        let mut other = connect(&server);
+        assert_healthy(&mut other);
+        drop(reader);
+        sender.join().unwrap();
+        server.shutdown();
+    }
+
+    /// How many 404 answers have begun in `bytes` (their bodies quote paths of `p`s).
+    fn count_404_status_lines(bytes: &[u8]) -> usize {
+        bytes
+            .windows(13)
+            .filter(|window| window == b"HTTP/1.1 404 ")
+            .count()
     }
 
     #[test]

@@ -8,9 +8,9 @@
 
 use super::{
     lock, send_without_waiting, settle_answer, write_busy, write_short_response, AfterSent,
-    Connection, DateCache, ErrorReporter, Shared, UnsentAnswer, ACCEPT_RESOURCE_BACKOFF,
-    HUNG_READS_PER_EVENT, LINGERING_CLOSE, MIN_QUEUE_PROGRESS, POLL_WAIT_CAP, READ_BUFFER_INITIAL,
-    REQUESTS_PER_TURN, WAKE_TOKEN,
+    Connection, DateCache, ErrorReporter, KernelQueueNote, Shared, UnsentAnswer,
+    ACCEPT_RESOURCE_BACKOFF, HUNG_READS_PER_EVENT, LINGERING_CLOSE, MIN_QUEUE_PROGRESS,
+    POLL_WAIT_CAP, QUEUE_PATIENCE, READ_BUFFER_INITIAL, REQUESTS_PER_TURN, WAKE_TOKEN,
 };
 use crate::http::{self, BodyFraming, Parsed};
 use crate::routes::{self, Exchange};
@@ -468,9 +468,11 @@ impl Poller<'_> {
     /// buffer, so the server never saw a stall; closed plainly, the kernel would keep the unread
     /// bytes (up to [`UNSENT_LIMIT`](crate::server::UNSENT_LIMIT) plus the client's window) for
     /// as long as the client keeps its end, outside `max_connections`. And a stalled write may
-    /// see no room for longer than the write timeout while a slow client with a large window
-    /// reads steadily: what it reads first empties the window, not the unsent queue. While the queue shrinks the connection is kept (its deadline
-    /// moved by the write timeout); once it stops shrinking for that long, it is reset.
+    /// see no room for longer than the write timeout while a slow client reads steadily: what
+    /// it reads first empties its own receive buffer, not the queue here. The connection is
+    /// kept (its deadline moved by the write timeout) while the queue shrinks by
+    /// [`MIN_QUEUE_PROGRESS`] within [`QUEUE_PATIENCE`] write timeouts of the last time it did;
+    /// once it does not, it is reset.
     fn await_kernel_queue(&mut self, token: u64, now: Instant) -> KernelQueue {
         let Some(parked) = self.parked.get_mut(token) else {
             return KernelQueue::Empty;
@@ -486,20 +488,26 @@ impl Poller<'_> {
             return KernelQueue::Empty;
         }
         let connection = &mut parked.connection;
-        let moving = match connection.kernel_queue_at_deadline {
-            // Kept for exactly this deadline: compare with then. A trickle is not enough, or a
-            // client reading a few bytes now and then would hold its slot and megabytes of
-            // kernel memory for hours.
-            Some((deadline, before)) if deadline == parked.deadline => {
-                kernel_queue_moved(before, queued)
+        let (baseline, quiet_deadlines) = match connection.kernel_queue_note {
+            // Noted for exactly this deadline: compare with then. A trickle is not enough, or
+            // a client reading a few bytes now and then would hold its slot for hours.
+            Some(note) if note.deadline == parked.deadline => {
+                if kernel_queue_moved(note.queued, queued) {
+                    (queued, 0)
+                } else if note.quiet_deadlines + 1 < QUEUE_PATIENCE {
+                    (note.queued, note.quiet_deadlines + 1)
+                } else {
+                    return KernelQueue::Stuck;
+                }
             }
-            _ => true,
+            _ => (queued, 0),
         };
-        if !moving {
-            return KernelQueue::Stuck;
-        }
         let deadline = now + self.shared.timeouts.write;
-        connection.kernel_queue_at_deadline = Some((deadline, queued));
+        connection.kernel_queue_note = Some(KernelQueueNote {
+            deadline,
+            queued: baseline,
+            quiet_deadlines,
+        });
         parked.deadline = deadline;
         self.deadlines.push(Reverse((deadline, token)));
         KernelQueue::Moving
@@ -578,7 +586,7 @@ enum KernelQueue {
     Empty,
     /// Going out: the connection is kept a while longer.
     Moving,
-    /// Not going out since the last deadline: the client stopped reading.
+    /// Not going out for [`QUEUE_PATIENCE`] write timeouts: the client stopped reading.
     Stuck,
 }
 
