@@ -715,7 +715,8 @@ fn edit_distance(left: &str, right: &str) -> usize {
     previous[right.len()]
 }
 
-/// Parses `250ms`, `3s`, `1.5s`, `2m` (a bare number is refused: the unit is always explicit).
+/// Parses `250ms`, `3s`, `1.5s`, `2m`, `1h` (a bare number is refused: the unit is always
+/// explicit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit_seconds) = if let Some(number) = text.strip_suffix("ms") {
@@ -739,7 +740,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         && number != ".";
     let value: f64 = match number.parse() {
         Ok(value) if plain_decimal => value,
-        _ => return Err("expected a duration such as 250ms, 3s, 1.5s or 2m".into()),
+        _ => return Err("expected a duration such as 250ms, 3s, 1.5s, 2m or 1h".into()),
     };
     let seconds = value * unit_seconds;
     if seconds > MAX_DURATION.as_secs_f64() {

@@ -596,8 +596,8 @@ impl LogStream {
         } else {
             out.extend_from_slice(self.text.as_bytes());
         }
-        // Not kept between pieces: a client that stops reading parks its connection until the
-        // write timeout, and thousands of them must not each hold a piece's capacity as well as
+        // Not kept between pieces: a client that stops reading parks its connection for up to
+        // 40 s before it is reset, and thousands of them must not each hold a piece's capacity as well as
         // the piece that waits to be sent. An allocation per piece costs nothing next to
         // formatting it.
         self.text = String::new();

@@ -46,7 +46,7 @@ pub const HEAD_LIMIT: usize = MAX_REQUEST_LINE + MAX_HEADER_SECTION + HEAD_SLACK
 /// each write, so the last write may go past it): a client that stops reading costs about this
 /// plus what is in flight to it (42-47 KiB on loopback), not the 4 MiB the kernel would let
 /// its send buffer grow to. 32 KiB downloads a 21 MB `/getlogs` over loopback as fast as no
-/// cap does, while 300 stalled readers no longer push the machine's TCP memory into pressure.
+/// cap does, and 600 stalled readers hold 25 MiB of TCP memory instead of 557 MiB.
 pub const UNSENT_LIMIT: u32 = 32 * 1024;
 /// Longest a write to a client may go without progress; a stalled reader loses its connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +58,7 @@ pub const MIN_QUEUE_PROGRESS: usize = 16 * 1024;
 /// before the client is given up on. What the server sees is what the client's kernel takes,
 /// which can lag what the client reads by tens of seconds: a closed receive window opens only
 /// as whole buffers are freed (up to 64 KiB on loopback), so a client reading 4 KiB/s from a
-/// full default buffer may take nothing new for 16 s. With one timeout such readers were cut.
+/// full default buffer may take nothing new for 16 s.
 pub const QUEUE_PATIENCE: u32 = 3;
 /// Longest a closing connection is drained after its last response (RFC 9112 §9.6), so the
 /// client can read that response before the socket goes away.
@@ -1457,11 +1457,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_answer_still_being_read_is_kept_though_no_room_opens_up() {
-        // About 35 MB, read at 1.3 MB/s for five write timeouts: the kernel's queue shrinks all
-        // the while, but it reports room only once a third of its buffer (megabytes) is free,
-        // which takes longer than a write timeout, so the poller sends nothing meanwhile. The
-        // client is reading: that is not a stall to give up on.
+    fn a_stalled_answer_read_steadily_is_kept_over_many_write_timeouts() {
+        // About 35 MB, read at 1.3 MB/s for five write timeouts. The client is reading: that is
+        // not a stall to give up on, whether it shows as room for more writes or, when room is
+        // slow to open, as the kernel's queue shrinking.
         // A small receive buffer, or the client's kernel would take megabytes for it and the
         // server's queue would not move while it reads.
         let (server, mut slow) = asked_for_the_log_with(100_000, |client| {
@@ -1657,8 +1656,9 @@ mod tests {
             thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(server.open_connections(), 0);
+        // Patience less one: `admitted` is seen by polling, possibly after the stall.
         assert!(
-            admitted.elapsed() >= timeouts.write * QUEUE_PATIENCE,
+            admitted.elapsed() >= timeouts.write * (QUEUE_PATIENCE - 1),
             "{:?}",
             admitted.elapsed()
         );
@@ -1684,7 +1684,8 @@ mod tests {
         let mut reader = connect(&server);
         sys::set_receive_buffer(&reader, 16 * 1024).unwrap();
         let mut writer = reader.try_clone().unwrap();
-        // 404s that quote their 8,000-byte path: 24 of them are 10x the socket buffers.
+        // 404s that quote their 8,000-byte path: 24 of them, about 195 KB, are more than twice
+        // what the two sockets' buffers hold.
         let request = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(8000));
         let count = 24;
         let sender = thread::spawn(move || {

@@ -1467,6 +1467,14 @@ fn a_client_that_never_reads_its_pipeline_does_not_hold_the_server() {
     let mut writer = stuck.try_clone().unwrap();
     let sender = thread::spawn(move || writer.write_all(&pipeline).is_ok());
     wait_until_writes_stall(server.address.port(), &stuck);
+    // What the kernel holds for it is capped (32 KiB unsent, nothing in flight once the client's
+    // window is full), not grown to the megabytes an uncapped send buffer reaches on loopback.
+    let client_port = stuck.local_addr().unwrap().port();
+    let queued = server_send_queue(server.address.port(), client_port).unwrap_or(0);
+    assert!(
+        queued < 128 * 1024,
+        "{queued} bytes queued for a client that reads nothing"
+    );
     // Others are answered meanwhile, and the thread count and memory stay put.
     for _ in 0..100 {
         assert_eq!(health(&server), 200);
@@ -1481,7 +1489,6 @@ fn a_client_that_never_reads_its_pipeline_does_not_hold_the_server() {
     // shown with a short timeout by `server::tests::a_stalled_reader_loses_its_connection_once_
     // its_queue_stops_moving`; here it is enough that the connection is still held, by nobody's
     // worker.)
-    let client_port = stuck.local_addr().unwrap().port();
     assert!(server_holds_connection(
         pid,
         server.address.port(),

@@ -488,19 +488,13 @@ impl Poller<'_> {
             return KernelQueue::Empty;
         }
         let connection = &mut parked.connection;
-        let (baseline, quiet_deadlines) = match connection.kernel_queue_note {
-            // Noted for exactly this deadline: compare with then. A trickle is not enough, or
-            // a client reading a few bytes now and then would hold its slot for hours.
-            Some(note) if note.deadline == parked.deadline => {
-                if kernel_queue_moved(note.queued, queued) {
-                    (queued, 0)
-                } else if note.quiet_deadlines + 1 < QUEUE_PATIENCE {
-                    (note.queued, note.quiet_deadlines + 1)
-                } else {
-                    return KernelQueue::Stuck;
-                }
-            }
-            _ => (queued, 0),
+        // Only a note made for exactly this deadline is compared with; an older one is stale.
+        let noted = connection
+            .kernel_queue_note
+            .filter(|note| note.deadline == parked.deadline)
+            .map(|note| (note.queued, note.quiet_deadlines));
+        let Some((baseline, quiet_deadlines)) = next_queue_note(noted, queued) else {
+            return KernelQueue::Stuck;
         };
         let deadline = now + self.shared.timeouts.write;
         connection.kernel_queue_note = Some(KernelQueueNote {
@@ -571,6 +565,20 @@ impl Poller<'_> {
                 }
             }
         }
+    }
+}
+
+/// At a deadline where the kernel holds `queued` bytes for the client: the baseline and count of
+/// quiet deadlines to note for the next one, or `None` once [`QUEUE_PATIENCE`] deadlines in a
+/// row passed without [`MIN_QUEUE_PROGRESS`] going out since the baseline. The baseline stays
+/// put through quiet deadlines, so progress spread over them adds up; a trickle never resets
+/// the count, or a client reading a few bytes now and then would hold its slot for hours.
+fn next_queue_note(noted: Option<(usize, u32)>, queued: usize) -> Option<(usize, u32)> {
+    match noted {
+        None => Some((queued, 0)),
+        Some((before, _)) if kernel_queue_moved(before, queued) => Some((queued, 0)),
+        Some((before, quiet)) if quiet + 1 < QUEUE_PATIENCE => Some((before, quiet + 1)),
+        Some(_) => None,
     }
 }
 
@@ -790,6 +798,26 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
+
+    #[test]
+    fn a_kernel_queue_is_given_up_on_after_its_patience_and_progress_adds_up() {
+        let queued = 100_000;
+        // A first look only notes.
+        assert_eq!(next_queue_note(None, queued), Some((queued, 0)));
+        // Quiet deadlines keep the baseline; the one that reaches the patience gives up.
+        let mut noted = Some((queued, 0));
+        for quiet in 1..QUEUE_PATIENCE {
+            noted = next_queue_note(noted, queued);
+            assert_eq!(noted, Some((queued, quiet)));
+        }
+        assert_eq!(next_queue_note(noted, queued), None);
+        // Two steps below the minimum add up to it, against the baseline kept between them.
+        let step = MIN_QUEUE_PROGRESS / 2 + 1;
+        let after_one = next_queue_note(Some((queued, 0)), queued - step);
+        assert_eq!(after_one, Some((queued, 1)));
+        let after_two = next_queue_note(after_one, queued - 2 * step);
+        assert_eq!(after_two, Some((queued - 2 * step, 0)));
+    }
 
     #[test]
     fn a_kernel_queue_must_shrink_by_enough_to_count_as_moving() {
