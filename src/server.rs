@@ -725,6 +725,19 @@ impl Connection {
         });
     }
 
+    /// For a connection the server is done with: when answers are still queued in the kernel,
+    /// shuts its write side (the client sees the end once it has read them) and notes the queue
+    /// for the flushing deadline it returns; `None` when nothing is queued and it can close.
+    fn start_flushing(&mut self, write_timeout: Duration) -> Option<Instant> {
+        if sys::unsent_bytes(&self.stream).unwrap_or(0) == 0 {
+            return None;
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + write_timeout;
+        self.note_kernel_queue(deadline);
+        Some(deadline)
+    }
+
     /// Drops `count` bytes after the first `keep` (the answered part, or a discarded body).
     fn remove_after(&mut self, keep: usize, count: usize) {
         self.buffer.copy_within(keep + count..self.filled, keep);

@@ -18,7 +18,7 @@ use crate::sys::{self, Epoll, Event, Watch, MAX_EVENTS_PER_WAIT};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, PipeReader, Read};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -435,17 +435,20 @@ impl Poller<'_> {
         let Some(parked) = self.parked.get_mut(token) else {
             return;
         };
-        if sys::unsent_bytes(&parked.connection.stream).unwrap_or(0) == 0 {
-            self.parked.remove(token);
+        if parked.kind == ParkKind::Flushing {
+            // Its deadline decides, unless all is out; noting the queue again would restart its
+            // patience.
+            if sys::unsent_bytes(&parked.connection.stream).unwrap_or(0) == 0 {
+                self.parked.remove(token);
+            }
             return;
         }
-        if parked.kind == ParkKind::Flushing {
-            return; // its deadline decides
+        match parked.connection.start_flushing(self.shared.timeouts.write) {
+            Some(deadline) => self.start_draining(token, ParkKind::Flushing, deadline),
+            None => {
+                self.parked.remove(token);
+            }
         }
-        let _ = parked.connection.stream.shutdown(Shutdown::Write);
-        let deadline = Instant::now() + self.shared.timeouts.write;
-        parked.connection.note_kernel_queue(deadline);
-        self.start_draining(token, ParkKind::Flushing, deadline);
     }
 
     fn start_draining(&mut self, token: u64, kind: ParkKind, deadline: Instant) {

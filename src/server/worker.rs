@@ -14,7 +14,6 @@ use super::{
 };
 use crate::http::{self, BodyFraming, ChunkedDecoder, Parsed, RequestHead, Response, MAX_BODY};
 use crate::routes::{self, App, Disposition, Exchange, LogStream};
-use crate::sys;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -51,12 +50,9 @@ pub(super) fn run_worker(shared: &Shared) {
             }
             Ok(Next::Requeue) => shared.enqueue(connection),
             Ok(Next::Close) | Err(_) => {
-                // As `Poller::close_when_sent`: answers still queued in the kernel wait in a
-                // poller rather than outlive the socket's descriptor.
-                if sys::unsent_bytes(&connection.stream).unwrap_or(0) > 0 {
-                    let _ = connection.stream.shutdown(Shutdown::Write);
-                    let deadline = Instant::now() + shared.timeouts.write;
-                    connection.note_kernel_queue(deadline);
+                // Answers still queued in the kernel wait in a poller rather than outlive the
+                // socket's descriptor.
+                if let Some(deadline) = connection.start_flushing(shared.timeouts.write) {
                     connection.shrink_for_parking(ParkKind::Flushing);
                     shared.park(connection, ParkKind::Flushing, deadline);
                 }
