@@ -426,7 +426,8 @@ impl Drop for RunningServer {
     }
 }
 
-/// Binds the listening socket. Connections accepted from it inherit its cap on unsent bytes.
+/// Binds the listening socket. Connections accepted from it inherit its cap on unsent bytes;
+/// `bind` already listens, but no client knows the address before the server prints it.
 fn listen(address: SocketAddr) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(address)?;
     if let Err(error) = sys::limit_unsent(&listener, UNSENT_LIMIT) {

@@ -595,7 +595,8 @@ fn kernel_queue_moved(before: usize, queued: usize) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KernelQueue {
     Empty,
-    /// Going out: the connection is kept a while longer.
+    /// Going out, or quiet for fewer than [`QUEUE_PATIENCE`] deadlines: the connection is kept
+    /// a while longer.
     Moving,
     /// Not going out for [`QUEUE_PATIENCE`] write timeouts: the client stopped reading.
     Stuck,
