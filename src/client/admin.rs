@@ -801,6 +801,13 @@ mod tests {
         serve_log_pages_claiming(false, page)
     }
 
+    /// A log whose first page (of the asked `limit`) is `first` and which has nothing after it.
+    fn serve_one_log_page(first: impl Fn(u64) -> Vec<String> + Send + Sync + 'static) -> u16 {
+        let (port, _) =
+            serve_log_pages(move |since, limit| if since == 0 { first(limit) } else { Vec::new() });
+        port
+    }
+
     /// Entry `id` of run `ab` with a request id of `id_bytes` bytes at least.
     fn page_entry(id: u64, id_bytes: usize) -> String {
         let request_id = format!("ab-{id}-1{}", "0".repeat(id_bytes.saturating_sub(6)));
@@ -867,13 +874,9 @@ mod tests {
     fn entries_of_other_runs_count_toward_the_bound_but_are_not_kept() {
         // A server that ignores request_id_prefix: the other run's entry is not shown or
         // reconciled as this run's, yet it still counts, so such a server stays bounded.
-        let (port, _) = serve_log_pages(|since, _| {
-            if since == 0 {
-                let other = page_entry(2, 8).replace("\"ab-", "\"zz-");
-                vec![page_entry(1, 8), other, page_entry(3, 8)]
-            } else {
-                Vec::new()
-            }
+        let port = serve_one_log_page(|_| {
+            let other = page_entry(2, 8).replace("\"ab-", "\"zz-");
+            vec![page_entry(1, 8), other, page_entry(3, 8)]
         });
         let timeout = Duration::from_secs(2);
         let fetched =
@@ -902,13 +905,7 @@ mod tests {
     fn log_entries_past_the_text_budget_of_the_run_are_refused() {
         // Two entries for four attempts, but each with a 10 KB request id: more text than
         // MAX_LOG_TEXT_PER_ENTRY per attempt of the run.
-        let (port, _) = serve_log_pages(|since, _| {
-            if since == 0 {
-                vec![page_entry(1, 10_000), page_entry(2, 10_000)]
-            } else {
-                Vec::new()
-            }
-        });
+        let port = serve_one_log_page(|_| vec![page_entry(1, 10_000), page_entry(2, 10_000)]);
         let timeout = Duration::from_secs(2);
         let error = fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (4, 0), timeout)
             .unwrap_err();
@@ -920,13 +917,7 @@ mod tests {
             "{error}"
         );
         // Ids of up to the server's 200 bytes fit easily.
-        let (port, _) = serve_log_pages(|since, _| {
-            if since == 0 {
-                (1..=4).map(|id| page_entry(id, 200)).collect()
-            } else {
-                Vec::new()
-            }
-        });
+        let port = serve_one_log_page(|_| (1..=4).map(|id| page_entry(id, 200)).collect());
         let fetched =
             fetch_run_entries(&loopback(port), "ab-", 1000, MAX_LOG_PAGES, (4, 0), timeout)
                 .unwrap();
@@ -942,13 +933,7 @@ mod tests {
             let zeros = "0,".repeat(5_000);
             format!(r#"{},"x":[{zeros}0]}}"#, &entry[..entry.len() - 1])
         };
-        let (port, _) = serve_log_pages(move |since, _| {
-            if since == 0 {
-                vec![padded(1)]
-            } else {
-                Vec::new()
-            }
-        });
+        let port = serve_one_log_page(move |_| vec![padded(1)]);
         let error = fetch_run_entries(&loopback(port), "ab-", 10, MAX_LOG_PAGES, (1, 0), timeout)
             .unwrap_err();
         let limit = 11 * MAX_VALUES_PER_LOG_ENTRY;
@@ -959,13 +944,7 @@ mod tests {
             "{error}"
         );
         // A full page of ordinary entries is far inside the bound.
-        let (port, _) = serve_log_pages(|since, limit| {
-            if since == 0 {
-                (1..=limit).map(|id| page_entry(id, 200)).collect()
-            } else {
-                Vec::new()
-            }
-        });
+        let port = serve_one_log_page(|limit| (1..=limit).map(|id| page_entry(id, 200)).collect());
         let fetched =
             fetch_run_entries(&loopback(port), "ab-", 10, MAX_LOG_PAGES, (10, 0), timeout).unwrap();
         assert_eq!(fetched.entries.len(), 10);
