@@ -73,6 +73,8 @@ pub struct Exchange<'r, 'b> {
     pub peer: SocketAddr,
     /// When the request's first byte arrived.
     pub started: Instant,
+    /// When it is answered (wall clock): its log entry's time, and the second of `date`.
+    pub unix_millis: u64,
     /// The `Date` value for this second.
     pub date: &'r [u8; 29],
 }
@@ -263,7 +265,7 @@ fn get_balance(app: &App, exchange: &Exchange<'_, '_>, out: &mut Vec<u8>) -> Dis
         // told to come back rather than given an unproven fault.
         return exchange.reply(out, 503, TEXT, &[RETRY_AFTER], LOG_STALLED_BODY);
     }
-    let unix_millis = clock::now_unix_millis();
+    let unix_millis = exchange.unix_millis;
     let new_entry = NewEntry {
         unix_millis,
         client: exchange.peer,
@@ -771,6 +773,7 @@ mod tests {
                 request: &head,
                 peer,
                 started: Instant::now(),
+                unix_millis: clock::now_unix_millis(),
                 date,
             };
             out.clear();
@@ -976,6 +979,7 @@ mod tests {
                 request: &head,
                 peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
                 started: Instant::now(),
+                unix_millis: clock::now_unix_millis(),
                 date,
             };
             let mut out = Vec::new();

@@ -708,11 +708,13 @@ impl Connection {
         Ok(read)
     }
 
-    /// Like [`Connection::read_some`], but takes only what has already arrived.
-    fn read_some_without_waiting(&mut self) -> io::Result<usize> {
+    /// Like [`Connection::read_some`], but takes only what has already arrived. `seen` is when
+    /// the poller learnt it had arrived, which then dates a request's first byte without a
+    /// clock read of its own; `None` reads the clock.
+    fn read_some_without_waiting(&mut self, seen: Option<Instant>) -> io::Result<usize> {
         let read = sys::receive_without_waiting(&self.stream, &mut self.buffer[self.filled..])?;
         if read > 0 && self.filled == 0 {
-            self.request_started = Some(Instant::now());
+            self.request_started = Some(seen.unwrap_or_else(Instant::now));
         }
         self.filled += read;
         Ok(read)
@@ -789,10 +791,15 @@ impl DateCache {
     }
 
     fn current(&mut self) -> &[u8; 29] {
-        let now = clock::now_unix_millis();
-        if now / 1000 != self.second {
-            self.value = UtcTime::from_unix_millis(now).http_date();
-            self.second = now / 1000;
+        self.at(clock::now_unix_millis())
+    }
+
+    /// The value for a time the caller has already read (an answer's, which its log entry
+    /// carries too), sparing a clock read per request.
+    fn at(&mut self, unix_millis: u64) -> &[u8; 29] {
+        if unix_millis / 1000 != self.second {
+            self.value = UtcTime::from_unix_millis(unix_millis).http_date();
+            self.second = unix_millis / 1000;
         }
         &self.value
     }

@@ -924,6 +924,65 @@ fn keep_alive_close_http10_and_pipelining() {
     }
 }
 
+/// `Sun, 29 Nov 2026 05:30:01 GMT` from an RFC 3339 time such as `2026-11-29T05:30:01.123Z`,
+/// leaving the weekday out (it follows from the date).
+fn http_date_without_weekday(rfc3339: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month: usize = rfc3339[5..7].parse().expect("month");
+    format!(
+        "{} {} {} {} GMT",
+        &rfc3339[8..10],
+        MONTHS[month - 1],
+        &rfc3339[0..4],
+        &rfc3339[11..19]
+    )
+}
+
+#[test]
+fn a_request_is_timed_from_its_first_byte_and_logged_at_the_time_of_its_date_header() {
+    let server = Server::start("timed", &["--weights", "200=1", "--no-log-file"]);
+    let mut client = server.connect();
+    client
+        .write_all(b"GET /getbalance HTTP/1.1\r\nHost: t\r\nX-Request-Id: first\r\n\r\n")
+        .unwrap();
+    assert_eq!(client.read_reply(false).expect("first reply").status, 200);
+    // Idle between requests (not part of the next one's time), then a head in two parts with a
+    // pause between them (part of it).
+    std::thread::sleep(Duration::from_millis(1000));
+    client
+        .write_all(b"GET /getbalance HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    client.write_all(b"X-Request-Id: second\r\n\r\n").unwrap();
+    let reply = client.read_reply(false).expect("second reply");
+    assert_eq!(reply.status, 200);
+    let entries = all_log_entries(&server, "request_id_prefix=second");
+    let [entry] = entries.as_slice() else {
+        panic!("one entry expected: {entries:?}");
+    };
+    let duration_ms = entry
+        .get("duration_ms")
+        .and_then(json::Value::as_f64)
+        .expect("duration_ms");
+    assert!(
+        (300.0..1300.0).contains(&duration_ms),
+        "timed from the first byte, not from the previous answer: {duration_ms} ms"
+    );
+    // One clock reading serves both, so they never straddle a second.
+    let time = entry
+        .get("time")
+        .and_then(json::Value::as_str)
+        .expect("time");
+    let date = reply.header("date").expect("Date header");
+    assert_eq!(
+        date.get(5..),
+        Some(http_date_without_weekday(time).as_str()),
+        "{date} vs {time}"
+    );
+}
+
 #[test]
 fn chunked_request_bodies_are_read_and_discarded() {
     let server = Server::start("chunked", &["--no-log-file"]);

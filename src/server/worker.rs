@@ -12,6 +12,7 @@ use super::{
     DateCache, PendingBody, Shared, UnsentAnswer, CONTINUE, LINGERING_CLOSE, OUT_BUFFER_RETAINED,
     READ_BUFFER_INITIAL, TEXT_PLAIN,
 };
+use crate::clock;
 use crate::http::{self, BodyFraming, ChunkedDecoder, Parsed, RequestHead, Response, MAX_BODY};
 use crate::routes::{self, App, Disposition, Exchange, LogStream};
 use std::io;
@@ -245,7 +246,7 @@ fn wait_for_input(
     };
     // What has already arrived is taken without waiting and without touching the socket's
     // timeout; only a nonzero linger then waits for more.
-    match connection.read_some_without_waiting() {
+    match connection.read_some_without_waiting(None) {
         Ok(0) => return Some(Next::Close),
         Ok(_) => return None,
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
@@ -286,11 +287,13 @@ fn answer(
     stream: &TcpStream,
 ) -> Option<(Disposition, Option<Pending>)> {
     worker.out.clear();
+    let unix_millis = clock::now_unix_millis();
     let exchange = Exchange {
         request: head,
         peer,
         started: started.unwrap_or_else(Instant::now),
-        date: worker.date.current(),
+        unix_millis,
+        date: worker.date.at(unix_millis),
     };
     let answered = routes::respond(&shared.app, &exchange, &mut worker.out);
     let pending = send_pieces(&shared.app, worker, stream, answered.rest).ok()?;
