@@ -8,7 +8,7 @@
 //! An outcome with weight 0 is never chosen; an outcome with a positive weight is chosen with
 //! probability equal to its share of the total to within 2^-64 (see [`Chaos::new`]).
 
-use crate::clock::UtcTime;
+use crate::clock::{two_digits, UtcTime};
 
 /// The largest weight `--weights` accepts. With at most [`MAX_WEIGHT_DECIMALS`] decimals every
 /// weight is an integer number of millionths below 10^12, so four of them sum below 2^42 and the
@@ -702,17 +702,14 @@ fn push_padded_digits(out: &mut Vec<u8>, value: u64, width: usize) {
     let mut start = digits.len();
     let mut rest = value;
     while rest >= 100 {
-        let pair = (rest % 100) as u8;
-        rest /= 100;
         start -= 2;
-        digits[start] = b'0' + pair / 10;
-        digits[start + 1] = b'0' + pair % 10;
+        digits[start..start + 2].copy_from_slice(&two_digits((rest % 100) as u32));
+        rest /= 100;
     }
     let last = rest as u8;
     if last >= 10 {
         start -= 2;
-        digits[start] = b'0' + last / 10;
-        digits[start + 1] = b'0' + last % 10;
+        digits[start..start + 2].copy_from_slice(&two_digits(u32::from(last)));
     } else {
         start -= 1;
         digits[start] = b'0' + last;
@@ -1321,7 +1318,13 @@ mod tests {
         push_padded_digits(&mut padded, 42, 8);
         push_padded_digits(&mut padded, u64::MAX, 3);
         assert_eq!(padded, b"0000004218446744073709551615");
-        // Every digit count and both parities, against std's formatting.
+        // Every pair of digits in both places of the table, then every digit count and both
+        // parities, against std's formatting.
+        for value in 0..10_000u64 {
+            let mut out = Vec::new();
+            push_padded_digits(&mut out, value, 4);
+            assert_eq!(out, format!("{value:04}").as_bytes());
+        }
         let mut value = 0u64;
         loop {
             for width in [0, 1, 2, 7, 20] {

@@ -92,12 +92,23 @@ fn days_from_civil(year: u32, month: u8, day: u8) -> u64 {
     (era * DAYS_PER_ERA + day_of_era).saturating_sub(DAYS_FROM_YEAR_ZERO_MARCH_TO_EPOCH)
 }
 
+/// `00` to `99`: a pair is one table load instead of a division and a remainder by 10.
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0u8; 2]; 100];
+    let mut value = 0;
+    while value < 100 {
+        pairs[value] = [b'0' + (value / 10) as u8, b'0' + (value % 10) as u8];
+        value += 1;
+    }
+    pairs
+};
+
 /// The two low decimal digits of `value`. Fixed-width fields are written pair by pair: one
-/// division per two digits, and no loop, since the server formats several times per request.
+/// division per two digits, and no loop, since the server formats several times per request
+/// (and the balance page's numbers, `chaos::push_padded_digits`, the same way).
 /// Higher digits are dropped, which the clamping to [`MAX_UNIX_MILLIS`] makes unreachable.
-fn two_digits(value: u32) -> [u8; 2] {
-    let pair = value % 100;
-    [b'0' + (pair / 10) as u8, b'0' + (pair % 10) as u8]
+pub fn two_digits(value: u32) -> [u8; 2] {
+    DIGIT_PAIRS[(value % 100) as usize]
 }
 
 /// Appends text that is ASCII by construction (every formatter here writes only digits and
