@@ -966,8 +966,10 @@ fn a_request_is_timed_from_its_first_byte_and_logged_at_the_time_of_its_date_hea
         .get("duration_ms")
         .and_then(json::Value::as_f64)
         .expect("duration_ms");
+    // About 300 ms: less by however much later the server woke to the first part than to the
+    // second (a 299.986 ms was seen), and at least 1,300 if timed from the previous answer.
     assert!(
-        (300.0..1300.0).contains(&duration_ms),
+        (200.0..1200.0).contains(&duration_ms),
         "timed from the first byte, not from the previous answer: {duration_ms} ms"
     );
     // One clock reading serves both, so they never straddle a second.
